@@ -1,0 +1,43 @@
+"""Backend registry: names → factories, imported lazily so heavy packages load only when used.
+
+Two small protocols (see :mod:`sam3d_ros.types`): ``SegmentationBackend`` and
+``ReconstructionBackend``. ``embedded`` backends are CPU-only, need no weights and are the default.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, Tuple
+
+from ..errors import InputError
+
+# name -> (module, class); modules are imported on first use.
+SEGMENTERS: Dict[str, Tuple[str, str]] = {
+    "embedded": ("sam3d_ros.backends.embedded_segmentation", "EmbeddedSegmenter"),
+    "sam3": ("sam3d_ros.backends.sam3_segmentation", "Sam3Segmenter"),
+}
+RECONSTRUCTORS: Dict[str, Tuple[str, str]] = {
+    "embedded": ("sam3d_ros.backends.embedded_reconstruction", "EmbeddedReconstructor"),
+    "sam3d_objects": (
+        "sam3d_ros.backends.sam3d_objects_reconstruction",
+        "Sam3dObjectsReconstructor",
+    ),
+}
+
+
+def _make(table: Dict[str, Tuple[str, str]], kind: str, name: str, options: Dict[str, Any]):
+    if name not in table:
+        raise InputError(f"{kind}_backend", f"unknown backend {name!r}; choose one of {sorted(table)}")
+    module_name, class_name = table[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**options)
+
+
+def make_segmenter(name: str = "embedded", **options: Any):
+    """Build the segmentation backend called ``name`` with its keyword options."""
+    return _make(SEGMENTERS, "segmentation", name, options)
+
+
+def make_reconstructor(name: str = "embedded", **options: Any):
+    """Build the reconstruction backend called ``name`` with its keyword options."""
+    return _make(RECONSTRUCTORS, "reconstruction", name, options)

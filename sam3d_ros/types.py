@@ -1,0 +1,196 @@
+"""Data types shared by the ROS-free core, its backends and the ROS node.
+
+Everything here is plain numpy + dataclasses so the core runs without ROS.
+
+Units and frames (see :mod:`sam3d_ros.conventions` for the single source of truth):
+
+* pixel coordinates: ``(x, y)`` = (column, row), origin at the top-left pixel centre;
+* 3D points: metres, camera optical frame (x right, y down, z forward, REP 103);
+* quaternions: ``[x, y, z, w]`` (ROS / hosted-schema order);
+* canonical object frame: centred on the object, axes = the object's pose axes, coordinates
+  divided by the object's (isotropic) scale, so the object fits in ``[-0.5, 0.5]^3``.
+  ``p_camera = R(q) @ (scale * p_canonical) + translation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of an (undistorted) image, in pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PointPrompt:
+    """A click at pixel (x, y); label 1 = foreground, 0 = background."""
+
+    x: int
+    y: int
+    label: int = 1
+    object_id: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """An axis-aligned box in pixels, corners inclusive."""
+
+    x_min: int
+    y_min: int
+    x_max: int
+    y_max: int
+    object_id: Optional[int] = None
+
+
+@dataclass
+class ObjectPrompt:
+    """All geometric prompts that refine one object (one ``object_id``)."""
+
+    object_id: int
+    points: List[PointPrompt] = field(default_factory=list)
+    boxes: List[BoxPrompt] = field(default_factory=list)
+
+
+@dataclass
+class Frame:
+    """One RGB-D observation.
+
+    Attributes:
+        rgb: H×W×3 uint8, RGB order.
+        points: H×W×3 float32 pointmap in the camera optical frame (metres); invalid = NaN.
+            ``None`` when no depth/pointmap was given.
+        intrinsics: pinhole intrinsics, when known (derived from the pointmap otherwise).
+        camera_pose: 4×4 camera-to-world transform (identity when no world frame is given).
+    """
+
+    rgb: np.ndarray
+    points: Optional[np.ndarray] = None
+    intrinsics: Optional[CameraIntrinsics] = None
+    camera_pose: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+@dataclass
+class SegmentationQuery:
+    """What to segment, in the hosted precedence order: masks, else geometric prompts,
+    else text, else automatic."""
+
+    masks: List[np.ndarray] = field(default_factory=list)
+    objects: List[ObjectPrompt] = field(default_factory=list)
+    text: Optional[str] = None
+
+
+@dataclass
+class ObjectMask:
+    """One segmented object: an H×W bool mask."""
+
+    object_id: int
+    mask: np.ndarray
+    label: str = ""
+    score: float = 1.0
+
+
+@dataclass
+class Gaussians:
+    """3D Gaussians (SH degree 0) in some frame, stated by whoever holds them.
+
+    Attributes:
+        means: N×3 float32 centres.
+        scales: N×3 float32 standard deviations (linear, not log), same units as ``means``.
+        rotations: N×4 float32 unit quaternions ``[x, y, z, w]``.
+        colors: N×3 float32 RGB in [0, 1].
+        opacities: N float32 in (0, 1) (linear, not logit).
+    """
+
+    means: np.ndarray
+    scales: np.ndarray
+    rotations: np.ndarray
+    colors: np.ndarray
+    opacities: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+
+@dataclass
+class Mesh:
+    """Triangle mesh with per-vertex colours.
+
+    Attributes:
+        vertices: V×3 float32.
+        faces: F×3 int32, counter-clockwise seen from outside.
+        colors: V×3 uint8 RGB.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray
+
+
+@dataclass
+class ObjectReconstruction:
+    """One reconstructed object, in the frame contract of :mod:`sam3d_ros.conventions`.
+
+    ``mesh`` and ``gaussians`` are in the canonical object frame; ``rotation`` ([x, y, z, w]),
+    ``translation`` (metres) and ``scale`` map canonical to the camera optical frame.
+    """
+
+    object_id: int
+    object_index: int
+    mesh: Mesh
+    gaussians: Gaussians
+    rotation: np.ndarray
+    translation: np.ndarray
+    scale: np.ndarray
+    mask: np.ndarray
+    label: str = ""
+    score: float = 1.0
+    extents: Optional[np.ndarray] = None
+    """Object size along its own axes in metres (the oriented bounding box), when known."""
+
+
+@runtime_checkable
+class SegmentationBackend(Protocol):
+    """Turns a frame and a query into one mask per object."""
+
+    name: str
+    reads_text: bool
+
+    def segment(self, frame: Frame, query: SegmentationQuery) -> List[ObjectMask]:
+        """Return one mask per object. Raises InputError for unusable prompts."""
+        ...
+
+
+@runtime_checkable
+class ReconstructionBackend(Protocol):
+    """Turns a frame and masks into posed 3D objects."""
+
+    name: str
+
+    def reconstruct(
+        self, frame: Frame, masks: Sequence[ObjectMask], seed: int
+    ) -> List[ObjectReconstruction]:
+        """Return one reconstruction per mask, in the same order."""
+        ...
+
+
+StageTimings = Dict[str, float]
+"""Seconds spent per pipeline stage (``load``, ``segment``, ``reconstruct``, ``export``)."""
