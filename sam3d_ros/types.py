@@ -81,17 +81,21 @@ class Frame:
 
     @property
     def height(self) -> int:
+        """Image height in pixels."""
         return int(self.rgb.shape[0])
 
     @property
     def width(self) -> int:
+        """Image width in pixels."""
         return int(self.rgb.shape[1])
 
 
 @dataclass
 class SegmentationQuery:
-    """What to segment, in the hosted precedence order: masks, else geometric prompts,
-    else text, else automatic."""
+    """What to segment, in the hosted precedence order.
+
+    Masks win, else geometric prompts, else the text prompt, else automatic segmentation.
+    """
 
     masks: List[np.ndarray] = field(default_factory=list)
     objects: List[ObjectPrompt] = field(default_factory=list)

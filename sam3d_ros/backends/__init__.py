@@ -27,7 +27,9 @@ RECONSTRUCTORS: Dict[str, Tuple[str, str]] = {
 
 def _make(table: Dict[str, Tuple[str, str]], kind: str, name: str, options: Dict[str, Any]):
     if name not in table:
-        raise InputError(f"{kind}_backend", f"unknown backend {name!r}; choose one of {sorted(table)}")
+        raise InputError(
+            f"{kind}_backend", f"unknown backend {name!r}; choose one of {sorted(table)}"
+        )
     module_name, class_name = table[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**options)
