@@ -44,13 +44,14 @@ class PointPrompt:
 
 @dataclass(frozen=True)
 class BoxPrompt:
-    """An axis-aligned box in pixels, corners inclusive."""
+    """An axis-aligned box in pixels, corners inclusive; label 1 = object inside, 0 = exclude."""
 
     x_min: int
     y_min: int
     x_max: int
     y_max: int
     object_id: Optional[int] = None
+    label: int = 1
 
 
 @dataclass

@@ -136,7 +136,8 @@ def fit_support_plane(
         raise ValueError(f"points must be N×3 or H×W×3, got shape {pts.shape}")
     lead_shape = pts.shape[:-1]
     flat = pts.reshape(-1, 3)
-    ok = np.isfinite(flat).all(axis=1)
+    # NaN/inf in any coordinate propagates through the sum (much faster than isfinite().all).
+    ok = np.isfinite(flat @ np.ones(3, dtype=flat.dtype))
     if valid is not None:
         ok &= np.asarray(valid, dtype=bool).reshape(-1)
     idx = np.flatnonzero(ok)
@@ -165,7 +166,7 @@ def fit_support_plane(
         return None
     normals = normals[good]
     offsets = -np.einsum("ij,ij->i", normals, a[good])
-    t2 = threshold * threshold
+    t2 = np.float32(threshold * threshold)
     # Batch the scoring so memory stays bounded (~iterations × m float32).
     costs = np.empty(normals.shape[0])
     sub32 = sub.astype(np.float32)
