@@ -27,3 +27,7 @@ class BackendUnavailableError(Sam3dError, RuntimeError):
 
 class BackendError(Sam3dError, RuntimeError):
     """A backend failed while processing a valid request (e.g. GPU out of memory)."""
+
+
+class Cancelled(Sam3dError):
+    """The caller cancelled the run (cancel callback, ROS action cancel, Ctrl-C)."""
