@@ -1,0 +1,9 @@
+"""Synthetic RGB-D tabletop scenes with ground truth, a depth noise model and accuracy metrics.
+
+Needs ``pybullet`` (scenes), ``trimesh`` (ground-truth meshes) and ``scipy`` (metrics); import
+the submodules directly to avoid loading what you do not use.
+"""
+
+from .sensor import SensorNoise, apply_depth_noise
+
+__all__ = ["SensorNoise", "apply_depth_noise"]
