@@ -1,0 +1,703 @@
+"""Embedded CPU segmentation: RGB-D + geometric prompts → object masks, no learned weights.
+
+The backend works on the pointmap (camera optical frame, metres, NaN = invalid):
+
+1. the dominant support plane is fitted once per frame (RANSAC on a subsampled pointmap, see
+   :mod:`sam3d_ros.backends.plane`); points within a few millimetres of it (or below it) are
+   "support", everything above it is a foreground candidate;
+2. foreground candidates are split into depth-connected regions on the pixel grid: a pixel that
+   has a 4-neighbour nearer to the camera by more than a range-dependent jump is the far side of
+   a depth discontinuity and is cut, the rest is labelled with 4-connectivity
+   (``scipy.ndimage.label``), then cut pixels rejoin the neighbour region they are continuous
+   with. Two surfaces at different depths therefore never share a region;
+3. prompts pick regions (a box: the region that best explains the box; points: the regions
+   under the foreground clicks, split away from background clicks by 3D proximity);
+4. pixels whose depth cannot decide (invalid depth, and the band of the object touching the
+   plane) are added by colour: an object/background colour-histogram model, grown from the
+   object only through such ambiguous pixels, then holes of invalid depth are filled.
+
+With no prompt at all the backend segments the tabletop automatically: every region standing on
+the support plane, inside its extent, of a plausible size, becomes one object (left to right).
+
+Everything is vectorised numpy/scipy and deterministic (the RANSAC seed is fixed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
+from .plane import Plane, fit_support_plane
+
+TEXT_UNSUPPORTED = (
+    "the embedded segmentation backend cannot read text prompts; use segmentation_backend "
+    "'sam3' (needs the SAM 3 checkpoint) or give box_prompts/point_prompts/mask_urls"
+)
+NEEDS_DEPTH = (
+    "the embedded backend needs depth (a pointmap or depth image) to segment from prompts or "
+    "automatically; give pointmap_url/depth, or mask_urls, or use segmentation_backend 'sam3'"
+)
+
+_FOUR = ndimage.generate_binary_structure(2, 1)
+_EIGHT = ndimage.generate_binary_structure(2, 2)
+
+
+@dataclass
+class _Window:
+    """A rectangular crop ``[y0:y1, x0:x1]`` of the frame with its per-pixel data."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    points: np.ndarray
+    z: np.ndarray
+    valid: np.ndarray
+    height: np.ndarray
+    rgb: np.ndarray
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+
+@dataclass
+class _FrameContext:
+    """Per-call data shared by every object of one ``segment`` call."""
+
+    rgb: np.ndarray
+    points: np.ndarray
+    z: np.ndarray
+    valid: np.ndarray
+    plane: Optional[Plane]
+    cache: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (int(self.z.shape[0]), int(self.z.shape[1]))
+
+
+class EmbeddedSegmenter:
+    """CPU segmentation from RGB-D and box / point prompts (no text), or automatic tabletop.
+
+    Args:
+        plane_threshold: inlier distance of the support-plane fit (metres).
+        support_band: points less than this above the plane (metres) count as support; the
+            band touching the plane is decided by colour.
+        jump_abs: minimum depth jump (metres) between 4-neighbours that separates two surfaces.
+        jump_rel: depth jump as a fraction of the range (used when larger than ``jump_abs``).
+        margin: crop margin around a box, as a fraction of the box size...
+        min_margin_px: ...and at least this many pixels.
+        colour_radius: how far (pixels) colour may grow the mask through ambiguous pixels.
+        plane_stride: pixel stride of the pointmap subsample the plane is fitted on.
+        min_object_pixels: automatic mode: smallest object (pixels).
+        max_object_height: automatic mode: tallest object above the plane (metres).
+        seed: RANSAC seed (results are deterministic for a given seed).
+    """
+
+    name = "embedded"
+    reads_text = False
+
+    def __init__(
+        self,
+        plane_threshold: float = 0.006,
+        support_band: float = 0.007,
+        jump_abs: float = 0.01,
+        jump_rel: float = 0.02,
+        margin: float = 0.15,
+        min_margin_px: int = 8,
+        colour_radius: int = 4,
+        plane_stride: int = 4,
+        min_object_pixels: int = 150,
+        max_object_height: float = 0.6,
+        seed: int = 0,
+    ):
+        self.plane_threshold = float(plane_threshold)
+        self.support_band = float(support_band)
+        self.jump_abs = float(jump_abs)
+        self.jump_rel = float(jump_rel)
+        self.margin = float(margin)
+        self.min_margin_px = int(min_margin_px)
+        self.colour_radius = int(colour_radius)
+        self.plane_stride = max(1, int(plane_stride))
+        self.min_object_pixels = int(min_object_pixels)
+        self.max_object_height = float(max_object_height)
+        self.seed = int(seed)
+
+    # ------------------------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------------------------
+
+    def segment(self, frame: Frame, query: SegmentationQuery) -> List[ObjectMask]:
+        """Return one mask per object, following the hosted precedence.
+
+        Masks are passed through (validated); else each :class:`ObjectPrompt` gives one object;
+        else a text prompt is refused (this backend cannot read text); else the tabletop is
+        segmented automatically.
+
+        Raises:
+            InputError: invalid masks, prompts outside the image, a text-only prompt, or
+                missing depth.
+        """
+        if query.masks:
+            return self._pass_through(frame, query.masks)
+        if not query.objects and query.text:
+            raise InputError("prompt", TEXT_UNSUPPORTED)
+        ctx = self._context(frame)
+        if query.objects:
+            return [self._segment_object(ctx, prompt) for prompt in query.objects]
+        return self._automatic(ctx)
+
+    def support_plane(self, frame: Frame) -> Optional[Plane]:
+        """The support plane this backend uses for ``frame`` (``None`` when there is none)."""
+        return self._context(frame).plane
+
+    # ------------------------------------------------------------------------------------
+    # masks
+    # ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pass_through(frame: Frame, masks: Sequence[np.ndarray]) -> List[ObjectMask]:
+        out = []
+        for i, raw in enumerate(masks):
+            field_name = f"mask_urls[{i}]"
+            m = np.asarray(raw)
+            if m.ndim == 3 and m.shape[2] == 1:
+                m = m[:, :, 0]
+            if m.ndim != 2:
+                raise InputError(field_name, f"a mask must be an H×W image, got shape {m.shape}")
+            if m.shape != (frame.height, frame.width):
+                raise InputError(
+                    field_name,
+                    f"mask is {m.shape[1]}×{m.shape[0]} but the image is "
+                    f"{frame.width}×{frame.height}",
+                )
+            if m.dtype == bool:
+                b = m.copy()
+            elif m.dtype.kind == "f":
+                b = np.nan_to_num(m, nan=0.0) > 0.5
+            elif m.dtype.kind in "ui":
+                b = m > 0
+            else:
+                raise InputError(field_name, f"unsupported mask dtype {m.dtype}")
+            if not b.any():
+                raise InputError(field_name, "mask is empty (no foreground pixel)")
+            out.append(ObjectMask(object_id=i, mask=b, label="", score=1.0))
+        return out
+
+    # ------------------------------------------------------------------------------------
+    # per-frame context
+    # ------------------------------------------------------------------------------------
+
+    def _context(self, frame: Frame) -> _FrameContext:
+        if frame.points is None:
+            raise InputError("pointmap_url", NEEDS_DEPTH)
+        pts = np.asarray(frame.points)
+        if pts.shape != (frame.height, frame.width, 3):
+            raise InputError(
+                "pointmap_url",
+                f"pointmap shape {pts.shape} does not match the image "
+                f"({frame.height}×{frame.width}×3 expected)",
+            )
+        pts = pts.astype(np.float32, copy=False)
+        z = pts[:, :, 2]
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(pts @ np.ones(3, dtype=np.float32)) & (z > 0)
+        s = self.plane_stride
+        plane = fit_support_plane(
+            pts[::s, ::s],
+            threshold=self.plane_threshold,
+            valid=valid[::s, ::s],
+            min_inliers=max(50, int(0.05 * valid[::s, ::s].sum())),
+            rng=self.seed,
+        )
+        rgb = np.asarray(frame.rgb)
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+        rgb = rgb[:, :, :3]
+        if rgb.dtype != np.uint8:
+            scale = 255.0 if rgb.dtype.kind == "f" and float(np.nanmax(rgb)) <= 1.0 else 1.0
+            rgb = np.clip(np.nan_to_num(rgb.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+        return _FrameContext(rgb=rgb, points=pts, z=z, valid=valid, plane=plane)
+
+    def _window(self, ctx: _FrameContext, y0: int, y1: int, x0: int, x1: int) -> _Window:
+        h, w = ctx.shape
+        y0, x0 = max(0, y0), max(0, x0)
+        y1, x1 = min(h, y1), min(w, x1)
+        pts = ctx.points[y0:y1, x0:x1]
+        valid = ctx.valid[y0:y1, x0:x1]
+        plane = ctx.plane
+        if plane is None:
+            plane = self._local_plane(pts, valid)
+        if plane is None:
+            height = np.where(valid, np.inf, np.nan).astype(np.float32)
+        else:
+            with np.errstate(invalid="ignore"):
+                height = pts @ plane.normal.astype(np.float32) + np.float32(plane.offset)
+        return _Window(
+            y0=y0,
+            y1=y1,
+            x0=x0,
+            x1=x1,
+            points=pts,
+            z=ctx.z[y0:y1, x0:x1],
+            valid=valid,
+            height=height,
+            rgb=ctx.rgb[y0:y1, x0:x1],
+        )
+
+    def _local_plane(self, pts: np.ndarray, valid: np.ndarray) -> Optional[Plane]:
+        """Fit a plane on the border ring of a crop (no frame-wide plane was found)."""
+        h, w = valid.shape
+        ring = np.zeros_like(valid)
+        b = max(2, min(h, w) // 8)
+        ring[:b] = ring[-b:] = True
+        ring[:, :b] = ring[:, -b:] = True
+        if int((ring & valid).sum()) < 60:
+            return None
+        plane = fit_support_plane(
+            pts,
+            threshold=self.plane_threshold,
+            valid=ring & valid,
+            min_inliers=max(30, int(0.3 * (ring & valid).sum())),
+            rng=self.seed,
+        )
+        return plane
+
+    # ------------------------------------------------------------------------------------
+    # depth-connected regions
+    # ------------------------------------------------------------------------------------
+
+    def _jump(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(np.float32(self.jump_abs), np.float32(self.jump_rel) * z)
+
+    def _regions(self, win: _Window) -> Tuple[np.ndarray, int, np.ndarray]:
+        """Depth-connected regions of the foreground candidates of ``win``.
+
+        Returns ``(labels, n, fg)``: int32 labels (0 = none), their count, and the candidate mask.
+        """
+        with np.errstate(invalid="ignore"):
+            fg = win.valid & (win.height > np.float32(self.support_band))
+        z = np.where(fg, win.z, np.float32(np.inf)).astype(np.float32)
+        h, w = z.shape
+        cut = np.zeros((h, w), dtype=bool)
+        # A pixel is cut when a neighbour is nearer by more than the jump at the neighbour.
+        neighbours = []
+        for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            nb = np.full((h, w), np.inf, dtype=np.float32)
+            ys = slice(max(0, -dy), h - max(0, dy))
+            yd = slice(max(0, dy), h - max(0, -dy))
+            xs = slice(max(0, -dx), w - max(0, dx))
+            xd = slice(max(0, dx), w - max(0, -dx))
+            nb[ys, xs] = z[yd, xd]
+            neighbours.append((nb, ys, xs, yd, xd))
+            with np.errstate(invalid="ignore"):
+                cut |= (z - nb) > self._jump(nb)
+        keep = fg & ~cut
+        labels, n = ndimage.label(keep, structure=_FOUR)
+        labels = labels.astype(np.int32, copy=False)
+        # Cut pixels rejoin the continuous neighbour region with the smallest depth difference.
+        for _ in range(2):
+            todo = fg & (labels == 0)
+            if not todo.any():
+                break
+            best = np.full((h, w), np.inf, dtype=np.float32)
+            best_label = np.zeros((h, w), dtype=np.int32)
+            for nb, ys, xs, yd, xd in neighbours:
+                nb_label = np.zeros((h, w), dtype=np.int32)
+                nb_label[ys, xs] = labels[yd, xd]
+                with np.errstate(invalid="ignore"):
+                    diff = np.abs(z - nb)
+                better = todo & (nb_label > 0) & (diff <= self._jump(nb)) & (diff < best)
+                best[better] = diff[better]
+                best_label[better] = nb_label[better]
+            if not (best_label > 0).any():
+                break
+            labels = np.where(todo, best_label, labels)
+        return labels, n, fg
+
+    # ------------------------------------------------------------------------------------
+    # colour refinement
+    # ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _colour_index(rgb: np.ndarray) -> np.ndarray:
+        q = (rgb >> 5).astype(np.int32)  # 8 bins per channel, 512 colours
+        return (q[:, :, 0] << 6) | (q[:, :, 1] << 3) | q[:, :, 2]
+
+    def _refine(
+        self,
+        win: _Window,
+        core: np.ndarray,
+        fg: np.ndarray,
+        labels: np.ndarray,
+        allowed: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        """Grow ``core`` by colour through depth-ambiguous pixels, then fill invalid holes."""
+        if not core.any():
+            return core
+        cidx = self._colour_index(win.rgb)
+        with np.errstate(invalid="ignore"):
+            support_band = win.valid & (win.height <= np.float32(self.support_band)) & (
+                win.height > -np.float32(self.support_band)
+            )
+        # Depth cannot decide: no depth, the band where objects touch the plane, cut pixels.
+        ambiguous = ~win.valid | support_band | (fg & (labels == 0))
+        if allowed is not None:
+            ambiguous &= allowed
+        near = ndimage.binary_dilation(core, structure=_EIGHT, iterations=self.colour_radius)
+        candidates = ambiguous & near & ~core
+        grown = core
+        if candidates.any():
+            obj_hist = np.bincount(cidx[core], minlength=512).astype(np.float64)
+            bg_sel = ~core & ~candidates & win.valid
+            bg_hist = np.bincount(cidx[bg_sel], minlength=512).astype(np.float64)
+            p_obj = (obj_hist + 0.5) / (obj_hist.sum() + 256.0)
+            p_bg = (bg_hist + 0.5) / (bg_hist.sum() + 256.0)
+            is_obj = p_obj > p_bg
+            accept = candidates & is_obj[cidx]
+            if accept.any():
+                lab, _ = ndimage.label(core | accept, structure=_EIGHT)
+                keep_ids = np.unique(lab[core])
+                grown = np.isin(lab, keep_ids[keep_ids > 0])
+        # Fill enclosed holes that are mostly invalid depth or tiny.
+        filled = ndimage.binary_fill_holes(grown)
+        holes = filled & ~grown
+        if holes.any():
+            hl, nh = ndimage.label(holes, structure=_FOUR)
+            size = np.bincount(hl.ravel(), minlength=nh + 1)
+            invalid = np.bincount(hl.ravel(), weights=(~win.valid).ravel(), minlength=nh + 1)
+            fill = (invalid >= 0.5 * size) | (size <= 12)
+            fill[0] = False
+            grown = grown | fill[hl]
+        return grown
+
+    # ------------------------------------------------------------------------------------
+    # prompts
+    # ------------------------------------------------------------------------------------
+
+    def _box_rect(self, ctx: _FrameContext, box: BoxPrompt, field_name: str):
+        h, w = ctx.shape
+        x0, y0, x1, y1 = int(box.x_min), int(box.y_min), int(box.x_max), int(box.y_max)
+        if x1 < x0 or y1 < y0:
+            raise InputError(field_name, f"box has x_max < x_min or y_max < y_min: {box}")
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(w - 1, x1), min(h - 1, y1)
+        if x1 < x0 or y1 < y0:
+            raise InputError(field_name, f"box {box} lies outside the {w}×{h} image")
+        return x0, y0, x1, y1
+
+    def _segment_object(self, ctx: _FrameContext, prompt: ObjectPrompt) -> ObjectMask:
+        oid = int(prompt.object_id)
+        h, w = ctx.shape
+        pos_boxes = []
+        neg_boxes = []
+        for box in prompt.boxes:
+            rect = self._box_rect(ctx, box, "box_prompts")
+            (pos_boxes if int(getattr(box, "label", 1)) != 0 else neg_boxes).append(rect)
+        fg_pts: List[Tuple[int, int]] = []
+        bg_pts: List[Tuple[int, int]] = []
+        for p in prompt.points:
+            if not (0 <= int(p.x) < w and 0 <= int(p.y) < h):
+                raise InputError(
+                    "point_prompts", f"point ({p.x}, {p.y}) lies outside the {w}×{h} image"
+                )
+            (fg_pts if int(p.label) != 0 else bg_pts).append((int(p.x), int(p.y)))
+        if pos_boxes:
+            mask, score = self._segment_boxes(ctx, pos_boxes, fg_pts, bg_pts)
+        elif fg_pts:
+            mask, score = self._segment_points(ctx, fg_pts, bg_pts)
+        else:
+            raise InputError(
+                "point_prompts" if prompt.points else "box_prompts",
+                f"object {oid} needs a foreground point or a box (only background prompts given)",
+            )
+        for x0, y0, x1, y1 in neg_boxes:
+            mask[y0 : y1 + 1, x0 : x1 + 1] = False
+        return ObjectMask(object_id=oid, mask=mask, label="", score=float(score))
+
+    def _crop_around(self, ctx: _FrameContext, x0: int, y0: int, x1: int, y1: int) -> _Window:
+        mx = max(self.min_margin_px, int(round(self.margin * (x1 - x0 + 1))))
+        my = max(self.min_margin_px, int(round(self.margin * (y1 - y0 + 1))))
+        return self._window(ctx, y0 - my, y1 + 1 + my, x0 - mx, x1 + 1 + mx)
+
+    @staticmethod
+    def _stats(labels: np.ndarray, n: int, weights: np.ndarray) -> np.ndarray:
+        return np.bincount(labels.ravel(), weights=weights.ravel(), minlength=n + 1)
+
+    def _seed_labels(
+        self, win: _Window, labels: np.ndarray, pts: Sequence[Tuple[int, int]], radius: int = 6
+    ) -> List[int]:
+        """Region label under each point (snapped to the nearest region within ``radius``)."""
+        out = []
+        hh, ww = labels.shape
+        for x, y in pts:
+            cx, cy = x - win.x0, y - win.y0
+            if not (0 <= cx < ww and 0 <= cy < hh):
+                out.append(0)
+                continue
+            lab = int(labels[cy, cx])
+            if lab == 0:
+                ya, yb = max(0, cy - radius), min(hh, cy + radius + 1)
+                xa, xb = max(0, cx - radius), min(ww, cx + radius + 1)
+                patch = labels[ya:yb, xa:xb]
+                if (patch > 0).any():
+                    yy, xx = np.nonzero(patch > 0)
+                    d2 = (yy + ya - cy) ** 2 + (xx + xa - cx) ** 2
+                    k = int(np.lexsort((xx, yy, d2))[0])
+                    lab = int(patch[yy[k], xx[k]])
+            out.append(lab)
+        return out
+
+    def _split_by_seeds(
+        self,
+        win: _Window,
+        region: np.ndarray,
+        fg_xy: Sequence[Tuple[int, int]],
+        bg_xy: Sequence[Tuple[int, int]],
+    ) -> np.ndarray:
+        """Keep the part of ``region`` nearer (in 3D) to a foreground than a background seed."""
+        if not bg_xy or not fg_xy:
+            return region
+
+        def seed_points(xy):
+            out = []
+            for x, y in xy:
+                p = self._seed_point(win, x - win.x0, y - win.y0)
+                if p is not None:
+                    out.append(p)
+            return np.array(out, dtype=np.float32).reshape(-1, 3)
+
+        fg3, bg3 = seed_points(fg_xy), seed_points(bg_xy)
+        if len(fg3) == 0 or len(bg3) == 0:
+            return region
+        ys, xs = np.nonzero(region & win.valid)
+        p = win.points[ys, xs]
+        d_fg = np.min(((p[:, None, :] - fg3[None]) ** 2).sum(-1), axis=1)
+        d_bg = np.min(((p[:, None, :] - bg3[None]) ** 2).sum(-1), axis=1)
+        out = np.zeros_like(region)
+        out[ys[d_fg <= d_bg], xs[d_fg <= d_bg]] = True
+        # Keep the pieces connected to a foreground seed.
+        lab, _ = ndimage.label(out, structure=_FOUR)
+        ids = {int(lab[y - win.y0, x - win.x0]) for x, y in fg_xy if self._inside(win, x, y)}
+        ids.discard(0)
+        if ids:
+            out = np.isin(lab, sorted(ids))
+        return out
+
+    @staticmethod
+    def _inside(win: _Window, x: int, y: int) -> bool:
+        return win.x0 <= x < win.x1 and win.y0 <= y < win.y1
+
+    @staticmethod
+    def _seed_point(win: _Window, cx: int, cy: int, radius: int = 4) -> Optional[np.ndarray]:
+        hh, ww = win.valid.shape
+        ya, yb = max(0, cy - radius), min(hh, cy + radius + 1)
+        xa, xb = max(0, cx - radius), min(ww, cx + radius + 1)
+        v = win.valid[ya:yb, xa:xb]
+        if not v.any():
+            return None
+        pts = win.points[ya:yb, xa:xb][v]
+        return np.median(pts, axis=0)
+
+    def _segment_boxes(
+        self,
+        ctx: _FrameContext,
+        rects: Sequence[Tuple[int, int, int, int]],
+        fg_pts: Sequence[Tuple[int, int]],
+        bg_pts: Sequence[Tuple[int, int]],
+    ) -> Tuple[np.ndarray, float]:
+        x0 = min(r[0] for r in rects)
+        y0 = min(r[1] for r in rects)
+        x1 = max(r[2] for r in rects)
+        y1 = max(r[3] for r in rects)
+        win = self._crop_around(ctx, x0, y0, x1, y1)
+        labels, n, fg = self._regions(win)
+        hh, ww = win.shape
+        in_box = np.zeros((hh, ww), dtype=bool)
+        box_hits = np.zeros(n + 1)
+        for bx0, by0, bx1, by1 in rects:
+            sl = (slice(by0 - win.y0, by1 + 1 - win.y0), slice(bx0 - win.x0, bx1 + 1 - win.x0))
+            in_box[sl] = True
+            box_hits += np.bincount(labels[sl].ravel(), minlength=n + 1) > 0
+        box_area = int(in_box.sum())
+        full = np.zeros(ctx.shape, dtype=bool)
+        if n == 0:
+            return full, 0.0
+        total = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+        inside = self._stats(labels, n, in_box)
+        yy, xx = np.mgrid[0:hh, 0:ww]
+        sum_x = self._stats(labels, n, xx.astype(np.float64))
+        sum_y = self._stats(labels, n, yy.astype(np.float64))
+        total[0] = inside[0] = 0.0
+        safe = np.maximum(total, 1.0)
+        cxs, cys = sum_x / safe, sum_y / safe
+        bcx = 0.5 * (x0 + x1) - win.x0
+        bcy = 0.5 * (y0 + y1) - win.y0
+        half_diag = 0.5 * np.hypot(x1 - x0 + 1, y1 - y0 + 1)
+        centrality = 1.0 - 0.5 * np.minimum(1.0, np.hypot(cxs - bcx, cys - bcy) / half_diag)
+        frac = inside / safe
+        score = inside * frac**2 * centrality * (box_hits / max(1, len(rects)))
+        score[0] = -1.0
+        score[inside < 1] = -1.0
+
+        fg_labels = [lab for lab in self._seed_labels(win, labels, fg_pts) if lab > 0]
+        bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
+        if fg_labels:
+            chosen = sorted(set(fg_labels))
+            main = max(chosen, key=lambda k: (score[k], -k))
+        else:
+            order = np.argsort(-score, kind="stable")
+            candidates = [int(k) for k in order if score[k] > 0 and k not in bg_labels]
+            if not candidates:
+                return full, 0.0
+            main = candidates[0]
+            chosen = [main]
+        # Secondary regions: mostly inside the box, next to the main region, at similar depth
+        # (parts split off by self-occlusion, e.g. a handle).
+        main_mask = labels == main
+        zs = win.z[main_mask]
+        z_med = float(np.median(zs))
+        z_ext = float(zs.max() - zs.min()) + 0.02
+        near = ndimage.binary_dilation(main_mask, structure=_EIGHT, iterations=3)
+        touching = np.unique(labels[near & ~main_mask & (labels > 0)])
+        min_size = max(20.0, 0.03 * total[main])
+        for k in touching:
+            k = int(k)
+            if k in chosen or k in bg_labels or frac[k] < 0.9 or total[k] < min_size:
+                continue
+            zk = float(np.median(win.z[labels == k]))
+            if abs(zk - z_med) <= z_ext:
+                chosen.append(k)
+        region = np.isin(labels, [k for k in chosen if k not in bg_labels or k in fg_labels])
+        region = self._split_by_seeds(win, region, fg_pts, bg_pts)
+        allowed = ~np.isin(labels, [k for k in range(1, n + 1) if k not in chosen]) | ~fg
+        mask = self._refine(win, region, fg, labels, allowed=allowed)
+        mask_area = float(mask.sum())
+        full[win.y0 : win.y1, win.x0 : win.x1] = mask
+        if mask_area == 0:
+            return full, 0.0
+        in_frac = float((mask & in_box).sum()) / mask_area
+        fill = min(1.0, float((mask & in_box).sum()) / max(1.0, 0.3 * box_area))
+        return full, float(np.clip(in_frac * fill, 0.0, 1.0))
+
+    def _segment_points(
+        self,
+        ctx: _FrameContext,
+        fg_pts: Sequence[Tuple[int, int]],
+        bg_pts: Sequence[Tuple[int, int]],
+    ) -> Tuple[np.ndarray, float]:
+        h, w = ctx.shape
+        win = self._window(ctx, 0, h, 0, w)
+        if "regions" not in ctx.cache:
+            ctx.cache["regions"] = self._regions(win)
+        labels, n, fg = ctx.cache["regions"]  # type: ignore[misc]
+        full = np.zeros((h, w), dtype=bool)
+        fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts) if lab > 0})
+        if fg_labels:
+            region = np.isin(labels, fg_labels)
+            region = self._split_by_seeds(win, region, fg_pts, bg_pts)
+        else:
+            # Clicks on the support itself (or no depth there): the connected support region.
+            with np.errstate(invalid="ignore"):
+                band = win.valid & (np.abs(win.height) <= np.float32(self.support_band))
+            lab, _ = ndimage.label(band, structure=_FOUR)
+            ids = sorted({int(lab[y, x]) for x, y in fg_pts} - {0})
+            region = np.isin(lab, ids) if ids else np.zeros((h, w), dtype=bool)
+            for x, y in bg_pts:
+                if lab[y, x] > 0:
+                    region &= lab != lab[y, x]
+        if not region.any():
+            return full, 0.0
+        ys, xs = np.nonzero(region)
+        yl, yh, xl, xh = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+        sub = self._crop_around(ctx, xl, yl, xh, yh)
+        sl = (slice(sub.y0, sub.y1), slice(sub.x0, sub.x1))
+        sub_labels = labels[sl]
+        chosen = np.isin(sub_labels, fg_labels) if fg_labels else np.zeros_like(region[sl])
+        allowed = ~((sub_labels > 0) & ~chosen) | ~fg[sl]
+        mask = self._refine(sub, region[sl], fg[sl], sub_labels, allowed=allowed)
+        full[sl] = mask
+        hits = sum(bool(full[y, x]) for x, y in fg_pts) / len(fg_pts)
+        misses = sum(bool(full[y, x]) for x, y in bg_pts) / len(bg_pts) if bg_pts else 0.0
+        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0))
+
+    # ------------------------------------------------------------------------------------
+    # automatic tabletop segmentation
+    # ------------------------------------------------------------------------------------
+
+    def _automatic(self, ctx: _FrameContext) -> List[ObjectMask]:
+        plane = ctx.plane
+        if plane is None:
+            return []
+        h, w = ctx.shape
+        win = self._window(ctx, 0, h, 0, w)
+        labels, n, fg = self._regions(win)
+        if n == 0:
+            return []
+        # Plane extent: the 2D bounds of the plane inliers in a plane basis.
+        normal = plane.normal
+        helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        e1 = np.cross(normal, helper)
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(normal, e1)
+        basis = np.stack([e1, e2], axis=1).astype(np.float32)
+        s = self.plane_stride
+        inl = plane.inliers
+        sub_pts = ctx.points[::s, ::s][inl]
+        uv_plane = sub_pts @ basis
+        lo = np.percentile(uv_plane, 1, axis=0)
+        hi = np.percentile(uv_plane, 99, axis=0)
+
+        flat_labels = labels.ravel()
+        sel = flat_labels > 0
+        lab = flat_labels[sel]
+        count = np.bincount(lab, minlength=n + 1)
+        height = win.height.ravel()[sel].astype(np.float64)
+        uv = win.points.reshape(-1, 3)[sel] @ basis
+        # Per-region robust lowest/highest height: sort by (label, height) once.
+        order = np.lexsort((height, lab))
+        lab_s, h_s = lab[order], height[order]
+        starts = np.searchsorted(lab_s, np.arange(n + 1))
+        ends = np.searchsorted(lab_s, np.arange(n + 1), side="right")
+        mean_u = np.bincount(lab, weights=uv[:, 0], minlength=n + 1) / np.maximum(count, 1)
+        mean_v = np.bincount(lab, weights=uv[:, 1], minlength=n + 1) / np.maximum(count, 1)
+        xs = np.tile(np.arange(w, dtype=np.float64), h)[sel]
+        ys = np.repeat(np.arange(h, dtype=np.float64), w)[sel]
+        mean_x = np.bincount(lab, weights=xs, minlength=n + 1) / np.maximum(count, 1)
+        mean_y = np.bincount(lab, weights=ys, minlength=n + 1) / np.maximum(count, 1)
+
+        clusters = []
+        for k in range(1, n + 1):
+            c = int(count[k])
+            if c < self.min_object_pixels:
+                continue
+            hs = h_s[starts[k] : ends[k]]
+            low = float(hs[int(0.02 * (c - 1))])
+            top = float(hs[int(0.98 * (c - 1))])
+            if low > 0.03 or top > self.max_object_height or top < 0.01:
+                continue  # floating, too tall (walls, people) or too flat
+            if not (lo[0] <= mean_u[k] <= hi[0] and lo[1] <= mean_v[k] <= hi[1]):
+                continue  # not above the table
+            clusters.append((float(mean_x[k]), float(mean_y[k]), k))
+        clusters.sort()
+        out = []
+        for i, (_, _, k) in enumerate(clusters):
+            region = labels == k
+            ys_k, xs_k = np.nonzero(region)
+            yl, yh, xl, xh = int(ys_k.min()), int(ys_k.max()), int(xs_k.min()), int(xs_k.max())
+            sub = self._crop_around(ctx, xl, yl, xh, yh)
+            sl = (slice(sub.y0, sub.y1), slice(sub.x0, sub.x1))
+            sub_labels = labels[sl]
+            allowed = ~((sub_labels > 0) & (sub_labels != k)) | ~fg[sl]
+            mask = self._refine(sub, region[sl], fg[sl], sub_labels, allowed=allowed)
+            full = np.zeros((h, w), dtype=bool)
+            full[sl] = mask
+            score = float(np.clip(count[k] / max(1.0, float(mask.sum())), 0.0, 1.0))
+            out.append(ObjectMask(object_id=i, mask=full, label="", score=score))
+        return out
