@@ -205,9 +205,11 @@ def _gl_view_matrix(camera_pose: np.ndarray) -> List[float]:
 
 
 def _gl_projection_matrix(k: CameraIntrinsics, near: float, far: float) -> List[float]:
-    # Pixel centres are at integer coordinates, so the continuous principal point is c + 0.5.
+    # Our pixel centres are at integer coordinates. pybullet's TinyRenderer samples pixel (u, v)
+    # (rows top-down, after its vertical flip) at the continuous GL coordinate (u, v + 0.5)
+    # rather than (u + 0.5, v + 0.5), measured: so the GL principal point is (cx, cy + 1).
     w, h = float(k.width), float(k.height)
-    cxc, cyc = k.cx + 0.5, k.cy + 0.5
+    cxc, cyc = k.cx, k.cy + 1.0
     proj = np.array(
         [
             [2.0 * k.fx / w, 0.0, 1.0 - 2.0 * cxc / w, 0.0],

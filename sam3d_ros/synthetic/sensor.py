@@ -5,6 +5,9 @@ Lovell (2012, "Modeling Kinect sensor noise for improved 3D reconstruction and t
 
 * axial (along-ray) Gaussian noise whose standard deviation grows with range,
   ``sigma(z) = sigma_0 + k * (z - z_0)^2`` (defaults 1.2 mm + 1.9 mm/m^2 * (z - 0.4 m)^2);
+* lateral noise: each pixel reports the depth seen ``round(N(0, sigma_lateral))`` pixels away
+  (jagged object outlines, as the lateral noise of the same paper);
+* flying (mixed) pixels: some pixels on depth edges report a depth between the two surfaces;
 * quantisation of the reported depth (default 1 mm, like a uint16 millimetre image);
 * dropouts: pixels next to depth discontinuities are invalid with a high probability (shadowing
   of the projector / stereo occlusion), plus a small uniform random dropout rate;
@@ -34,6 +37,10 @@ class SensorNoise:
     """Quadratic growth of the axial standard deviation, m / m^2."""
     z_0: float = 0.4
     """Range of minimal noise."""
+    sigma_lateral_px: float = 0.5
+    """Lateral noise standard deviation, pixels (0 disables)."""
+    flying_pixel: float = 0.1
+    """Probability that a surviving edge pixel mixes the near and far depths."""
     quantisation: float = 0.001
     """Depth quantisation step (0 disables)."""
     edge_threshold: float = 0.02
@@ -98,11 +105,26 @@ def apply_depth_noise(
     if noise is None:
         return out.astype(np.float32)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    valid = np.isfinite(out)
-    edges = depth_edges(out, noise.edge_threshold, noise.edge_relative, noise.edge_width)
+    h, w = out.shape
     # Draw every random field for the full image so results do not depend on the mask layout.
+    shift = np.rint(rng.normal(0.0, max(noise.sigma_lateral_px, 1e-9), size=(2, h, w)))
     gauss = rng.standard_normal(out.shape)
     drop_u = rng.random(out.shape)
+    mix_u = rng.random(out.shape)
+    alpha = rng.random(out.shape)
+    if noise.sigma_lateral_px > 0:
+        rows = np.clip(np.arange(h)[:, None] + shift[0].astype(int), 0, h - 1)
+        cols = np.clip(np.arange(w)[None, :] + shift[1].astype(int), 0, w - 1)
+        out = out[rows, cols]
+    valid = np.isfinite(out)
+    edges = depth_edges(out, noise.edge_threshold, noise.edge_relative, noise.edge_width)
+    if noise.flying_pixel > 0:
+        # The farthest valid 4-neighbour (np.roll wraps at the border: harmless there).
+        far = out.copy()
+        for axis, step in ((0, 1), (0, -1), (1, 1), (1, -1)):
+            far = np.fmax(far, np.roll(out, step, axis))
+        fly = edges & valid & np.isfinite(far) & (mix_u < noise.flying_pixel)
+        out = np.where(fly, alpha * out + (1.0 - alpha) * far, out)
     noisy = out + gauss * noise.sigma(np.where(valid, out, noise.z_0))
     if noise.quantisation > 0:
         noisy = np.round(noisy / noise.quantisation) * noise.quantisation
