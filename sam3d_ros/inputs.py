@@ -1,0 +1,760 @@
+"""Parse and validate a hosted "SAM 3D Objects" request into a :class:`ParsedRequest`.
+
+Hosted fields keep their names and meaning (see ``fal_schema.md``):
+
+``image_url`` (required)
+    The RGB image. Anything Pillow decodes; RGBA, grey and palette images are converted to RGB
+    (alpha is dropped), 16-bit grey is scaled to 8 bits.
+``mask_urls``
+    One mask image per object, same size as the image. A pixel belongs to the object when any
+    colour channel is non-zero (and, with an alpha channel, it is not fully transparent).
+``prompt``
+    Text prompt, used only when there are neither masks nor point/box prompts. Absent or blank
+    means automatic segmentation (the hosted service defaults to ``"car"``; we do not).
+``point_prompts``
+    ``[{x, y, label?, object_id?}]``: integer pixels, ``label`` 1 (foreground, the default) or 0.
+``box_prompts``
+    ``[{x_min, y_min, x_max, y_max, object_id?}]``: integer pixels, corners inclusive. An optional
+    ``label`` (1 = include, the default; 0 = exclude) is accepted as an extension.
+``seed``
+    Integer in ``[0, 2**32 - 1]``; :data:`DEFAULT_SEED` (42) when absent or null.
+``pointmap_url``
+    External pointmap or depth, NPY or NPZ (see below). A 16-bit PNG depth in millimetres is
+    accepted as an extension.
+
+Precedence (as hosted): masks, else point/box prompts, else the text prompt, else automatic
+segmentation (an empty :class:`~sam3d_ros.types.SegmentationQuery`). Fields that lose are still
+validated, then dropped.
+
+Extension fields (not in the hosted schema; ignored by the hosted service):
+
+``intrinsics``
+    ``{"fx", "fy", "cx", "cy"}`` (or a list ``[fx, fy, cx, cy]``), pixels.
+``K``
+    The same as a 3×3 camera matrix. ``intrinsics`` wins when both are given.
+``camera_pose``
+    4×4 camera-to-world transform (rigid; last row ``[0, 0, 0, 1]``). Identity when absent.
+
+Other unknown top-level fields are ignored with a warning in :attr:`ParsedRequest.warnings`.
+
+Grouping of geometric prompts into objects (:func:`group_prompts`):
+
+* prompts (points and boxes) sharing an ``object_id`` refine one object;
+* each box without ``object_id`` is its own object;
+* points without ``object_id`` join the id-less box when there is exactly one such box;
+  otherwise they form one object together;
+* ids for id-less objects are allocated above the largest given id (from 0 when none is given):
+  first the id-less boxes in list order, then the id-less point group. Objects are returned sorted
+  by id, so the result depends only on the request;
+* an object whose prompts are all background (label 0) is an error.
+
+Pointmap files (``pointmap_url``), loaded with ``allow_pickle=False`` (a pickled array is refused):
+
+* NPY, H×W×3 float: points in the camera optical frame (x right, y down, z forward), metres.
+* NPY, H×W (or H×W×1): depth along z; float = metres, uint16 = millimetres. Needs intrinsics
+  from the request (``intrinsics`` or ``K``).
+* NPZ with key ``points`` (H×W×3, as above), or ``depth`` (H×W, as above) plus intrinsics as
+  ``K`` (3×3) or ``intrinsics`` (``[fx, fy, cx, cy]``) in the same file or in the request
+  (the request's win). An NPZ holding a single array is read like an NPY.
+
+H and W must equal the image's. Invalid samples are NaN/inf, zero depth, all-zero points, and
+points at or behind the camera (z <= 0); they become NaN in :attr:`Frame.points`. A pointmap with
+no valid sample is an error. Without intrinsics, a points pointmap gets intrinsics fitted to it (a
+pointmap that fits no pinhole camera in the optical frame, e.g. PyTorch3D axes, is refused).
+
+URIs (:func:`read_uri`): a plain path (relative to ``base_dir``, e.g. the request file's
+directory), ``file://``, ``data:`` (base64 or percent-encoded) and, only with
+``InputOptions.allow_http``, ``http(s)://``. Every source is limited to ``max_bytes``. With
+``allowed_roots``, local paths must resolve (symlinks and ``..`` included) inside one of them.
+Every problem raises :class:`~sam3d_ros.errors.InputError` naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import math
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import conventions
+from .errors import InputError
+from .types import (
+    BoxPrompt,
+    CameraIntrinsics,
+    Frame,
+    ObjectPrompt,
+    PointPrompt,
+    SegmentationQuery,
+)
+
+DEFAULT_SEED = 42
+"""Seed used when the request has none (the hosted schema leaves it optional)."""
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+"""Default size limit of one input (image, mask or pointmap), after base64 decoding."""
+
+MAX_SEED = 2**32 - 1
+
+HOSTED_FIELDS = (
+    "image_url",
+    "mask_urls",
+    "prompt",
+    "point_prompts",
+    "box_prompts",
+    "seed",
+    "pointmap_url",
+)
+EXTENSION_FIELDS = ("intrinsics", "K", "camera_pose")
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """Where inputs may come from and how big they may be.
+
+    Attributes:
+        allow_http: fetch ``http://`` and ``https://`` URLs (off by default).
+        max_bytes: size limit of one input in bytes (decoded), else InputError "oversized".
+        timeout_s: network timeout for http(s) downloads.
+        allowed_roots: when set, local files must resolve inside one of these directories.
+    """
+
+    allow_http: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout_s: float = 30.0
+    allowed_roots: Optional[Sequence[Union[str, Path]]] = None
+
+
+@dataclass
+class ParsedRequest:
+    """A validated request, ready for the engine.
+
+    Attributes:
+        frame: the decoded image, pointmap (optical frame, NaN = invalid), intrinsics, pose.
+        query: what to segment, after the hosted precedence was applied.
+        seed: the seed to use (``DEFAULT_SEED`` when the request has none).
+        request: the request dict as given (for the exporter's metadata).
+        warnings: non-fatal remarks (ignored fields, suspicious units, dropped prompts).
+    """
+
+    frame: Frame
+    query: SegmentationQuery
+    seed: int
+    request: Dict[str, Any]
+    warnings: List[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# URIs
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_local(path: Path, field_name: str, options: InputOptions) -> bytes:
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise InputError(field_name, f"cannot resolve path {str(path)!r}: {exc}") from None
+    if options.allowed_roots is not None:
+        roots = [Path(r).expanduser().resolve() for r in options.allowed_roots]
+        if not any(_is_within(resolved, root) for root in roots):
+            raise InputError(
+                field_name,
+                f"path {str(path)!r} is outside the allowed roots "
+                f"({', '.join(str(r) for r in roots)})",
+            )
+    if not resolved.exists():
+        raise InputError(field_name, f"file not found: {str(path)!r}")
+    if not resolved.is_file():
+        raise InputError(field_name, f"not a regular file: {str(path)!r}")
+    try:
+        size = resolved.stat().st_size
+        if size > options.max_bytes:
+            raise InputError(
+                field_name, f"oversized: {size} bytes, the limit is {options.max_bytes}"
+            )
+        with open(resolved, "rb") as handle:
+            data = handle.read(options.max_bytes + 1)
+    except OSError as exc:
+        raise InputError(field_name, f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if len(data) > options.max_bytes:
+        raise InputError(field_name, f"oversized: more than {options.max_bytes} bytes")
+    return data
+
+
+def _read_data_uri(uri: str, field_name: str, options: InputOptions) -> bytes:
+    header, sep, payload = uri[5:].partition(",")
+    if not sep:
+        raise InputError(field_name, "malformed data URI (no comma)")
+    if header.lower().endswith(";base64"):
+        compact = re.sub(r"\s+", "", payload)
+        if len(compact) // 4 * 3 > options.max_bytes + 3:
+            raise InputError(
+                field_name,
+                f"oversized: data URI holds about {len(compact) // 4 * 3} bytes, "
+                f"the limit is {options.max_bytes}",
+            )
+        if "-" in compact or "_" in compact:
+            compact = compact.replace("-", "+").replace("_", "/")
+        compact += "=" * (-len(compact) % 4)
+        try:
+            data = base64.b64decode(compact, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(field_name, "invalid base64 in data URI") from None
+    else:
+        if len(payload) > 3 * options.max_bytes:
+            raise InputError(field_name, f"oversized: the limit is {options.max_bytes} bytes")
+        data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > options.max_bytes:
+        raise InputError(
+            field_name, f"oversized: {len(data)} bytes, the limit is {options.max_bytes}"
+        )
+    return data
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s) URLs."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirect to a non-http URL refused: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_http(uri: str, field_name: str, options: InputOptions) -> bytes:
+    if not options.allow_http:
+        raise InputError(
+            field_name, "http(s) URLs are disabled; enable them explicitly (--allow-http)"
+        )
+    opener = urllib.request.build_opener(_HttpOnlyRedirects())
+    try:
+        with opener.open(uri, timeout=options.timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > options.max_bytes:
+                raise InputError(
+                    field_name, f"oversized: {length} bytes, the limit is {options.max_bytes}"
+                )
+            data = response.read(options.max_bytes + 1)
+    except InputError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(field_name, f"download failed: {reason}") from None
+    if len(data) > options.max_bytes:
+        raise InputError(field_name, f"oversized: more than {options.max_bytes} bytes")
+    return data
+
+
+def read_uri(
+    uri: Any,
+    field_name: str,
+    base_dir: Optional[Union[str, Path]] = None,
+    options: Optional[InputOptions] = None,
+) -> bytes:
+    """Return the bytes behind ``uri`` (path, ``file://``, ``data:``, opt-in ``http(s)``).
+
+    Relative paths are taken relative to ``base_dir`` (the current directory when ``None``).
+    Raises InputError(field_name, ...) for anything unusable.
+    """
+    options = options or InputOptions()
+    if not isinstance(uri, str):
+        raise InputError(field_name, f"must be a string (URI or path), got {_type(uri)}")
+    uri = uri.strip()
+    if not uri:
+        raise InputError(field_name, "is empty")
+    match = _SCHEME_RE.match(uri)
+    scheme = match.group(1).lower() if match else ""
+    if len(scheme) == 1 and os.name == "nt":  # a Windows drive letter
+        scheme = ""
+    if scheme == "data":
+        return _read_data_uri(uri, field_name, options)
+    if scheme in ("http", "https"):
+        return _read_http(uri, field_name, options)
+    if scheme == "file":
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise InputError(field_name, f"file:// URI on another host: {parsed.netloc!r}")
+        path = Path(urllib.request.url2pathname(parsed.path))
+        return _read_local(path, field_name, options)
+    if scheme:
+        raise InputError(
+            field_name,
+            f"unsupported URI scheme {scheme!r} (use a path, file://, data: or http(s)://)",
+        )
+    path = Path(uri).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir if base_dir is not None else os.getcwd()) / path
+    return _read_local(path, field_name, options)
+
+
+# --------------------------------------------------------------------------------------------
+# Images and masks
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _open_image(data: bytes, field_name: str):
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise InputError(field_name, f"image too large: {exc}") from None
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise InputError(field_name, f"cannot decode image ({exc.__class__.__name__})") from None
+    return image
+
+
+def decode_image(data: bytes, field_name: str = "image_url") -> np.ndarray:
+    """Decode image bytes to H×W×3 uint8 RGB."""
+    image = _open_image(data, field_name)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
+        grey8 = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        rgb = np.repeat(grey8[:, :, None], 3, axis=2)
+    else:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(field_name, "image is empty")
+    return np.ascontiguousarray(rgb)
+
+
+def decode_mask(
+    data: bytes, field_name: str, shape: Optional[Tuple[int, int]] = None
+) -> np.ndarray:
+    """Decode a mask image to H×W bool (non-zero = object); check size and non-emptiness."""
+    image = _open_image(data, field_name)
+    if image.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
+        rgba = np.asarray(image.convert("RGBA"))
+        mask = rgba[:, :, :3].any(axis=2) & (rgba[:, :, 3] > 0)
+    else:
+        arr = np.asarray(image)
+        mask = arr.any(axis=2) if arr.ndim == 3 else arr != 0
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if shape is not None and mask.shape != tuple(shape):
+        raise InputError(
+            field_name,
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}",
+        )
+    if not mask.any():
+        raise InputError(field_name, "mask is empty (no non-zero pixel)")
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Intrinsics, pose, pointmaps
+
+
+def _number(value: Any, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(field_name, f"must be a number, got {_type(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InputError(field_name, "must be finite")
+    return number
+
+
+def parse_intrinsics(value: Any, field_name: str, width: int, height: int) -> CameraIntrinsics:
+    """Read intrinsics from ``{fx, fy, cx, cy}``, ``[fx, fy, cx, cy]`` or a 3×3 matrix."""
+    if isinstance(value, Mapping):
+        missing = [k for k in ("fx", "fy", "cx", "cy") if k not in value]
+        if missing:
+            raise InputError(field_name, f"missing {', '.join(missing)}")
+        fx, fy, cx, cy = (_number(value[k], f"{field_name}.{k}") for k in ("fx", "fy", "cx", "cy"))
+        matrix = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
+    else:
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape not in ((4,), (3, 3)):
+            raise InputError(
+                field_name, "must be {fx, fy, cx, cy}, [fx, fy, cx, cy] or a 3x3 matrix"
+            )
+        if arr.shape == (4,):
+            fx, fy, cx, cy = arr
+            matrix = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
+        else:
+            matrix = arr
+    return conventions.intrinsics_from_matrix(matrix, width, height, field_name)
+
+
+def parse_camera_pose(value: Any, field_name: str = "camera_pose") -> np.ndarray:
+    """Read a rigid 4×4 camera-to-world transform."""
+    try:
+        pose = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(field_name, "must be a 4x4 matrix of numbers") from None
+    if pose.shape != (4, 4):
+        raise InputError(field_name, f"must be 4x4, got shape {pose.shape}")
+    if not np.isfinite(pose).all():
+        raise InputError(field_name, "must be finite")
+    if not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise InputError(field_name, "last row must be [0, 0, 0, 1]")
+    rot = pose[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
+        raise InputError(field_name, "rotation part must be a proper rotation matrix")
+    return pose
+
+
+def _load_npy_bytes(data: bytes, field_name: str) -> Dict[str, np.ndarray]:
+    """Return the arrays of an NPY (key ``""``) or NPZ; pickles are refused."""
+    try:
+        if data.startswith(_NPY_MAGIC):
+            return {"": np.load(io.BytesIO(data), allow_pickle=False)}
+        if data.startswith(_ZIP_MAGICS):
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise InputError(
+                field_name, "pickled (object) arrays are refused; save plain numeric arrays"
+            ) from None
+        raise InputError(field_name, f"cannot read NPY/NPZ: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(field_name, f"cannot read NPY/NPZ: {exc}") from None
+    raise InputError(field_name, "not an NPY or NPZ file (pickles are refused)")
+
+
+def _depth_to_metres(depth: np.ndarray, field_name: str) -> np.ndarray:
+    if depth.dtype == np.uint16:
+        return conventions.depth_to_metres(depth, conventions.DEPTH_16UC1, field_name)
+    if np.issubdtype(depth.dtype, np.floating):
+        return conventions.depth_to_metres(depth, conventions.DEPTH_32FC1, field_name)
+    raise InputError(
+        field_name, f"depth must be float metres or uint16 millimetres, got dtype {depth.dtype}"
+    )
+
+
+def load_pointmap(
+    data: bytes,
+    height: int,
+    width: int,
+    intrinsics: Optional[CameraIntrinsics] = None,
+    field_name: str = "pointmap_url",
+    warnings: Optional[List[str]] = None,
+) -> Tuple[np.ndarray, Optional[CameraIntrinsics]]:
+    """Decode a pointmap / depth file to H×W×3 float32 optical-frame points (NaN = invalid).
+
+    ``intrinsics`` (from the request) win over those stored in an NPZ. Returns the points and
+    the intrinsics used; for points without known intrinsics they are fitted to the points.
+    """
+    if data.startswith(_PNG_MAGIC):
+        image = _open_image(data, field_name)
+        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise InputError(field_name, f"a PNG depth must be 16-bit grey, got mode {image.mode}")
+        arrays = {"depth": np.asarray(image).astype(np.uint16)}
+    else:
+        arrays = _load_npy_bytes(data, field_name)
+    if "" in arrays or (len(arrays) == 1 and not {"points", "depth"} & set(arrays)):
+        array = next(iter(arrays.values()))
+        arrays = {"points" if array.ndim == 3 and array.shape[-1] == 3 else "depth": array}
+
+    if intrinsics is None and ("K" in arrays or "intrinsics" in arrays):
+        key = "K" if "K" in arrays else "intrinsics"
+        intrinsics = parse_intrinsics(arrays[key].tolist(), f"{field_name}[{key}]", width, height)
+
+    if "points" in arrays:
+        points = arrays["points"]
+        if points.ndim != 3 or points.shape[2] != 3:
+            raise InputError(field_name, f"points must be HxWx3, got shape {points.shape}")
+        if not np.issubdtype(points.dtype, np.floating):
+            raise InputError(field_name, f"points must be float metres, got dtype {points.dtype}")
+        points = points.astype(np.float32)
+    elif "depth" in arrays:
+        depth = arrays["depth"]
+        if depth.ndim == 3 and depth.shape[2] == 1:
+            depth = depth[:, :, 0]
+        if depth.ndim != 2:
+            raise InputError(field_name, f"depth must be HxW, got shape {depth.shape}")
+        depth_m = _depth_to_metres(depth, field_name)
+        if depth_m.shape == (height, width) and intrinsics is None:
+            # (a size mismatch is reported below, before the missing intrinsics)
+            raise InputError(
+                field_name,
+                "a depth image needs intrinsics (K or intrinsics in the NPZ, "
+                "or the request's intrinsics / --intrinsics)",
+            )
+        points = None
+    else:
+        raise InputError(
+            field_name, f"NPZ needs a 'points' or 'depth' array, has {sorted(arrays) or 'none'}"
+        )
+
+    shape = (points if points is not None else depth_m).shape[:2]
+    if shape != (height, width):
+        raise InputError(
+            field_name,
+            f"pointmap is {shape[1]}x{shape[0]} but the image is {width}x{height}",
+        )
+    if points is None:
+        points = conventions.backproject(depth_m, intrinsics)
+
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(points).all(axis=2) & (points[:, :, 2] > 0)
+    points = np.where(valid[:, :, None], points, np.float32(np.nan)).astype(np.float32)
+    if not valid.any():
+        raise InputError(field_name, "pointmap has no valid point (all NaN, zero or z <= 0)")
+    if intrinsics is None:
+        # Also rejects pointmaps in another axis convention (e.g. PyTorch3D's +x left, +y up).
+        intrinsics = conventions.intrinsics_from_pointmap(points, field=field_name)
+    if warnings is not None:
+        median_z = float(np.median(points[valid][:, 2]))
+        if median_z > 100.0:
+            warnings.append(
+                f"{field_name}: median depth {median_z:.1f} m looks like millimetres; "
+                "float depth must be in metres"
+            )
+    return np.ascontiguousarray(points), intrinsics
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+
+
+def _integer(value: Any, field_name: str) -> int:
+    if isinstance(value, bool):
+        raise InputError(field_name, "must be an integer, got bool")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
+        return int(value)
+    raise InputError(field_name, f"must be an integer, got {value!r}")
+
+
+def _list_of(value: Any, field_name: str, item_type: type, item_desc: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InputError(field_name, f"must be a list, got {_type(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, item_type):
+            raise InputError(f"{field_name}[{index}]", f"must be {item_desc}, got {_type(item)}")
+    return list(value)
+
+
+def _check_range(value: int, field_name: str, upper: int, axis: str) -> int:
+    if not 0 <= value < upper:
+        raise InputError(
+            field_name, f"{value} is outside the image ({axis} must be in [0, {upper - 1}])"
+        )
+    return value
+
+
+def parse_point_prompts(value: Any, width: int, height: int) -> List[PointPrompt]:
+    """Validate hosted ``point_prompts`` against an image of ``width`` × ``height``."""
+    points = []
+    for index, item in enumerate(_list_of(value, "point_prompts", Mapping, "an object")):
+        name = f"point_prompts[{index}]"
+        for key in ("x", "y"):
+            if key not in item:
+                raise InputError(f"{name}.{key}", "is required")
+        x = _check_range(_integer(item["x"], f"{name}.x"), f"{name}.x", width, "x")
+        y = _check_range(_integer(item["y"], f"{name}.y"), f"{name}.y", height, "y")
+        label = item.get("label", 1)
+        label = 1 if label is None else _integer(label, f"{name}.label")
+        if label not in (0, 1):
+            raise InputError(
+                f"{name}.label", f"must be 0 (background) or 1 (foreground), got {label}"
+            )
+        object_id = item.get("object_id")
+        if object_id is not None:
+            object_id = _integer(object_id, f"{name}.object_id")
+        points.append(PointPrompt(x=x, y=y, label=label, object_id=object_id))
+    return points
+
+
+def parse_box_prompts(value: Any, width: int, height: int) -> List[BoxPrompt]:
+    """Validate hosted ``box_prompts`` against an image of ``width`` × ``height``."""
+    boxes = []
+    for index, item in enumerate(_list_of(value, "box_prompts", Mapping, "an object")):
+        name = f"box_prompts[{index}]"
+        coords = {}
+        for key in ("x_min", "y_min", "x_max", "y_max"):
+            if key not in item:
+                raise InputError(f"{name}.{key}", "is required")
+            upper, axis = (width, "x") if key.startswith("x") else (height, "y")
+            coords[key] = _check_range(
+                _integer(item[key], f"{name}.{key}"), f"{name}.{key}", upper, axis
+            )
+        for axis in ("x", "y"):
+            if coords[f"{axis}_max"] < coords[f"{axis}_min"]:
+                raise InputError(
+                    f"{name}.{axis}_max",
+                    f"{coords[f'{axis}_max']} is less than {axis}_min {coords[f'{axis}_min']}",
+                )
+        label = item.get("label", 1)
+        label = 1 if label is None else _integer(label, f"{name}.label")
+        if label not in (0, 1):
+            raise InputError(f"{name}.label", f"must be 0 (exclude) or 1 (include), got {label}")
+        object_id = item.get("object_id")
+        if object_id is not None:
+            object_id = _integer(object_id, f"{name}.object_id")
+        boxes.append(BoxPrompt(object_id=object_id, label=label, **coords))
+    return boxes
+
+
+def group_prompts(points: Sequence[PointPrompt], boxes: Sequence[BoxPrompt]) -> List[ObjectPrompt]:
+    """Group prompts into objects by ``object_id`` (rules in the module docstring).
+
+    Returned prompts carry their (possibly allocated) ``object_id``; objects are sorted by id.
+    """
+    given = [p.object_id for p in points if p.object_id is not None]
+    given += [b.object_id for b in boxes if b.object_id is not None]
+    next_id = max(given) + 1 if given else 0
+    objects: Dict[int, ObjectPrompt] = {}
+
+    def obj(object_id: int) -> ObjectPrompt:
+        return objects.setdefault(object_id, ObjectPrompt(object_id=object_id))
+
+    for box in boxes:
+        if box.object_id is not None:
+            obj(box.object_id).boxes.append(box)
+    idless_boxes = [b for b in boxes if b.object_id is None]
+    box_ids = []
+    for box in idless_boxes:
+        obj(next_id).boxes.append(_with_id(box, next_id))
+        box_ids.append(next_id)
+        next_id += 1
+    points_id = box_ids[0] if len(box_ids) == 1 else next_id
+    for point in points:
+        object_id = point.object_id if point.object_id is not None else points_id
+        obj(object_id).points.append(_with_id(point, object_id))
+    result = [objects[k] for k in sorted(objects)]
+    for item in result:
+        if not any(p.label == 1 for p in list(item.points) + list(item.boxes)):
+            field_name = "point_prompts" if item.points else "box_prompts"
+            raise InputError(
+                field_name,
+                f"object {item.object_id} has only background (label 0) prompts",
+            )
+    return result
+
+
+def _with_id(prompt, object_id: int):
+    return dataclasses.replace(prompt, object_id=object_id)
+
+
+# --------------------------------------------------------------------------------------------
+# The request
+
+
+def _parse_seed(value: Any) -> int:
+    if value is None:
+        return DEFAULT_SEED
+    seed = _integer(value, "seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError("seed", f"must be in [0, {MAX_SEED}], got {seed}")
+    return seed
+
+
+def _parse_prompt(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError("prompt", f"must be a string, got {_type(value)}")
+    return value.strip() or None
+
+
+def parse_request(
+    request: Mapping[str, Any],
+    base_dir: Optional[Union[str, Path]] = None,
+    options: Optional[InputOptions] = None,
+) -> ParsedRequest:
+    """Validate a hosted request and load everything it refers to.
+
+    Args:
+        request: the hosted JSON object (a dict).
+        base_dir: directory that relative paths are taken from (the request file's directory);
+            the current directory when ``None``.
+        options: URI policy and limits.
+
+    Raises:
+        InputError: naming the offending field, e.g. ``box_prompts[2].x_max``.
+    """
+    options = options or InputOptions()
+    if not isinstance(request, Mapping):
+        raise InputError("request", f"must be a JSON object, got {_type(request)}")
+    warnings: List[str] = []
+    for key in request:
+        if key not in HOSTED_FIELDS and key not in EXTENSION_FIELDS:
+            warnings.append(f"ignoring unknown field {key!r}")
+
+    # Cheap checks first, so a bad request fails before any file is read.
+    if request.get("image_url") is None:
+        raise InputError("image_url", "is required")
+    seed = _parse_seed(request.get("seed"))
+    text = _parse_prompt(request.get("prompt"))
+    mask_urls = _list_of(request.get("mask_urls"), "mask_urls", str, "a string (URI or path)")
+    _list_of(request.get("point_prompts"), "point_prompts", Mapping, "an object")
+    _list_of(request.get("box_prompts"), "box_prompts", Mapping, "an object")
+    pose = np.eye(4)
+    if request.get("camera_pose") is not None:
+        pose = parse_camera_pose(request["camera_pose"])
+
+    rgb = decode_image(read_uri(request["image_url"], "image_url", base_dir, options))
+    height, width = rgb.shape[:2]
+
+    points_prompts = parse_point_prompts(request.get("point_prompts"), width, height)
+    box_prompts = parse_box_prompts(request.get("box_prompts"), width, height)
+    objects = group_prompts(points_prompts, box_prompts)
+
+    intrinsics = None
+    if request.get("intrinsics") is not None:
+        intrinsics = parse_intrinsics(request["intrinsics"], "intrinsics", width, height)
+    elif request.get("K") is not None:
+        intrinsics = parse_intrinsics(request["K"], "K", width, height)
+
+    masks = []
+    for index, uri in enumerate(mask_urls):
+        name = f"mask_urls[{index}]"
+        masks.append(decode_mask(read_uri(uri, name, base_dir, options), name, (height, width)))
+
+    points = None
+    if request.get("pointmap_url") is not None:
+        data = read_uri(request["pointmap_url"], "pointmap_url", base_dir, options)
+        points, intrinsics = load_pointmap(
+            data, height, width, intrinsics, "pointmap_url", warnings
+        )
+
+    if masks:
+        if objects or text:
+            warnings.append("mask_urls given: point/box prompts and prompt are ignored")
+        query = SegmentationQuery(masks=masks)
+    elif objects:
+        if text:
+            warnings.append("point/box prompts given: the text prompt is ignored")
+        query = SegmentationQuery(objects=objects)
+    else:
+        query = SegmentationQuery(text=text)
+
+    frame = Frame(rgb=rgb, points=points, intrinsics=intrinsics, camera_pose=pose)
+    return ParsedRequest(
+        frame=frame, query=query, seed=seed, request=dict(request), warnings=warnings
+    )

@@ -1,0 +1,488 @@
+"""Hosted request parsing and validation (sam3d_ros.inputs)."""
+
+import base64
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam3d_ros.errors import InputError
+from sam3d_ros.inputs import (
+    DEFAULT_SEED,
+    InputOptions,
+    group_prompts,
+    load_pointmap,
+    parse_request,
+    read_uri,
+)
+from sam3d_ros.types import BoxPrompt, CameraIntrinsics, PointPrompt
+
+W, H = 32, 24
+K = CameraIntrinsics(fx=30.0, fy=30.0, cx=15.5, cy=11.5, width=W, height=H)
+K_LIST = [[K.fx, 0, K.cx], [0, K.fy, K.cy], [0, 0, 1]]
+BOX = {"x_min": 1, "y_min": 1, "x_max": 5, "y_max": 5}
+
+
+def png_bytes(array, mode=None):
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rgb_image(w=W, h=H):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+
+
+def box_mask(w=W, h=H, x0=4, y0=4, x1=12, y1=12):
+    m = np.zeros((h, w), dtype=np.uint8)
+    m[y0 : y1 + 1, x0 : x1 + 1] = 255
+    return m
+
+
+def depth_m(w=W, h=H):
+    d = np.full((h, w), 1.5, dtype=np.float32)
+    d[5:10, 5:10] = 1.0
+    return d
+
+
+def points_map(w=W, h=H, k=K):
+    d = depth_m(w, h)
+    us, vs = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return np.stack([(us - k.cx) * d / k.fx, (vs - k.cy) * d / k.fy, d], axis=-1)
+
+
+def npy_bytes(array, allow_pickle=False):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def npz_bytes(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def data_uri(data, mime="application/octet-stream"):
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.fixture
+def scene(tmp_path):
+    (tmp_path / "rgb.png").write_bytes(png_bytes(rgb_image()))
+    (tmp_path / "mask.png").write_bytes(png_bytes(box_mask()))
+    (tmp_path / "points.npy").write_bytes(npy_bytes(points_map()))
+    return tmp_path
+
+
+def field_of(excinfo):
+    return excinfo.value.field
+
+
+# ---------------------------------------------------------------------------------- URIs
+
+
+def test_relative_path_uses_base_dir(scene):
+    parsed = parse_request({"image_url": "rgb.png"}, base_dir=scene)
+    assert parsed.frame.rgb.shape == (H, W, 3)
+    assert parsed.frame.rgb.dtype == np.uint8
+    np.testing.assert_array_equal(parsed.frame.rgb, rgb_image())
+    assert parsed.seed == DEFAULT_SEED == 42
+    assert parsed.frame.points is None
+    np.testing.assert_array_equal(parsed.frame.camera_pose, np.eye(4))
+
+
+def test_file_uri_and_data_uri_happy_paths(scene):
+    by_file = parse_request({"image_url": (scene / "rgb.png").as_uri()})
+    by_data = parse_request({"image_url": data_uri(png_bytes(rgb_image()), "image/png")})
+    np.testing.assert_array_equal(by_file.frame.rgb, by_data.frame.rgb)
+    mask = parse_request(
+        {"image_url": "rgb.png", "mask_urls": [data_uri(png_bytes(box_mask()))]}, scene
+    ).query.masks[0]
+    assert mask.dtype == bool and mask.sum() == 81
+
+
+def test_percent_encoded_data_uri():
+    assert read_uri("data:,hello%20world", "f") == b"hello world"
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/rgb.png", "s3://bucket/rgb.png", "gopher:x"])
+def test_unsupported_scheme(uri):
+    with pytest.raises(InputError, match="unsupported URI scheme") as excinfo:
+        parse_request({"image_url": uri})
+    assert field_of(excinfo) == "image_url"
+
+
+def test_http_needs_opt_in():
+    with pytest.raises(InputError, match="disabled") as excinfo:
+        parse_request({"image_url": "https://example.com/rgb.png"})
+    assert field_of(excinfo) == "image_url"
+
+
+def test_missing_file(scene):
+    with pytest.raises(InputError, match="file not found") as excinfo:
+        parse_request({"image_url": "nope.png"}, scene)
+    assert field_of(excinfo) == "image_url"
+
+
+def test_missing_image_url():
+    with pytest.raises(InputError, match="required") as excinfo:
+        parse_request({"prompt": "mug"})
+    assert field_of(excinfo) == "image_url"
+
+
+def test_oversized_data_uri():
+    uri = data_uri(b"\0" * 2000)
+    with pytest.raises(InputError, match="oversized") as excinfo:
+        read_uri(uri, "image_url", options=InputOptions(max_bytes=1000))
+    assert field_of(excinfo) == "image_url"
+
+
+def test_oversized_file(scene):
+    with pytest.raises(InputError, match="oversized"):
+        parse_request({"image_url": "rgb.png"}, scene, InputOptions(max_bytes=100))
+
+
+def test_invalid_base64():
+    with pytest.raises(InputError, match="base64"):
+        read_uri("data:image/png;base64,@@@@", "image_url")
+
+
+def test_allowed_roots(scene, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    (other / "rgb.png").write_bytes(png_bytes(rgb_image()))
+    options = InputOptions(allowed_roots=[scene])
+    assert parse_request({"image_url": "rgb.png"}, scene, options).frame.width == W
+    for uri in (
+        str(other / "rgb.png"),
+        (other / "rgb.png").as_uri(),
+        "../" + other.name + "/rgb.png",
+    ):
+        with pytest.raises(InputError, match="outside the allowed roots") as excinfo:
+            parse_request({"image_url": uri}, scene, options)
+        assert field_of(excinfo) == "image_url"
+
+
+def test_allowed_roots_resolve_symlinks(scene, tmp_path_factory):
+    other = tmp_path_factory.mktemp("secret")
+    (other / "rgb.png").write_bytes(png_bytes(rgb_image()))
+    os.symlink(other / "rgb.png", scene / "link.png")
+    with pytest.raises(InputError, match="outside the allowed roots"):
+        parse_request({"image_url": "link.png"}, scene, InputOptions(allowed_roots=[scene]))
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def test_undecodable_image(scene):
+    (scene / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InputError, match="cannot decode image") as excinfo:
+        parse_request({"image_url": "bad.png"}, scene)
+    assert field_of(excinfo) == "image_url"
+
+
+def test_rgba_and_grey_are_converted():
+    rgba = np.dstack([rgb_image(), np.full((H, W), 7, np.uint8)])
+    rgb = parse_request({"image_url": data_uri(png_bytes(rgba))}).frame.rgb
+    np.testing.assert_array_equal(rgb, rgb_image())
+    grey = parse_request({"image_url": data_uri(png_bytes(box_mask()))}).frame.rgb
+    assert grey.shape == (H, W, 3)
+    assert (grey[..., 0] == grey[..., 2]).all() and grey.max() == 255
+
+
+def test_mask_wrong_size(scene):
+    (scene / "small.png").write_bytes(png_bytes(box_mask(w=W - 1)))
+    with pytest.raises(InputError, match="mask is 31x24 but the image is 32x24") as excinfo:
+        parse_request({"image_url": "rgb.png", "mask_urls": ["mask.png", "small.png"]}, scene)
+    assert field_of(excinfo) == "mask_urls[1]"
+
+
+def test_empty_mask(scene):
+    (scene / "empty.png").write_bytes(png_bytes(np.zeros((H, W), np.uint8)))
+    with pytest.raises(InputError, match="empty") as excinfo:
+        parse_request({"image_url": "rgb.png", "mask_urls": ["empty.png"]}, scene)
+    assert field_of(excinfo) == "mask_urls[0]"
+
+
+def test_rgba_mask_uses_alpha():
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere but transparent outside the object
+    rgba[2:5, 3:9, 3] = 255
+    parsed = parse_request(
+        {"image_url": data_uri(png_bytes(rgb_image())), "mask_urls": [data_uri(png_bytes(rgba))]}
+    )
+    assert parsed.query.masks[0].sum() == 18
+
+
+# ---------------------------------------------------------------------------------- pointmaps
+
+
+def test_points_npy(scene):
+    parsed = parse_request({"image_url": "rgb.png", "pointmap_url": "points.npy"}, scene)
+    points = parsed.frame.points
+    assert points.shape == (H, W, 3) and points.dtype == np.float32
+    np.testing.assert_allclose(points, points_map(), atol=1e-6)
+    k = parsed.frame.intrinsics  # fitted from the points
+    assert k.fx == pytest.approx(K.fx, rel=1e-4) and k.cx == pytest.approx(K.cx, abs=1e-3)
+
+
+def test_depth_npz_with_k_matches_points():
+    k_matrix = np.array([[K.fx, 0, K.cx], [0, K.fy, K.cy], [0, 0, 1]])
+    points, intr = load_pointmap(npz_bytes(depth=depth_m(), K=k_matrix), H, W)
+    np.testing.assert_allclose(points, points_map(), atol=1e-6)
+    assert intr == K
+    points2, _ = load_pointmap(
+        npz_bytes(depth=depth_m(), intrinsics=np.array([K.fx, K.fy, K.cx, K.cy])), H, W
+    )
+    np.testing.assert_allclose(points2, points, atol=1e-6)
+
+
+def test_uint16_depth_npy_with_request_intrinsics():
+    depth_mm = np.round(depth_m() * 1000).astype(np.uint16)
+    depth_mm[0, 0] = 0
+    parsed = parse_request(
+        {
+            "image_url": data_uri(png_bytes(rgb_image())),
+            "pointmap_url": data_uri(npy_bytes(depth_mm)),
+            "intrinsics": {"fx": K.fx, "fy": K.fy, "cx": K.cx, "cy": K.cy},
+        }
+    )
+    points = parsed.frame.points
+    assert np.isnan(points[0, 0]).all()
+    np.testing.assert_allclose(points[1:, 1:], points_map()[1:, 1:], atol=1e-6)
+
+
+def test_depth_png_16bit():
+    depth_mm = np.round(depth_m() * 1000).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(depth_mm).save(buf, format="PNG")
+    points, _ = load_pointmap(buf.getvalue(), H, W, K)
+    np.testing.assert_allclose(points, points_map(), atol=1e-6)
+
+
+def test_depth_without_intrinsics():
+    with pytest.raises(InputError, match="needs intrinsics") as excinfo:
+        load_pointmap(npy_bytes(depth_m()), H, W)
+    assert field_of(excinfo) == "pointmap_url"
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((H, W + 1, 3), np.float32), "pointmap is 33x24 but the image is 32x24"),
+        (np.zeros((H, W, 4), np.float32), "HxW"),
+        (np.zeros((2, H, W, 3), np.float32), "HxW"),
+        (np.zeros((H, W), np.int64), "float metres or uint16"),
+    ],
+)
+def test_pointmap_wrong_shape_or_size(scene, array, message):
+    (scene / "pm.npy").write_bytes(npy_bytes(array))
+    request = {"image_url": "rgb.png", "pointmap_url": "pm.npy", "K": K_LIST}
+    with pytest.raises(InputError, match=message) as excinfo:
+        parse_request(request, scene)
+    assert field_of(excinfo) == "pointmap_url"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((H, W, 3), np.nan, np.float32),
+        np.zeros((H, W, 3), np.float32),
+        np.zeros((H, W), np.uint16),
+        np.full((H, W), -1.0, np.float32),
+    ],
+)
+def test_all_invalid_pointmap(array):
+    with pytest.raises(InputError, match="no valid point") as excinfo:
+        load_pointmap(npy_bytes(array), H, W, K)
+    assert field_of(excinfo) == "pointmap_url"
+
+
+def test_pickled_npy_refused(scene):
+    obj = np.empty(1, dtype=object)
+    obj[0] = {"points": 1}
+    (scene / "evil.npy").write_bytes(npy_bytes(obj, allow_pickle=True))
+    (scene / "evil.pkl").write_bytes(pickle.dumps(points_map()))
+    for name in ("evil.npy", "evil.pkl"):
+        with pytest.raises(InputError, match="pickle") as excinfo:
+            parse_request({"image_url": "rgb.png", "pointmap_url": name}, scene)
+        assert field_of(excinfo) == "pointmap_url"
+
+
+def test_pointmap_in_pytorch3d_axes_is_refused():
+    flipped = points_map() * np.array([-1, -1, 1], np.float32)
+    with pytest.raises(InputError, match="optical frame"):
+        load_pointmap(npy_bytes(flipped), H, W)
+
+
+# ---------------------------------------------------------------------------------- prompts
+
+
+def base_request(**fields):
+    return {"image_url": data_uri(png_bytes(rgb_image())), **fields}
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"point_prompts": [{"x": W, "y": 0}]}, "point_prompts[0].x", "outside the image"),
+        ({"point_prompts": [{"x": 0, "y": -1}]}, "point_prompts[0].y", "outside the image"),
+        ({"point_prompts": [{"x": 1, "y": 1, "label": 2}]}, "point_prompts[0].label", "0"),
+        ({"point_prompts": [{"x": 1.5, "y": 1}]}, "point_prompts[0].x", "integer"),
+        ({"point_prompts": [{"x": True, "y": 1}]}, "point_prompts[0].x", "integer"),
+        ({"point_prompts": [{"y": 1}]}, "point_prompts[0].x", "required"),
+        ({"point_prompts": {"x": 1}}, "point_prompts", "list"),
+        ({"point_prompts": [3]}, "point_prompts[0]", "object"),
+        (
+            {"box_prompts": [BOX, {"x_min": 9, "y_min": 1, "x_max": 3, "y_max": 5}]},
+            "box_prompts[1].x_max",
+            "less than x_min",
+        ),
+        (
+            {"box_prompts": [{"x_min": 1, "y_min": 6, "x_max": 3, "y_max": 5}]},
+            "box_prompts[0].y_max",
+            "less than y_min",
+        ),
+        (
+            {"box_prompts": [BOX, BOX, {"x_min": 1, "y_min": 1, "x_max": W, "y_max": 5}]},
+            "box_prompts[2].x_max",
+            "outside the image",
+        ),
+        ({"box_prompts": [dict(BOX, object_id="a")]}, "box_prompts[0].object_id", "integer"),
+        ({"point_prompts": [{"x": 1, "y": 1, "label": 0}]}, "point_prompts", "background"),
+        ({"seed": -1}, "seed", "must be in"),
+        ({"seed": "7"}, "seed", "integer"),
+        ({"prompt": 3}, "prompt", "string"),
+        ({"mask_urls": "mask.png"}, "mask_urls", "list"),
+        ({"intrinsics": {"fx": 1}}, "intrinsics", "missing"),
+        ({"intrinsics": [0, 1, 2, 3]}, "intrinsics", "positive"),
+        ({"camera_pose": np.eye(3).tolist()}, "camera_pose", "4x4"),
+        ({"camera_pose": (2 * np.eye(4)).tolist()}, "camera_pose", "last row"),
+    ],
+)
+def test_bad_fields(fields, field, message):
+    with pytest.raises(InputError, match=message) as excinfo:
+        parse_request(base_request(**fields))
+    assert field_of(excinfo) == field
+
+
+def test_not_an_object():
+    with pytest.raises(InputError) as excinfo:
+        parse_request(["image_url"])
+    assert field_of(excinfo) == "request"
+
+
+def test_integral_float_coordinates_accepted():
+    parsed = parse_request(base_request(point_prompts=[{"x": 3.0, "y": 4}]))
+    assert parsed.query.objects[0].points[0] == PointPrompt(3, 4, 1, 0)
+
+
+def test_unknown_fields_warned_not_fatal():
+    parsed = parse_request(base_request(webhook="x", sync_mode=True, seed=7))
+    assert parsed.seed == 7
+    assert any("webhook" in w for w in parsed.warnings)
+
+
+# ---------------------------------------------------------------------------------- grouping
+
+
+def test_grouping_by_object_id():
+    points = [
+        PointPrompt(1, 1, 1, object_id=5),
+        PointPrompt(2, 2, 0, object_id=5),
+        PointPrompt(3, 3, 1, object_id=2),
+    ]
+    boxes = [BoxPrompt(0, 0, 4, 4, object_id=5), BoxPrompt(5, 5, 9, 9, object_id=2)]
+    objects = group_prompts(points, boxes)
+    assert [o.object_id for o in objects] == [2, 5]
+    assert len(objects[1].points) == 2 and len(objects[1].boxes) == 1
+    assert objects[0].points[0].x == 3 and objects[0].boxes[0].x_min == 5
+
+
+def test_idless_boxes_each_own_object_above_largest_id():
+    boxes = [BoxPrompt(0, 0, 4, 4), BoxPrompt(5, 5, 9, 9, object_id=7), BoxPrompt(1, 1, 2, 2)]
+    objects = group_prompts([], boxes)
+    assert [o.object_id for o in objects] == [7, 8, 9]
+    assert objects[1].boxes[0].x_min == 0 and objects[2].boxes[0].x_min == 1
+    assert objects[1].boxes[0].object_id == 8
+
+
+def test_idless_points_join_single_idless_box():
+    objects = group_prompts(
+        [PointPrompt(1, 1), PointPrompt(2, 2, 0)],
+        [BoxPrompt(0, 0, 4, 4), BoxPrompt(5, 5, 9, 9, object_id=3)],
+    )
+    assert [o.object_id for o in objects] == [3, 4]
+    assert len(objects[1].points) == 2 and len(objects[1].boxes) == 1
+
+
+def test_idless_points_form_one_object_otherwise():
+    objects = group_prompts([PointPrompt(1, 1), PointPrompt(2, 2)], [])
+    assert [o.object_id for o in objects] == [0]
+    assert len(objects[0].points) == 2
+    objects = group_prompts([PointPrompt(1, 1)], [BoxPrompt(0, 0, 4, 4), BoxPrompt(5, 5, 9, 9)])
+    assert [(o.object_id, len(o.boxes), len(o.points)) for o in objects] == [
+        (0, 1, 0),
+        (1, 1, 0),
+        (2, 0, 1),
+    ]
+
+
+def test_grouping_is_deterministic():
+    points = [PointPrompt(i, i, 1, object_id=i % 3 if i % 2 else None) for i in range(8)]
+    boxes = [BoxPrompt(i, i, i + 2, i + 2, object_id=None if i % 2 else 9) for i in range(4)]
+    assert group_prompts(points, boxes) == group_prompts(list(points), list(boxes))
+
+
+# ---------------------------------------------------------------------------------- precedence
+
+
+def test_precedence_masks_win(scene):
+    parsed = parse_request(
+        {
+            "image_url": "rgb.png",
+            "mask_urls": ["mask.png"],
+            "box_prompts": [BOX],
+            "prompt": "mug",
+        },
+        scene,
+    )
+    assert len(parsed.query.masks) == 1
+    assert parsed.query.objects == [] and parsed.query.text is None
+    assert any("ignored" in w for w in parsed.warnings)
+
+
+def test_precedence_prompts_over_text():
+    parsed = parse_request(base_request(box_prompts=[BOX], prompt="mug"))
+    assert parsed.query.masks == [] and parsed.query.text is None
+    assert parsed.query.objects[0].boxes[0] == BoxPrompt(1, 1, 5, 5, object_id=0)
+
+
+def test_precedence_text_then_automatic():
+    assert parse_request(base_request(prompt=" mug ")).query.text == "mug"
+    query = parse_request(base_request(prompt="  ")).query
+    assert query.masks == [] and query.objects == [] and query.text is None
+
+
+def test_losing_fields_still_validated(scene):
+    with pytest.raises(InputError) as excinfo:
+        parse_request(
+            {"image_url": "rgb.png", "mask_urls": ["mask.png"], "box_prompts": [{"x_min": 1}]},
+            scene,
+        )
+    assert field_of(excinfo) == "box_prompts[0].y_min"
+
+
+def test_extension_fields(scene):
+    pose = np.eye(4)
+    pose[:3, 3] = [1, 2, 3]
+    parsed = parse_request(
+        {"image_url": "rgb.png", "K": K_LIST, "camera_pose": pose.tolist()}, scene
+    )
+    assert parsed.frame.intrinsics == K
+    np.testing.assert_array_equal(parsed.frame.camera_pose, pose)
+    assert parsed.warnings == []
