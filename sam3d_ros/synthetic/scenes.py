@@ -300,6 +300,21 @@ def _color_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.linalg.norm(np.asarray(a[:3]) - np.asarray(b[:3])))
 
 
+MIN_OBJECT_EXTENT = 0.01
+"""Objects thinner than this (smallest axis-aligned extent, metres) are not drawn."""
+
+
+def _draw_urdf_id(rng: np.random.Generator, exclude: Sequence[int] = ()) -> int:
+    """Draw a random URDF id below :data:`MAX_URDF_ID` of a graspable-size object."""
+    while True:
+        urdf_id = int(rng.integers(0, MAX_URDF_ID))
+        if urdf_id in exclude:
+            continue
+        verts = _visual_mesh(urdf_id)[0]
+        if np.ptp(verts, axis=0).min() >= MIN_OBJECT_EXTENT:
+            return urdf_id
+
+
 def make_tabletop_scene(
     seed: int,
     n_objects: int = 3,
@@ -363,7 +378,9 @@ def make_tabletop_scene(
     margin = 2
 
     if urdf_ids is None:
-        ids = [int(i) for i in rng.choice(MAX_URDF_ID, size=n_objects, replace=False)]
+        ids: List[int] = []
+        for _ in range(n_objects):
+            ids.append(_draw_urdf_id(rng, exclude=ids))
     else:
         ids = [int(i) for i in urdf_ids]
     for i in ids:
@@ -484,6 +501,11 @@ def make_tabletop_scene(
                     break
             if good:
                 break
+            if urdf_ids is None and _attempt % 3 == 2:
+                # Replace objects that keep failing (fell off, hidden, too thin to see).
+                for j, (world_from_body, mask) in enumerate(zip(poses, masks, strict=True)):
+                    if world_from_body[2, 3] < -0.02 or mask.sum() < min_visible:
+                        ids[j] = _draw_urdf_id(rng, exclude=ids)
         else:
             raise RuntimeError(f"seed {seed}: no valid placement in {max_attempts} attempts")
     finally:
