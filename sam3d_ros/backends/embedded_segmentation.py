@@ -95,8 +95,11 @@ class EmbeddedSegmenter:
         min_margin_px: ...and at least this many pixels.
         colour_radius: how far (pixels) colour may grow the mask through ambiguous pixels.
         plane_stride: pixel stride of the pointmap subsample the plane is fitted on.
+        plane_iterations: RANSAC hypotheses of the support-plane fit.
         min_object_pixels: automatic mode: smallest object (pixels).
         max_object_height: automatic mode: tallest object above the plane (metres).
+        part_gap: box prompts: other regions inside the box join the object when their 3D
+            bounds are within this distance (metres) of it (parts of one object).
         seed: RANSAC seed (results are deterministic for a given seed).
     """
 
@@ -113,8 +116,10 @@ class EmbeddedSegmenter:
         min_margin_px: int = 8,
         colour_radius: int = 4,
         plane_stride: int = 4,
+        plane_iterations: int = 160,
         min_object_pixels: int = 150,
         max_object_height: float = 0.6,
+        part_gap: float = 0.03,
         seed: int = 0,
     ):
         self.plane_threshold = float(plane_threshold)
@@ -125,8 +130,10 @@ class EmbeddedSegmenter:
         self.min_margin_px = int(min_margin_px)
         self.colour_radius = int(colour_radius)
         self.plane_stride = max(1, int(plane_stride))
+        self.plane_iterations = int(plane_iterations)
         self.min_object_pixels = int(min_object_pixels)
         self.max_object_height = float(max_object_height)
+        self.part_gap = float(part_gap)
         self.seed = int(seed)
 
     # ------------------------------------------------------------------------------------
@@ -213,6 +220,8 @@ class EmbeddedSegmenter:
             pts[::s, ::s],
             threshold=self.plane_threshold,
             valid=valid[::s, ::s],
+            iterations=self.plane_iterations,
+            max_points=2000,
             min_inliers=max(50, int(0.05 * valid[::s, ::s].sum())),
             rng=self.seed,
         )
@@ -287,17 +296,21 @@ class EmbeddedSegmenter:
         h, w = z.shape
         cut = np.zeros((h, w), dtype=bool)
         # A pixel is cut when a neighbour is nearer by more than the jump at the neighbour.
+        # ``lim`` = neighbour depth + its jump (inf where the neighbour is no candidate).
+        lim_self = z + self._jump(z)
         neighbours = []
         for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             nb = np.full((h, w), np.inf, dtype=np.float32)
+            lim = np.full((h, w), np.inf, dtype=np.float32)
             ys = slice(max(0, -dy), h - max(0, dy))
             yd = slice(max(0, dy), h - max(0, -dy))
             xs = slice(max(0, -dx), w - max(0, dx))
             xd = slice(max(0, dx), w - max(0, -dx))
             nb[ys, xs] = z[yd, xd]
-            neighbours.append((nb, ys, xs, yd, xd))
+            lim[ys, xs] = lim_self[yd, xd]
+            neighbours.append((nb, lim, ys, xs, yd, xd))
             with np.errstate(invalid="ignore"):
-                cut |= (z - nb) > self._jump(nb)
+                cut |= z > lim
         keep = fg & ~cut
         labels, n = ndimage.label(keep, structure=_FOUR)
         labels = labels.astype(np.int32, copy=False)
@@ -308,12 +321,13 @@ class EmbeddedSegmenter:
                 break
             best = np.full((h, w), np.inf, dtype=np.float32)
             best_label = np.zeros((h, w), dtype=np.int32)
-            for nb, ys, xs, yd, xd in neighbours:
+            for nb, lim, ys, xs, yd, xd in neighbours:
                 nb_label = np.zeros((h, w), dtype=np.int32)
                 nb_label[ys, xs] = labels[yd, xd]
                 with np.errstate(invalid="ignore"):
                     diff = np.abs(z - nb)
-                better = todo & (nb_label > 0) & (diff <= self._jump(nb)) & (diff < best)
+                    cont = diff <= lim - nb
+                better = todo & (nb_label > 0) & cont & (diff < best)
                 best[better] = diff[better]
                 best_label[better] = nb_label[better]
             if not (best_label > 0).any():
@@ -337,8 +351,14 @@ class EmbeddedSegmenter:
         fg: np.ndarray,
         labels: np.ndarray,
         allowed: Optional[np.ndarray] = None,
+        far_allowed: Optional[np.ndarray] = None,
     ) -> np.ndarray:
-        """Grow ``core`` by colour through depth-ambiguous pixels, then fill invalid holes."""
+        """Grow ``core`` by colour through depth-ambiguous pixels, then fill invalid holes.
+
+        Ambiguous pixels within ``colour_radius`` of the core join when their colour is likelier
+        under the object's colour histogram than the surroundings'; up to three times as far
+        (and inside ``far_allowed``) only when clearly likelier. ``allowed`` bounds everything.
+        """
         if not core.any():
             return core
         cidx = self._colour_index(win.rgb)
@@ -350,17 +370,23 @@ class EmbeddedSegmenter:
         ambiguous = ~win.valid | support_band | (fg & (labels == 0))
         if allowed is not None:
             ambiguous &= allowed
-        near = ndimage.binary_dilation(core, structure=_EIGHT, iterations=self.colour_radius)
-        candidates = ambiguous & near & ~core
+        # Chessboard distance to the core (one pass, cheaper than repeated dilations).
+        dist = ndimage.distance_transform_cdt(~core, metric="chessboard")
+        near = dist <= self.colour_radius
+        far = dist <= 3 * self.colour_radius
+        if far_allowed is not None:
+            far &= far_allowed
+        candidates = ambiguous & far & ~core
         grown = core
         if candidates.any():
             obj_hist = np.bincount(cidx[core], minlength=512).astype(np.float64)
-            bg_sel = ~core & ~candidates & win.valid
+            bg_sel = ~core
             bg_hist = np.bincount(cidx[bg_sel], minlength=512).astype(np.float64)
             p_obj = (obj_hist + 0.5) / (obj_hist.sum() + 256.0)
             p_bg = (bg_hist + 0.5) / (bg_hist.sum() + 256.0)
-            is_obj = p_obj > p_bg
-            accept = candidates & is_obj[cidx]
+            # Close to the object a likelier colour suffices; further away it must be clear.
+            ratio = (p_obj / p_bg)[cidx]
+            accept = candidates & np.where(near, ratio > 1.0, ratio > 4.0)
             if accept.any():
                 lab, _ = ndimage.label(core | accept, structure=_EIGHT)
                 keep_ids = np.unique(lab[core])
@@ -431,9 +457,20 @@ class EmbeddedSegmenter:
         return np.bincount(labels.ravel(), weights=weights.ravel(), minlength=n + 1)
 
     def _seed_labels(
-        self, win: _Window, labels: np.ndarray, pts: Sequence[Tuple[int, int]], radius: int = 6
+        self,
+        win: _Window,
+        labels: np.ndarray,
+        pts: Sequence[Tuple[int, int]],
+        radius: int = 6,
+        colour_radius: int = 20,
+        colour_tol: float = 40.0,
     ) -> List[int]:
-        """Region label under each point (snapped to the nearest region within ``radius``)."""
+        """Region label under each point, snapped to a nearby region when it has none.
+
+        A point off every region (no depth, or on the support band) takes the nearest region
+        within ``radius`` pixels, or within ``colour_radius`` pixels when that region pixel has
+        the point's colour (RGB distance below ``colour_tol``).
+        """
         out = []
         hh, ww = labels.shape
         for x, y in pts:
@@ -443,14 +480,22 @@ class EmbeddedSegmenter:
                 continue
             lab = int(labels[cy, cx])
             if lab == 0:
-                ya, yb = max(0, cy - radius), min(hh, cy + radius + 1)
-                xa, xb = max(0, cx - radius), min(ww, cx + radius + 1)
+                ya, yb = max(0, cy - colour_radius), min(hh, cy + colour_radius + 1)
+                xa, xb = max(0, cx - colour_radius), min(ww, cx + colour_radius + 1)
                 patch = labels[ya:yb, xa:xb]
-                if (patch > 0).any():
-                    yy, xx = np.nonzero(patch > 0)
+                yy, xx = np.nonzero(patch > 0)
+                if yy.size:
                     d2 = (yy + ya - cy) ** 2 + (xx + xa - cx) ** 2
-                    k = int(np.lexsort((xx, yy, d2))[0])
-                    lab = int(patch[yy[k], xx[k]])
+                    seed_rgb = win.rgb[
+                        max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2
+                    ].reshape(-1, 3).astype(np.float32).mean(axis=0)
+                    col = win.rgb[ya:yb, xa:xb][yy, xx].astype(np.float32)
+                    cd = np.linalg.norm(col - seed_rgb, axis=1)
+                    ok = (d2 <= radius * radius) | (cd < colour_tol)
+                    if ok.any():
+                        cand = np.flatnonzero(ok)
+                        k = cand[np.lexsort((xx[cand], yy[cand], d2[cand]))[0]]
+                        lab = int(patch[yy[k], xx[k]])
             out.append(lab)
         return out
 
@@ -489,6 +534,15 @@ class EmbeddedSegmenter:
         if ids:
             out = np.isin(lab, sorted(ids))
         return out
+
+    @staticmethod
+    def _region_bounds(win: _Window, region: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Robust 3D axis-aligned bounds (2nd–98th percentile) of a region's points."""
+        p = win.points[region & win.valid]
+        if p.shape[0] == 0:
+            return np.full(3, np.inf), np.full(3, -np.inf)
+        lo, hi = np.percentile(p, [2.0, 98.0], axis=0)
+        return lo.astype(np.float64), hi.astype(np.float64)
 
     @staticmethod
     def _inside(win: _Window, x: int, y: int) -> bool:
@@ -558,26 +612,28 @@ class EmbeddedSegmenter:
                 return full, 0.0
             main = candidates[0]
             chosen = [main]
-        # Secondary regions: mostly inside the box, next to the main region, at similar depth
-        # (parts split off by self-occlusion, e.g. a handle).
-        main_mask = labels == main
-        zs = win.z[main_mask]
-        z_med = float(np.median(zs))
-        z_ext = float(zs.max() - zs.min()) + 0.02
-        near = ndimage.binary_dilation(main_mask, structure=_EIGHT, iterations=3)
-        touching = np.unique(labels[near & ~main_mask & (labels > 0)])
+        # Secondary regions: (almost) entirely inside the box and close to the main region in 3D
+        # (parts split off by self-occlusion, e.g. a handle, or separate parts of one object).
+        lo, hi = self._region_bounds(win, labels == main)
         min_size = max(20.0, 0.03 * total[main])
-        for k in touching:
+        for k in np.flatnonzero((frac >= 0.9) & (total >= min_size)):
             k = int(k)
-            if k in chosen or k in bg_labels or frac[k] < 0.9 or total[k] < min_size:
+            if k == 0 or k in chosen or k in bg_labels:
                 continue
-            zk = float(np.median(win.z[labels == k]))
-            if abs(zk - z_med) <= z_ext:
+            klo, khi = self._region_bounds(win, labels == k)
+            gap = np.maximum(0.0, np.maximum(klo - hi, lo - khi))
+            if float(np.linalg.norm(gap)) <= self.part_gap:
                 chosen.append(k)
         region = np.isin(labels, [k for k in chosen if k not in bg_labels or k in fg_labels])
         region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         allowed = ~np.isin(labels, [k for k in range(1, n + 1) if k not in chosen]) | ~fg
-        mask = self._refine(win, region, fg, labels, allowed=allowed)
+        box_slack = np.zeros_like(in_box)
+        for bx0, by0, bx1, by1 in rects:
+            box_slack[
+                max(0, by0 - win.y0 - 2) : by1 + 3 - win.y0,
+                max(0, bx0 - win.x0 - 2) : bx1 + 3 - win.x0,
+            ] = True
+        mask = self._refine(win, region, fg, labels, allowed=allowed, far_allowed=box_slack)
         mask_area = float(mask.sum())
         full[win.y0 : win.y1, win.x0 : win.x1] = mask
         if mask_area == 0:

@@ -1,0 +1,428 @@
+"""Tests of the embedded (CPU, depth-based) segmentation backend and the support-plane fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam3d_ros.backends import make_segmenter
+from sam3d_ros.backends.embedded_segmentation import EmbeddedSegmenter
+from sam3d_ros.backends.plane import fit_support_plane
+from sam3d_ros.errors import InputError
+from sam3d_ros.synthetic.sensor import SensorNoise, apply_depth_noise
+from sam3d_ros.types import BoxPrompt, Frame, ObjectPrompt, PointPrompt, SegmentationQuery
+
+# ----------------------------------------------------------------------------------------------
+# A small ray-cast tabletop: world z up, table = plane z = 0, axis-aligned boxes and upright
+# cylinders standing on it, seen by a pinhole camera looking down at 45 degrees.
+# ----------------------------------------------------------------------------------------------
+
+W, H = 640, 480
+FX = FY = 525.0
+CX, CY = (W - 1) / 2.0, (H - 1) / 2.0
+TABLE_RGB = (150, 110, 75)
+
+# (kind, centre x, centre y, size params, colour); boxes: (sx, sy, sz), cylinders: (r, h).
+DEFAULT_OBJECTS = (
+    ("box", -0.15, 0.02, (0.07, 0.05, 0.09), (30, 90, 200)),
+    ("cyl", 0.0, 0.05, (0.035, 0.12), (200, 40, 40)),
+    ("box", 0.14, -0.02, (0.06, 0.08, 0.05), (40, 170, 60)),
+)
+
+
+def _camera(eye=(0.0, -0.5, 0.5), target=(0.0, 0.02, 0.0)):
+    eye = np.asarray(eye, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return eye, np.stack([right, down, forward], axis=1)  # columns: optical axes in world
+
+
+def render_scene(objects=DEFAULT_OBJECTS, noise=True, seed=0):
+    """Return (frame, gt_masks, boxes) for a ray-cast tabletop."""
+    eye, rot = _camera()
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    rays_cam = np.stack([(u - CX) / FX, (v - CY) / FY, np.ones_like(u)], axis=-1)
+    d = rays_cam @ rot.T  # world directions (not unit: t is the optical depth)
+    best_t = np.full((H, W), np.inf)
+    ids = np.zeros((H, W), dtype=np.int32)
+    shade = np.ones((H, W))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_table = -eye[2] / d[..., 2]
+    hit = t_table > 0
+    best_t[hit] = t_table[hit]
+    for k, (kind, x, y, size, _) in enumerate(objects, start=1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if kind == "box":
+                half = np.asarray(size) / 2.0
+                lo = np.array([x, y, 0.0]) - [half[0], half[1], 0.0]
+                hi = np.array([x, y, size[2]]) + [half[0], half[1], 0.0]
+                t1 = (lo - eye) / d
+                t2 = (hi - eye) / d
+                tmin = np.minimum(t1, t2)
+                t_near = tmin.max(axis=-1)
+                t_far = np.maximum(t1, t2).min(axis=-1)
+                ok = (t_near <= t_far) & (t_near > 0)
+                face = tmin.argmax(axis=-1)
+                s = np.choose(face, [0.8, 0.65, 1.0])
+                t = np.where(ok, t_near, np.inf)
+            else:
+                r, h = size
+                ox, oy = eye[0] - x, eye[1] - y
+                a = d[..., 0] ** 2 + d[..., 1] ** 2
+                b = 2 * (ox * d[..., 0] + oy * d[..., 1])
+                c = ox * ox + oy * oy - r * r
+                disc = b * b - 4 * a * c
+                t_side = (-b - np.sqrt(disc)) / (2 * a)
+                zs = eye[2] + t_side * d[..., 2]
+                side_ok = (disc >= 0) & (t_side > 0) & (zs >= 0) & (zs <= h)
+                t_cap = (h - eye[2]) / d[..., 2]
+                px = eye[0] + t_cap * d[..., 0] - x
+                py = eye[1] + t_cap * d[..., 1] - y
+                cap_ok = (t_cap > 0) & (px * px + py * py <= r * r)
+                t = np.where(side_ok, t_side, np.inf)
+                t = np.where(cap_ok & (t_cap < t), t_cap, t)
+                hx = eye[0] + t * d[..., 0] - x
+                s = np.where(cap_ok & (t == t_cap), 1.0, 0.6 + 0.3 * np.clip(-hx / r, -1, 1))
+        closer = t < best_t
+        best_t[closer] = t[closer]
+        ids[closer] = k
+        shade[closer] = s[closer]
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((H, W, 3), dtype=np.float64)
+    rgb[:] = TABLE_RGB
+    for k, obj in enumerate(objects, start=1):
+        rgb[ids == k] = obj[4]
+    rgb *= shade[..., None]
+    rgb += rng.normal(0.0, 4.0, rgb.shape)
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    depth = np.where(np.isfinite(best_t), best_t, np.nan)
+    depth = apply_depth_noise(depth, SensorNoise() if noise else None, seed=seed)
+    points = (rays_cam * depth[..., None]).astype(np.float32)
+    masks = [ids == k for k in range(1, len(objects) + 1)]
+    boxes = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+    return Frame(rgb=rgb, points=points), masks, boxes
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+def centre_pixel(mask: np.ndarray):
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(mask)
+    y, x = np.unravel_index(int(np.argmax(dist)), mask.shape)
+    return int(x), int(y)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene()
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return EmbeddedSegmenter()
+
+
+def box_prompt(box, oid, pad=0, label=1):
+    x0, y0, x1, y1 = box
+    return BoxPrompt(x0 - pad, y0 - pad, x1 + pad, y1 + pad, object_id=oid, label=label)
+
+
+# ----------------------------------------------------------------------------------------------
+# support plane
+# ----------------------------------------------------------------------------------------------
+
+
+def test_plane_fit_recovers_table_and_orients_toward_camera(scene):
+    frame, masks, _ = scene
+    plane = fit_support_plane(frame.points, rng=3)
+    eye, rot = _camera()
+    # Table z = 0 in the world → in the camera frame: normal = R^T (0,0,1), offset = eye_z.
+    n_true = rot.T @ np.array([0.0, 0.0, 1.0])
+    assert np.dot(plane.normal, n_true) > 0.9995
+    assert plane.offset == pytest.approx(eye[2], abs=0.003)
+    assert plane.offset > 0  # the camera is on the positive side
+    table = ~np.any(masks, axis=0) & np.isfinite(frame.points[..., 2])
+    assert plane.inliers.shape == (H, W)
+    assert plane.inliers[table].mean() > 0.95
+    assert not plane.inliers[masks[1]].any() or plane.inliers[masks[1]].mean() < 0.1
+    again = fit_support_plane(frame.points, rng=3)
+    np.testing.assert_array_equal(plane.normal, again.normal)
+    np.testing.assert_array_equal(plane.inliers, again.inliers)
+    # N×3 input and the signed distance
+    flat = fit_support_plane(frame.points.reshape(-1, 3), rng=3)
+    assert flat.inliers.shape == (H * W,)
+    assert plane.signed_distance(np.zeros(3)) == pytest.approx(plane.offset)
+
+
+def test_plane_fit_too_few_points_returns_none():
+    pts = np.full((10, 10, 3), np.nan, dtype=np.float32)
+    pts[0, :4] = [[0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]
+    assert fit_support_plane(pts) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# box prompts
+# ----------------------------------------------------------------------------------------------
+
+
+def test_registry_builds_embedded_segmenter():
+    s = make_segmenter("embedded")
+    assert s.name == "embedded" and s.reads_text is False
+
+
+def test_box_prompts_match_ground_truth(scene, seg):
+    frame, masks, boxes = scene
+    query = SegmentationQuery(
+        objects=[ObjectPrompt(i, boxes=[box_prompt(b, i, pad=4)]) for i, b in enumerate(boxes)]
+    )
+    result = seg.segment(frame, query)
+    assert [r.object_id for r in result] == [0, 1, 2]
+    for r, gt in zip(result, masks):
+        assert r.mask.shape == (H, W) and r.mask.dtype == bool
+        assert iou(r.mask, gt) >= 0.9, iou(r.mask, gt)
+        assert r.label == "" and 0.5 < r.score <= 1.0
+
+
+def test_box_fills_depth_dropouts_inside_the_object(seg):
+    frame, masks, boxes = render_scene()
+    hole = np.zeros_like(masks[0])
+    x, y = centre_pixel(masks[0])
+    hole[y - 6 : y + 6, x - 6 : x + 6] = True
+    assert (hole & ~masks[0]).sum() == 0
+    pts = frame.points.copy()
+    pts[hole] = np.nan
+    frame = Frame(rgb=frame.rgb, points=pts)
+    (r,) = seg.segment(
+        frame, SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0)])])
+    )
+    assert r.mask[hole].all()
+    assert iou(r.mask, masks[0]) >= 0.9
+
+
+def test_two_boxes_with_one_id_refine_one_object(scene, seg):
+    frame, masks, boxes = scene
+    x0, y0, x1, y1 = boxes[1]
+    loose = BoxPrompt(x0 - 15, y0 - 15, x1 + 15, y1 + 15, object_id=7)
+    top_half = BoxPrompt(x0, y0, x1, (y0 + y1) // 2, object_id=7)
+    result = seg.segment(
+        frame, SegmentationQuery(objects=[ObjectPrompt(7, boxes=[loose, top_half])])
+    )
+    assert len(result) == 1 and result[0].object_id == 7
+    assert iou(result[0].mask, masks[1]) >= 0.9
+
+
+def test_negative_box_excludes_its_pixels(scene, seg):
+    frame, masks, boxes = scene
+    x0, y0, x1, y1 = boxes[0]
+    ymid = (y0 + y1) // 2
+    result = seg.segment(
+        frame,
+        SegmentationQuery(
+            objects=[
+                ObjectPrompt(
+                    0,
+                    boxes=[
+                        box_prompt(boxes[0], 0),
+                        BoxPrompt(x0 - 5, ymid, x1 + 5, y1 + 5, object_id=0, label=0),
+                    ],
+                )
+            ]
+        ),
+    )
+    m = result[0].mask
+    assert not m[ymid:].any()
+    assert iou(m, masks[0] & (np.arange(H)[:, None] < ymid)) >= 0.85
+
+
+def test_box_around_two_objects_with_fg_and_bg_points(seg):
+    # Two cylinders close together: a box around both, fg on the left, bg on the right.
+    objects = (
+        ("cyl", -0.03, 0.03, (0.03, 0.10), (200, 40, 40)),
+        ("cyl", 0.045, 0.03, (0.03, 0.08), (40, 60, 200)),
+    )
+    frame, masks, boxes = render_scene(objects)
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    x1 = max(b[2] for b in boxes)
+    y1 = max(b[3] for b in boxes)
+    fx, fy = centre_pixel(masks[0])
+    bx, by = centre_pixel(masks[1])
+    prompt = ObjectPrompt(
+        0,
+        points=[PointPrompt(fx, fy, 1, 0), PointPrompt(bx, by, 0, 0)],
+        boxes=[BoxPrompt(x0, y0, x1, y1, object_id=0)],
+    )
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[prompt]))
+    assert iou(r.mask, masks[0]) >= 0.9
+    assert r.mask[masks[1]].mean() < 0.02
+    # The opposite clicks pick the other cylinder.
+    prompt = ObjectPrompt(
+        0,
+        points=[PointPrompt(bx, by, 1, 0), PointPrompt(fx, fy, 0, 0)],
+        boxes=[BoxPrompt(x0, y0, x1, y1, object_id=0)],
+    )
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[prompt]))
+    assert iou(r.mask, masks[1]) >= 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# point prompts
+# ----------------------------------------------------------------------------------------------
+
+
+def test_single_foreground_point_grows_the_object(scene, seg):
+    frame, masks, _ = scene
+    objects = []
+    for i, m in enumerate(masks):
+        x, y = centre_pixel(m)
+        objects.append(ObjectPrompt(i, points=[PointPrompt(x, y, 1, i)]))
+    result = seg.segment(frame, SegmentationQuery(objects=objects))
+    for r, gt in zip(result, masks):
+        assert iou(r.mask, gt) >= 0.9, iou(r.mask, gt)
+        assert r.score == pytest.approx(1.0)
+
+
+def test_background_point_splits_touching_objects(seg):
+    # Two boxes touching side by side at the same depth: one depth region, split by the clicks.
+    objects = (
+        ("box", -0.04, 0.03, (0.08, 0.06, 0.08), (200, 40, 40)),
+        ("box", 0.04, 0.03, (0.08, 0.06, 0.08), (210, 50, 45)),
+    )
+    frame, masks, _ = render_scene(objects)
+    fx, fy = centre_pixel(masks[0])
+    bx, by = centre_pixel(masks[1])
+    prompt = ObjectPrompt(3, points=[PointPrompt(fx, fy, 1, 3), PointPrompt(bx, by, 0, 3)])
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[prompt]))
+    assert r.object_id == 3
+    assert r.mask[fy, fx] and not r.mask[by, bx]
+    assert iou(r.mask, masks[0]) >= 0.9
+    assert r.mask[masks[1]].mean() < 0.05
+    # Without the background click, both (depth-connected) boxes come back.
+    (both,) = seg.segment(
+        frame, SegmentationQuery(objects=[ObjectPrompt(3, points=[PointPrompt(fx, fy, 1, 3)])])
+    )
+    assert iou(both.mask, masks[0] | masks[1]) >= 0.9
+
+
+def test_point_outside_image_and_background_only_are_input_errors(scene, seg):
+    frame, _, _ = scene
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(0, [PointPrompt(W, 5)])]))
+    assert err.value.field == "point_prompts"
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(0, [PointPrompt(5, 5, 0)])]))
+    assert err.value.field == "point_prompts"
+    with pytest.raises(InputError) as err:
+        seg.segment(
+            frame,
+            SegmentationQuery(objects=[ObjectPrompt(0, boxes=[BoxPrompt(W + 5, 0, W + 9, 9)])]),
+        )
+    assert err.value.field == "box_prompts"
+
+
+# ----------------------------------------------------------------------------------------------
+# masks, text, no depth
+# ----------------------------------------------------------------------------------------------
+
+
+def test_masks_pass_through_without_depth(scene, seg):
+    frame, masks, _ = scene
+    no_depth = Frame(rgb=frame.rgb)
+    given = [masks[0], masks[1].astype(np.uint8) * 255]
+    result = seg.segment(no_depth, SegmentationQuery(masks=given, text="ignored"))
+    assert [r.object_id for r in result] == [0, 1]
+    np.testing.assert_array_equal(result[0].mask, masks[0])
+    np.testing.assert_array_equal(result[1].mask, masks[1])
+    assert result[1].mask.dtype == bool
+
+
+def test_mask_validation_errors(scene, seg):
+    frame, masks, _ = scene
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(masks=[masks[0], masks[1][:-1]]))
+    assert err.value.field == "mask_urls[1]"
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(masks=[np.zeros((H, W), dtype=bool)]))
+    assert err.value.field == "mask_urls[0]" and "empty" in err.value.reason
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(masks=[np.ones((H, W, 3), dtype=bool)]))
+    assert err.value.field == "mask_urls[0]"
+
+
+def test_text_prompt_is_refused_with_guidance(scene, seg):
+    frame, _, _ = scene
+    with pytest.raises(InputError) as err:
+        seg.segment(frame, SegmentationQuery(text="mug"))
+    assert err.value.field == "prompt"
+    assert "sam3" in err.value.reason and "box_prompts" in err.value.reason
+
+
+def test_no_depth_is_an_input_error(scene, seg):
+    frame, _, boxes = scene
+    no_depth = Frame(rgb=frame.rgb)
+    for query in (
+        SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0)])]),
+        SegmentationQuery(),
+    ):
+        with pytest.raises(InputError) as err:
+            seg.segment(no_depth, query)
+        assert err.value.field == "pointmap_url"
+
+
+# ----------------------------------------------------------------------------------------------
+# automatic tabletop segmentation, determinism
+# ----------------------------------------------------------------------------------------------
+
+
+def test_automatic_segmentation_finds_the_objects_left_to_right(scene, seg):
+    frame, masks, _ = scene
+    result = seg.segment(frame, SegmentationQuery())
+    assert len(result) == len(masks)
+    assert [r.object_id for r in result] == list(range(len(masks)))
+    # DEFAULT_OBJECTS are ordered left to right in the image.
+    for r, gt in zip(result, masks):
+        assert iou(r.mask, gt) >= 0.85, iou(r.mask, gt)
+
+
+def test_automatic_segmentation_of_an_empty_table(seg):
+    frame, _, _ = render_scene(objects=())
+    assert seg.segment(frame, SegmentationQuery()) == []
+
+
+def test_deterministic(scene):
+    frame, _, boxes = scene
+    query = SegmentationQuery(
+        objects=[ObjectPrompt(i, boxes=[box_prompt(b, i)]) for i, b in enumerate(boxes)]
+    )
+    a = EmbeddedSegmenter().segment(frame, query)
+    b = EmbeddedSegmenter().segment(frame, query)
+    auto_a = EmbeddedSegmenter().segment(frame, SegmentationQuery())
+    auto_b = EmbeddedSegmenter().segment(frame, SegmentationQuery())
+    for x, y in zip(a + auto_a, b + auto_b):
+        np.testing.assert_array_equal(x.mask, y.mask)
+        assert x.score == y.score
+
+
+# ----------------------------------------------------------------------------------------------
+# pybullet tabletop with ground truth (the benchmark's generator)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_box_prompts_on_pybullet_tabletop(seg):
+    pytest.importorskip("pybullet")
+    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+
+    scene = make_tabletop_scene(1, n_objects=3)
+    result = seg.segment(scene.frame, scene.box_query())
+    ious = [iou(r.mask, o.visible_mask) for r, o in zip(result, scene.objects)]
+    assert len(result) == len(scene.objects)
+    assert np.mean(ious) >= 0.9 and min(ious) >= 0.8, ious
