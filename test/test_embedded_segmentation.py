@@ -186,7 +186,7 @@ def test_box_prompts_match_ground_truth(scene, seg):
     )
     result = seg.segment(frame, query)
     assert [r.object_id for r in result] == [0, 1, 2]
-    for r, gt in zip(result, masks):
+    for r, gt in zip(result, masks, strict=True):
         assert r.mask.shape == (H, W) and r.mask.dtype == bool
         assert iou(r.mask, gt) >= 0.9, iou(r.mask, gt)
         assert r.label == "" and 0.5 < r.score <= 1.0
@@ -286,7 +286,7 @@ def test_single_foreground_point_grows_the_object(scene, seg):
         x, y = centre_pixel(m)
         objects.append(ObjectPrompt(i, points=[PointPrompt(x, y, 1, i)]))
     result = seg.segment(frame, SegmentationQuery(objects=objects))
-    for r, gt in zip(result, masks):
+    for r, gt in zip(result, masks, strict=True):
         assert iou(r.mask, gt) >= 0.9, iou(r.mask, gt)
         assert r.score == pytest.approx(1.0)
 
@@ -389,7 +389,7 @@ def test_automatic_segmentation_finds_the_objects_left_to_right(scene, seg):
     assert len(result) == len(masks)
     assert [r.object_id for r in result] == list(range(len(masks)))
     # DEFAULT_OBJECTS are ordered left to right in the image.
-    for r, gt in zip(result, masks):
+    for r, gt in zip(result, masks, strict=True):
         assert iou(r.mask, gt) >= 0.85, iou(r.mask, gt)
 
 
@@ -407,7 +407,7 @@ def test_deterministic(scene):
     b = EmbeddedSegmenter().segment(frame, query)
     auto_a = EmbeddedSegmenter().segment(frame, SegmentationQuery())
     auto_b = EmbeddedSegmenter().segment(frame, SegmentationQuery())
-    for x, y in zip(a + auto_a, b + auto_b):
+    for x, y in zip(a + auto_a, b + auto_b, strict=True):
         np.testing.assert_array_equal(x.mask, y.mask)
         assert x.score == y.score
 
@@ -423,6 +423,6 @@ def test_box_prompts_on_pybullet_tabletop(seg):
 
     scene = make_tabletop_scene(1, n_objects=3)
     result = seg.segment(scene.frame, scene.box_query())
-    ious = [iou(r.mask, o.visible_mask) for r, o in zip(result, scene.objects)]
+    ious = [iou(r.mask, o.visible_mask) for r, o in zip(result, scene.objects, strict=True)]
     assert len(result) == len(scene.objects)
     assert np.mean(ious) >= 0.9 and min(ious) >= 0.8, ious

@@ -363,8 +363,10 @@ class EmbeddedSegmenter:
             return core
         cidx = self._colour_index(win.rgb)
         with np.errstate(invalid="ignore"):
-            support_band = win.valid & (win.height <= np.float32(self.support_band)) & (
-                win.height > -np.float32(self.support_band)
+            support_band = (
+                win.valid
+                & (win.height <= np.float32(self.support_band))
+                & (win.height > -np.float32(self.support_band))
             )
         # Depth cannot decide: no depth, the band where objects touch the plane, cut pixels.
         ambiguous = ~win.valid | support_band | (fg & (labels == 0))
@@ -486,9 +488,12 @@ class EmbeddedSegmenter:
                 yy, xx = np.nonzero(patch > 0)
                 if yy.size:
                     d2 = (yy + ya - cy) ** 2 + (xx + xa - cx) ** 2
-                    seed_rgb = win.rgb[
-                        max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2
-                    ].reshape(-1, 3).astype(np.float32).mean(axis=0)
+                    seed_rgb = (
+                        win.rgb[max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2]
+                        .reshape(-1, 3)
+                        .astype(np.float32)
+                        .mean(axis=0)
+                    )
                     col = win.rgb[ya:yb, xa:xb][yy, xx].astype(np.float32)
                     cd = np.linalg.norm(col - seed_rgb, axis=1)
                     ok = (d2 <= radius * radius) | (cd < colour_tol)
