@@ -1,0 +1,281 @@
+r"""``sam3d-reconstruct``: run the reconstruction pipeline on a hosted request, without ROS.
+
+Usage::
+
+    sam3d-reconstruct --request request.json --output DIR
+    sam3d-reconstruct --image rgb.png --depth depth.png --intrinsics 525,525,319.5,239.5 \\
+        --box 100,80,220,200 --point 150,120 --output DIR
+
+``--request`` reads a hosted "SAM 3D Objects" JSON request (relative paths in it are taken from
+the file's directory); the convenience flags build or override its fields (their paths are taken
+from the current directory). ``DIR`` must not exist or be empty; it is written atomically and
+``DIR/result.json`` (the hosted result) is also printed on stdout. Progress goes to stderr.
+
+Exit status: 0 success; 2 bad input (``error: <field>: <reason>``, nothing written); 1 internal
+or backend error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from . import __version__
+from .errors import BackendUnavailableError, Cancelled, InputError, Sam3dError
+from .inputs import DEFAULT_MAX_BYTES, DEFAULT_SEED, InputOptions
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``sam3d-reconstruct``."""
+    parser = argparse.ArgumentParser(
+        prog="sam3d-reconstruct",
+        description="Reconstruct 3D objects from one RGB(-D) image; hosted SAM 3D Objects "
+        "request in, hosted result (GLB, splat PLY, metadata) out.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--request", metavar="JSON", help="hosted request file ('-' = stdin)")
+    parser.add_argument("--output", "-o", metavar="DIR", required=True, help="fresh run directory")
+    group = parser.add_argument_group("request fields (override --request)")
+    group.add_argument("--image", metavar="PATH|URI", help="image_url")
+    depth = group.add_mutually_exclusive_group()
+    depth.add_argument(
+        "--pointmap", metavar="PATH|URI", help="pointmap_url: NPY/NPZ (points or depth)"
+    )
+    depth.add_argument(
+        "--depth",
+        metavar="PATH|URI",
+        help="depth image: 16-bit PNG or uint16 NPY in millimetres, float NPY in metres "
+        "(needs --intrinsics)",
+    )
+    group.add_argument("--intrinsics", metavar="FX,FY,CX,CY", help="pinhole intrinsics, pixels")
+    group.add_argument(
+        "--mask", metavar="PATH|URI", action="append", help="mask_urls entry (repeatable)"
+    )
+    group.add_argument(
+        "--box",
+        metavar="X_MIN,Y_MIN,X_MAX,Y_MAX[,OBJECT_ID]",
+        action="append",
+        help="box_prompts entry (repeatable)",
+    )
+    group.add_argument(
+        "--point",
+        metavar="X,Y[,LABEL[,OBJECT_ID]]",
+        action="append",
+        help="point_prompts entry, label 1 (default) or 0 (repeatable)",
+    )
+    group.add_argument("--prompt", help="text prompt (used without masks and point/box prompts)")
+    group.add_argument("--seed", type=int, help=f"random seed (default {DEFAULT_SEED})")
+    backends = parser.add_argument_group("backends and input policy")
+    backends.add_argument("--segmentation-backend", default="embedded", metavar="NAME")
+    backends.add_argument("--reconstruction-backend", default="embedded", metavar="NAME")
+    backends.add_argument("--allow-http", action="store_true", help="allow http(s) URLs")
+    backends.add_argument(
+        "--allowed-root",
+        action="append",
+        metavar="DIR",
+        help="only read local files under DIR (repeatable)",
+    )
+    backends.add_argument(
+        "--max-input-mb",
+        type=float,
+        default=DEFAULT_MAX_BYTES / 2**20,
+        help="size limit of one input in MiB (default %(default)g)",
+    )
+    backends.add_argument(
+        "--http-timeout", type=float, default=30.0, help="seconds (default %(default)g)"
+    )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="file URLs in the result become URL/<file> (default: absolute file:// URIs)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks on errors")
+    return parser
+
+
+def _is_uri(value: str) -> bool:
+    head, sep, _ = value.partition(":")
+    return bool(sep) and len(head) > 1 and head.replace("+", "").replace(".", "").isalnum()
+
+
+def _flag_path(value: str) -> str:
+    """Make a flag's relative path absolute (flags are relative to the current directory)."""
+    if _is_uri(value):
+        return value
+    return str(Path(value).expanduser().absolute())
+
+
+def _ints(value: str, flag: str, index: int, lengths: Sequence[int], shape: str) -> List[int]:
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = None
+    if numbers is None or len(numbers) not in lengths:
+        raise InputError(f"{flag}[{index}]", f"expected {shape}, got {value!r}")
+    return numbers
+
+
+def _parse_intrinsics_flag(value: str) -> Dict[str, float]:
+    try:
+        numbers = [float(p) for p in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 4:
+        raise InputError("--intrinsics", f"expected fx,fy,cx,cy, got {value!r}")
+    return dict(zip(("fx", "fy", "cx", "cy"), numbers, strict=False))
+
+
+def _read_request_file(path: str) -> Dict[str, Any]:
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("--request", f"file not found: {path!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError("--request", f"cannot read {path!r}: {exc}") from None
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("--request", f"invalid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InputError("--request", "must hold a JSON object")
+    return request
+
+
+def build_request(args: argparse.Namespace) -> Dict[str, Any]:
+    """Merge ``--request`` and the convenience flags into one hosted request dict."""
+    request = _read_request_file(args.request) if args.request else {}
+    if args.image is not None:
+        request["image_url"] = _flag_path(args.image)
+    if args.pointmap is not None:
+        request["pointmap_url"] = _flag_path(args.pointmap)
+    if args.depth is not None:
+        request["pointmap_url"] = _flag_path(args.depth)
+    if args.intrinsics is not None:
+        request["intrinsics"] = _parse_intrinsics_flag(args.intrinsics)
+        request.pop("K", None)
+    if args.mask:
+        request["mask_urls"] = [_flag_path(m) for m in args.mask]
+    if args.box:
+        boxes = []
+        for index, value in enumerate(args.box):
+            numbers = _ints(value, "--box", index, (4, 5), "x_min,y_min,x_max,y_max[,object_id]")
+            box = dict(
+                zip(("x_min", "y_min", "x_max", "y_max", "object_id"), numbers, strict=False)
+            )
+            boxes.append(box)
+        request["box_prompts"] = boxes
+    if args.point:
+        points = []
+        for index, value in enumerate(args.point):
+            numbers = _ints(value, "--point", index, (2, 3, 4), "x,y[,label[,object_id]]")
+            points.append(dict(zip(("x", "y", "label", "object_id"), numbers, strict=False)))
+        request["point_prompts"] = points
+    if args.prompt is not None:
+        request["prompt"] = args.prompt
+    if args.seed is not None:
+        request["seed"] = args.seed
+    if request.get("image_url") is None:
+        raise InputError("image_url", "is required (give --image or --request)")
+    return request
+
+
+class _Progress:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        self.stream.write(f"[{fraction * 100:3.0f}%] {stage}: {message}\n")
+        self.stream.flush()
+
+
+class _WarningHandler(logging.Handler):
+    def __init__(self, stream: TextIO):
+        super().__init__(logging.WARNING)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write(f"warning: {record.getMessage()}\n")
+        self.stream.flush()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``sam3d-reconstruct``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (argparse exits 2)
+        return int(exc.code or 0)
+    stderr = sys.stderr
+    handler = _WarningHandler(stderr)
+    logger = logging.getLogger("sam3d_ros")
+    logger.addHandler(handler)
+    try:
+        return _run(args, stderr)
+    except InputError as exc:
+        stderr.write(f"error: {exc.field}: {exc.reason}\n")
+        return EXIT_INPUT
+    except (Cancelled, KeyboardInterrupt):
+        stderr.write("cancelled; nothing written\n")
+        return EXIT_INTERRUPTED
+    except BackendUnavailableError as exc:
+        stderr.write(f"error: backend unavailable: {exc}\n")
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 -- the CLI's last resort
+        if args.verbose:
+            traceback.print_exc(file=stderr)
+        kind = "error" if isinstance(exc, Sam3dError) else "internal error"
+        stderr.write(f"{kind}: {exc.__class__.__name__}: {exc}\n")
+        return EXIT_INTERNAL
+    finally:
+        logger.removeHandler(handler)
+
+
+def _run(args: argparse.Namespace, stderr: TextIO) -> int:
+    from .engine import Engine, check_fresh_dir
+
+    output = check_fresh_dir(args.output, "--output")
+    request = build_request(args)
+    if args.max_input_mb <= 0:
+        raise InputError("--max-input-mb", "must be positive")
+    options = InputOptions(
+        allow_http=args.allow_http,
+        max_bytes=int(args.max_input_mb * 2**20),
+        timeout_s=args.http_timeout,
+        allowed_roots=args.allowed_root,
+    )
+    base_dir = Path(args.request).parent if args.request and args.request != "-" else None
+    # Backends are built after the request was validated (bad input fails fast).
+    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options)
+    outcome = engine.run(
+        request,
+        output,
+        progress=None if args.quiet else _Progress(stderr),
+        base_dir=base_dir,
+        base_url=args.base_url,
+    )
+    if not args.quiet:
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
+        stderr.write(f"done: {len(outcome.objects)} object(s) in {output} ({timings})\n")
+    result_file = Path(outcome.run_dir) / "result.json"
+    text = result_file.read_text(encoding="utf-8") if result_file.is_file() else None
+    sys.stdout.write(text if text else json.dumps(outcome.result, indent=2) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The reconstruction pipeline: request → load → segment → reconstruct → export.
+
+:class:`Engine` is what the CLI and the ROS node share. :meth:`Engine.run` takes a hosted request
+(dict or :class:`~sam3d_ros.inputs.ParsedRequest`) and, with an ``output_dir``, writes the run
+directory atomically through :func:`sam3d_ros.export.write_run` and returns the hosted result.
+:meth:`Engine.process` is the file-free part (segment + reconstruct) the ROS node calls on frames
+it built itself.
+
+Progress: ``progress(stage, fraction, message)`` is called at the start and end of every stage;
+``fraction`` is the overall progress in ``[0, 1]`` (load 0–0.1, segment 0.1–0.3,
+reconstruct 0.3–0.9, export 0.9–1). Cancellation: ``cancel()`` is polled before every stage and
+after the last one; when it returns true the run stops with :class:`~sam3d_ros.errors.Cancelled`
+and nothing is written.
+
+Determinism: before segmentation, Python's ``random``, NumPy's global RNG and (when already
+imported) torch are seeded from the request's seed, which is also handed to the backends. The seed
+is :data:`sam3d_ros.inputs.DEFAULT_SEED` (42) when the request has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from .errors import BackendError, Cancelled, InputError, Sam3dError
+from .inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
+from .types import Frame, ObjectMask, ObjectReconstruction, SegmentationQuery, StageTimings
+
+ProgressCallback = Callable[[str, float, str], None]
+CancelCallback = Callable[[], bool]
+
+STAGES = ("load", "segment", "reconstruct", "export")
+_SPANS = {
+    "load": (0.0, 0.1),
+    "segment": (0.1, 0.3),
+    "reconstruct": (0.3, 0.9),
+    "export": (0.9, 1.0),
+}
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineResult:
+    """What one run produced.
+
+    Attributes:
+        result: the hosted result dict (as in ``result.json``); ``None`` when nothing was written.
+        objects: one reconstruction per mask, in mask order.
+        masks: the segmented (or given) masks.
+        timings: seconds per stage that ran (``load``, ``segment``, ``reconstruct``, ``export``).
+        run_dir: the written run directory, or ``None``.
+        seed: the seed used.
+        warnings: non-fatal remarks from input parsing.
+    """
+
+    result: Optional[Dict[str, Any]]
+    objects: List[ObjectReconstruction]
+    masks: List[ObjectMask]
+    timings: StageTimings
+    run_dir: Optional[Path] = None
+    seed: int = DEFAULT_SEED
+    warnings: List[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and NumPy's global RNGs, and torch's when torch is already imported."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # never import torch just for this
+        torch.manual_seed(seed)
+
+
+def check_fresh_dir(path: Union[str, Path], field_name: str = "output_dir") -> Path:
+    """Return ``path`` if it does not exist or is an empty directory, else raise InputError."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise InputError(field_name, f"{str(path)!r} exists and is not a directory")
+        if any(path.iterdir()):
+            raise InputError(
+                field_name, f"{str(path)!r} exists and is not empty; choose a fresh directory"
+            )
+    return path
+
+
+def _no_object_error(query: SegmentationQuery) -> InputError:
+    if query.masks:
+        return InputError("mask_urls", "the segmenter kept none of the given masks")
+    if query.objects:
+        return InputError("point_prompts", "no object found for the point/box prompts")
+    if query.text:
+        return InputError("prompt", f"no object found for the prompt {query.text!r}")
+    return InputError("image_url", "automatic segmentation found no object")
+
+
+class _Stages:
+    """Times stages, reports progress and polls cancellation."""
+
+    def __init__(
+        self,
+        timings: StageTimings,
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelCallback],
+    ):
+        self.timings = timings
+        self.progress = progress
+        self.cancel = cancel
+
+    def check_cancel(self, before: str) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled(f"cancelled before {before}")
+
+    def run(self, stage: str, message: str, func: Callable[[], Any]) -> Any:
+        self.check_cancel(stage)
+        start, end = _SPANS[stage]
+        if self.progress is not None:
+            self.progress(stage, start, message)
+        began = time.perf_counter()
+        try:
+            value = func()
+        except Sam3dError:
+            raise
+        except Exception as exc:  # a backend or writer bug: keep the stage in the message
+            raise BackendError(f"{stage} failed: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - began
+        if self.progress is not None:
+            self.progress(stage, end, f"{stage} done in {self.timings[stage]:.2f} s")
+        return value
+
+
+class Engine:
+    """Segment and reconstruct with the given backends (the embedded CPU ones by default).
+
+    A backend is given as an instance or as a registry name (see :mod:`sam3d_ros.backends`);
+    names are checked at once but built on first use, so a bad request fails before a heavy
+    backend loads.
+    """
+
+    def __init__(
+        self,
+        segmenter: Any = "embedded",
+        reconstructor: Any = "embedded",
+        input_options: Optional[InputOptions] = None,
+    ):
+        """Build an engine; ``None`` backends mean ``"embedded"``."""
+        from .backends import RECONSTRUCTORS, SEGMENTERS
+
+        segmenter = "embedded" if segmenter is None else segmenter
+        reconstructor = "embedded" if reconstructor is None else reconstructor
+        for kind, value, table in (
+            ("segmentation", segmenter, SEGMENTERS),
+            ("reconstruction", reconstructor, RECONSTRUCTORS),
+        ):
+            if isinstance(value, str) and value not in table:
+                raise InputError(
+                    f"{kind}_backend", f"unknown backend {value!r}; choose one of {sorted(table)}"
+                )
+        self._segmenter = segmenter
+        self._reconstructor = reconstructor
+        self.input_options = input_options or InputOptions()
+
+    @property
+    def segmenter(self) -> Any:
+        """The segmentation backend (built from its name on first access)."""
+        if isinstance(self._segmenter, str):
+            from .backends import make_segmenter
+
+            self._segmenter = make_segmenter(self._segmenter)
+        return self._segmenter
+
+    @property
+    def reconstructor(self) -> Any:
+        """The reconstruction backend (built from its name on first access)."""
+        if isinstance(self._reconstructor, str):
+            from .backends import make_reconstructor
+
+            self._reconstructor = make_reconstructor(self._reconstructor)
+        return self._reconstructor
+
+    def run(
+        self,
+        request: Union[Mapping[str, Any], ParsedRequest],
+        output_dir: Optional[Union[str, Path]] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+        base_dir: Optional[Union[str, Path]] = None,
+        base_url: Optional[str] = None,
+        timings: Optional[StageTimings] = None,
+    ) -> EngineResult:
+        """Run the whole pipeline on a hosted request.
+
+        Args:
+            request: the hosted request dict, or an already parsed request.
+            output_dir: run directory to create (must not exist or be empty); ``None`` writes
+                nothing and returns ``result=None``.
+            progress: ``progress(stage, fraction, message)``.
+            cancel: polled between stages; true → :class:`Cancelled`.
+            base_dir: directory relative paths in ``request`` are taken from.
+            base_url: file URLs in the result become ``base_url/<file>`` instead of absolute
+                ``file://`` URIs.
+            timings: dict to record stage seconds in (e.g. pre-filled with ``load`` by a caller
+                that parsed the request itself).
+
+        Raises:
+            InputError: bad request (names the field), also for a non-fresh ``output_dir``.
+            Cancelled: ``cancel()`` returned true.
+            BackendError / BackendUnavailableError: a backend failed.
+        """
+        timings = {} if timings is None else timings
+        stages = _Stages(timings, progress, cancel)
+        if output_dir is not None:
+            output_dir = check_fresh_dir(output_dir)
+        if isinstance(request, ParsedRequest):
+            parsed = request
+            timings.setdefault("load", 0.0)
+        else:
+            parsed = stages.run(
+                "load",
+                "reading and validating inputs",
+                lambda: parse_request(request, base_dir, self.input_options),
+            )
+        for warning in parsed.warnings:
+            _LOG.warning("%s", warning)
+        outcome = self.process(parsed.frame, parsed.query, parsed.seed, progress, cancel, timings)
+        outcome.warnings = list(parsed.warnings)
+        stages.check_cancel("export")
+        if output_dir is None:
+            return outcome
+
+        def write() -> Dict[str, Any]:
+            from .export import write_run
+
+            return write_run(
+                output_dir, parsed.request, parsed.frame, outcome.objects, base_url=base_url
+            )
+
+        outcome.result = stages.run("export", f"writing {output_dir}", write)
+        outcome.run_dir = Path(output_dir)
+        return outcome
+
+    def process(
+        self,
+        frame: Frame,
+        query: SegmentationQuery,
+        seed: int = DEFAULT_SEED,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+        timings: Optional[StageTimings] = None,
+    ) -> EngineResult:
+        """Segment and reconstruct one frame; writes nothing (``result`` is ``None``)."""
+        timings = {} if timings is None else timings
+        stages = _Stages(timings, progress, cancel)
+        seed_everything(seed)
+
+        def segment() -> List[ObjectMask]:
+            masks = list(self.segmenter.segment(frame, query))
+            shape = (frame.height, frame.width)
+            for item in masks:
+                if np.shape(item.mask) != shape:
+                    raise BackendError(
+                        f"segmenter {self.segmenter.name!r} returned a mask of shape "
+                        f"{np.shape(item.mask)} for a {shape} image"
+                    )
+            return masks
+
+        masks = stages.run("segment", _describe(query), segment)
+        if not masks:
+            raise _no_object_error(query)
+
+        def reconstruct() -> List[ObjectReconstruction]:
+            objects = list(self.reconstructor.reconstruct(frame, masks, seed))
+            if len(objects) != len(masks):
+                raise BackendError(
+                    f"reconstructor {self.reconstructor.name!r} returned {len(objects)} "
+                    f"objects for {len(masks)} masks"
+                )
+            return objects
+
+        objects = stages.run("reconstruct", f"reconstructing {len(masks)} object(s)", reconstruct)
+        stages.check_cancel("the end of processing")
+        return EngineResult(result=None, objects=objects, masks=masks, timings=timings, seed=seed)
+
+
+def _describe(query: SegmentationQuery) -> str:
+    if query.masks:
+        return f"using {len(query.masks)} given mask(s)"
+    if query.objects:
+        return f"segmenting {len(query.objects)} prompted object(s)"
+    if query.text:
+        return f"segmenting {query.text!r}"
+    return "automatic segmentation"
