@@ -88,6 +88,11 @@ build_with_sourced_ros() {
   colcon build --paths "$ROOT" --cmake-args -DBUILD_TESTING=OFF
 }
 
+# One bootstrap at a time per checkout (parallel runs would share CMake build directories).
+mkdir -p "$ROOT/build"
+exec 9>"$ROOT/build/.bootstrap.lock"
+flock 9
+
 target="${1:-all}"
 case "$target" in
   core)
