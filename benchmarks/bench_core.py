@@ -44,7 +44,7 @@ from sam3d_ros.synthetic import metrics  # noqa: E402
 from sam3d_ros.synthetic.scenes import SyntheticScene, make_tabletop_scene  # noqa: E402
 from sam3d_ros.synthetic.sensor import SensorNoise  # noqa: E402
 
-CACHE_VERSION = 4  # bump when the scene generator changes
+CACHE_VERSION = 5  # bump when the scene generator changes
 
 
 def canonical_to_camera(points, rotation_xyzw, translation, scale):

@@ -138,6 +138,16 @@ def test_noise_statistics(z):
     assert np.array_equal(noisy, again, equal_nan=True)
 
 
+def test_rgb_noise():
+    from sam3d_ros.synthetic.sensor import apply_rgb_noise
+
+    img = np.full((100, 100, 3), 128, dtype=np.uint8)
+    noisy = apply_rgb_noise(img, SensorNoise(), seed=0)
+    assert noisy.dtype == np.uint8
+    assert np.std(noisy.astype(float)) == pytest.approx(SensorNoise().rgb_sigma, rel=0.1)
+    assert np.array_equal(apply_rgb_noise(img, None), img)
+
+
 def test_noise_drops_depth_edges():
     clean = np.full((100, 100), 1.0, dtype=np.float32)
     clean[:, 50:] = 0.6

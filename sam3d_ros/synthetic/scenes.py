@@ -29,7 +29,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..types import BoxPrompt, CameraIntrinsics, Frame, ObjectPrompt, SegmentationQuery
-from .sensor import SensorNoise, apply_depth_noise
+from .sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
 
 MAX_URDF_ID = 900
 """``random_urdfs`` ids ``0 .. MAX_URDF_ID - 1`` are ours; higher ids are held out."""
@@ -511,7 +511,8 @@ def make_tabletop_scene(
     finally:
         pb.disconnect(physicsClientId=client)
 
-    rgb = np.asarray(rgba_img, dtype=np.uint8).reshape(height, width, 4)[:, :, :3].copy()
+    rgb_clean = np.asarray(rgba_img, dtype=np.uint8).reshape(height, width, 4)[:, :, :3]
+    rgb = apply_rgb_noise(rgb_clean, noise, np.random.default_rng([int(seed), 0xC010]))
     depth_clean = linearize_depth_buffer(
         np.asarray(depth_buf, dtype=np.float64).reshape(height, width), NEAR_CLIP, FAR_CLIP
     )

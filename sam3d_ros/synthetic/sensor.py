@@ -11,7 +11,8 @@ Lovell (2012, "Modeling Kinect sensor noise for improved 3D reconstruction and t
 * quantisation of the reported depth (default 1 mm, like a uint16 millimetre image);
 * dropouts: pixels next to depth discontinuities are invalid with a high probability (shadowing
   of the projector / stereo occlusion), plus a small uniform random dropout rate;
-* no return outside the working range ``[min_range, max_range]``.
+* no return outside the working range ``[min_range, max_range]``;
+* Gaussian noise on the colour image (``rgb_sigma`` 8-bit levels).
 
 Everything is deterministic given the random generator (a seed or ``numpy.random.Generator``).
 Invalid pixels are ``NaN``.
@@ -55,6 +56,8 @@ class SensorNoise:
     """Probability that any other pixel is invalid."""
     min_range: float = 0.2
     max_range: float = 3.0
+    rgb_sigma: float = 2.0
+    """Colour image noise standard deviation, 8-bit levels (0 disables)."""
 
     def sigma(self, z: np.ndarray) -> np.ndarray:
         """Axial noise standard deviation (metres) at depth ``z`` (metres)."""
@@ -132,3 +135,14 @@ def apply_depth_noise(
     drop |= (noisy < noise.min_range) | (noisy > noise.max_range)
     noisy[drop | ~valid] = np.nan
     return noisy.astype(np.float32)
+
+
+def apply_rgb_noise(
+    rgb: np.ndarray, noise: Optional[SensorNoise], seed: SeedLike = 0
+) -> np.ndarray:
+    """Return a copy of an H×W×3 uint8 image with Gaussian pixel noise (``noise.rgb_sigma``)."""
+    if noise is None or noise.rgb_sigma <= 0:
+        return np.array(rgb, dtype=np.uint8, copy=True)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    noisy = rgb.astype(np.float32) + rng.normal(0.0, noise.rgb_sigma, size=rgb.shape)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
