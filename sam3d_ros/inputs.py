@@ -297,6 +297,8 @@ def read_uri(
         if parsed.netloc not in ("", "localhost"):
             raise InputError(field_name, f"file:// URI on another host: {parsed.netloc!r}")
         path = Path(urllib.request.url2pathname(parsed.path))
+        if not path.is_absolute():
+            raise InputError(field_name, f"file:// URI must hold an absolute path: {uri!r}")
         return _read_local(path, field_name, options)
     if scheme:
         raise InputError(

@@ -486,3 +486,52 @@ def test_extension_fields(scene):
     assert parsed.frame.intrinsics == K
     np.testing.assert_array_equal(parsed.frame.camera_pose, pose)
     assert parsed.warnings == []
+
+
+# ---------------------------------------------------------------------------------- http
+
+
+@pytest.fixture
+def http_server(scene):
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", (scene / "rgb.png").as_uri())
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(scene))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_opt_in(http_server):
+    options = InputOptions(allow_http=True, timeout_s=5)
+    parsed = parse_request({"image_url": f"{http_server}/rgb.png"}, options=options)
+    np.testing.assert_array_equal(parsed.frame.rgb, rgb_image())
+    small = InputOptions(allow_http=True, timeout_s=5, max_bytes=100)
+    with pytest.raises(InputError, match="oversized"):
+        read_uri(f"{http_server}/rgb.png", "image_url", options=small)
+    with pytest.raises(InputError, match="download failed"):
+        read_uri(f"{http_server}/missing.png", "image_url", options=options)
+    with pytest.raises(InputError, match="download failed.*(refused|not allowed)"):
+        read_uri(f"{http_server}/redirect", "image_url", options=options)
+
+
+def test_relative_file_uri_refused():
+    with pytest.raises(InputError, match="absolute"):
+        read_uri("file:rgb.png", "image_url")
