@@ -96,7 +96,9 @@ def _no_object_error(query: SegmentationQuery) -> InputError:
     if query.masks:
         return InputError("mask_urls", "the segmenter kept none of the given masks")
     if query.objects:
-        return InputError("point_prompts", "no object found for the point/box prompts")
+        only_boxes = not any(obj.points for obj in query.objects)
+        field_name = "box_prompts" if only_boxes else "point_prompts"
+        return InputError(field_name, "no object found for the point/box prompts")
     if query.text:
         return InputError("prompt", f"no object found for the prompt {query.text!r}")
     return InputError("image_url", "automatic segmentation found no object")

@@ -227,7 +227,8 @@ def test_bad_input_writes_nothing(tmp_path):
     [
         ({}, "image_url"),
         ({"prompt": "mug"}, "prompt"),
-        ({"box_prompts": [{"x_min": 1, "y_min": 1, "x_max": 2, "y_max": 2}]}, "point_prompts"),
+        ({"box_prompts": [{"x_min": 1, "y_min": 1, "x_max": 2, "y_max": 2}]}, "box_prompts"),
+        ({"point_prompts": [{"x": 1, "y": 1}]}, "point_prompts"),
     ],
 )
 def test_no_object_found(tmp_path, fields, field):
