@@ -1,0 +1,556 @@
+"""Embedded CPU reconstruction: RGB-D + masks → posed, completed, watertight objects.
+
+No learned weights: the unseen side of each object is completed with geometric priors that hold
+for objects resting on a support surface, then a closed surface is extracted.
+
+Per frame:
+    the support plane is fitted once to the valid pixels outside every mask
+    (:func:`~sam3d_ros.backends.plane.fit_support_plane`); gravity = −(plane normal).
+
+Per object (all in a gravity-aligned frame: two horizontal axes, height above the plane):
+    1. **clean** the lifted mask pixels: erode the mask, drop pixels at depth discontinuities
+       (flying pixels), points under/on the table, and small detached clusters;
+    2. **complete**: every observed point fills its column down to the plane (objects rest on
+       the table: the bottom is closed and the silhouette is extruded to the plane); optionally
+       the cloud is mirrored about a vertical plane (the footprint axis facing the camera) and
+       mirrored points that land in observed free space are discarded (visibility carving);
+       small footprint gaps are closed. The occupied voxels (``voxel_size``) are the columns of
+       this height map, minus voxels in observed free space;
+    3. **surface**: surface nets on the voxels (closed, counter-clockwise from outside), Taubin
+       smoothing, then each vertex is moved along its normal onto the nearby observed points
+       (so the surface lies on the data, not half a voxel outside);
+    4. **pose**: gravity-aligned oriented box (z = plane normal, x/y = minimum-area rectangle of
+       the footprint, x the longer side); without a plane, the principal axes of the points;
+    5. **appearance**: vertex colours from the image where the vertex is visible, else from the
+       nearest visible vertex; one Gaussian per cleaned pixel plus one per hidden vertex.
+
+Mesh and Gaussians are returned in the canonical frame of :mod:`sam3d_ros.conventions`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ..conventions import camera_to_canonical, intrinsics_from_pointmap, matrix_to_quat
+from ..errors import InputError
+from ..types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectMask, ObjectReconstruction
+from .plane import Plane, fit_support_plane
+from .shape_completion import (
+    fill_height_map,
+    make_well_composed,
+    min_area_rectangle,
+    surface_nets,
+    taubin_smooth,
+    vertex_normals,
+)
+
+
+class EmbeddedReconstructor:
+    """CPU reconstruction backend ``"embedded"`` (numpy/scipy, deterministic for a seed).
+
+    Args:
+        voxel_size: voxel edge in metres (grown for large objects, see ``max_cells``).
+        max_cells: largest number of voxels along any grid axis (bounds time and memory).
+        erode_px: mask erosion before lifting, pixels (removes mixed silhouette pixels).
+        edge_jump: a pixel whose 4-neighbour is farther by more than
+            ``max(edge_jump, edge_relative · z)`` metres is a flying-pixel candidate.
+        edge_relative: relative part of the depth-discontinuity threshold.
+        table_clearance: points lower than this above the support plane are table (metres).
+        resting_gap: an object whose lowest point is within this of the plane rests on it and
+            is extruded down to it (metres).
+        mirror: complete with a mirror-symmetric copy (checked against free space).
+        carve: remove voxels that lie in observed free space.
+        carve_margin: metres in front of the observed depth a voxel must be to be carved, on
+            top of three noise standard deviations.
+        close_cells: footprint closing size in cells (fills pinholes of the height map).
+        smooth_iterations: Taubin smoothing iterations.
+        snap: move vertices onto the observed points along their normals.
+        min_points: fewest clean points an object needs.
+        max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
+        opacity: opacity of every Gaussian.
+    """
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        voxel_size: float = 0.0025,
+        max_cells: int = 96,
+        erode_px: int = 1,
+        edge_jump: float = 0.01,
+        edge_relative: float = 0.015,
+        table_clearance: float = 0.003,
+        resting_gap: float = 0.03,
+        mirror: bool = False,
+        carve: bool = True,
+        carve_margin: float = 0.004,
+        close_cells: int = 3,
+        smooth_iterations: int = 3,
+        snap: bool = True,
+        min_points: int = 10,
+        max_visible_gaussians: int = 30000,
+        opacity: float = 0.9,
+    ):
+        if voxel_size <= 0:
+            raise InputError("voxel_size", f"must be positive, got {voxel_size}")
+        self.voxel_size = float(voxel_size)
+        self.max_cells = int(max_cells)
+        self.erode_px = int(erode_px)
+        self.edge_jump = float(edge_jump)
+        self.edge_relative = float(edge_relative)
+        self.table_clearance = float(table_clearance)
+        self.resting_gap = float(resting_gap)
+        self.mirror = bool(mirror)
+        self.carve = bool(carve)
+        self.carve_margin = float(carve_margin)
+        self.close_cells = int(close_cells)
+        self.smooth_iterations = int(smooth_iterations)
+        self.snap = bool(snap)
+        self.min_points = int(min_points)
+        self.max_visible_gaussians = int(max_visible_gaussians)
+        self.opacity = float(opacity)
+
+    # ----------------------------------------------------------------------------------------
+    # public API
+
+    def reconstruct(
+        self, frame: Frame, masks: Sequence[ObjectMask], seed: int = 0
+    ) -> List[ObjectReconstruction]:
+        """Return one reconstruction per mask, in the same order.
+
+        Raises:
+            InputError: no pointmap (``pointmap_url``), a mask of the wrong size or without
+                enough valid depth (``mask_urls[i]``).
+        """
+        if frame.points is None:
+            raise InputError(
+                "pointmap_url",
+                "the embedded reconstruction needs a pointmap/depth image (metric 3D points)",
+            )
+        points = np.asarray(frame.points, dtype=np.float32)
+        h, w = frame.height, frame.width
+        if points.shape != (h, w, 3):
+            raise InputError(
+                "pointmap_url", f"pointmap is {points.shape}, expected {(h, w, 3)} for the image"
+            )
+        valid = np.isfinite(points).all(axis=2) & (points[:, :, 2] > 0)
+        mask_arrays = []
+        for i, m in enumerate(masks):
+            arr = np.asarray(m.mask, dtype=bool)
+            if arr.shape != (h, w):
+                raise InputError(f"mask_urls[{i}]", f"mask is {arr.shape}, image is {(h, w)}")
+            if not (arr & valid).any():
+                raise InputError(
+                    f"mask_urls[{i}]",
+                    f"object {m.object_id} has no valid depth inside its mask "
+                    "(empty mask, or no depth measured there)",
+                )
+            mask_arrays.append(arr)
+        if not mask_arrays:
+            return []
+        k = frame.intrinsics or intrinsics_from_pointmap(points, field="pointmap_url")
+        union = np.zeros((h, w), dtype=bool)
+        for arr in mask_arrays:
+            union |= arr
+        background = valid & ~ndimage.binary_dilation(union, iterations=3)
+        # Every second row/column is plenty for the table and 4× cheaper.
+        plane = fit_support_plane(
+            points[::2, ::2],
+            valid=background[::2, ::2],
+            iterations=128,
+            max_points=2000,
+            rng=int(seed),
+        )
+        table = None
+        if plane is not None:
+            # Pixels that see the bare table: whatever lies on their rays above it is empty.
+            with np.errstate(invalid="ignore"):
+                on_plane = np.abs(points @ plane.normal.astype(np.float32) + plane.offset)
+                table = valid & ~union & (on_plane < max(0.004, 3.0 * plane.rms))
+            table = ndimage.binary_erosion(table, iterations=1)
+        ctx = _FrameContext(points, valid, frame.rgb, k, table)
+        out = []
+        for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
+            out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed)))
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # one object
+
+    def _reconstruct_one(
+        self,
+        ctx: "_FrameContext",
+        plane: Optional[Plane],
+        obj: ObjectMask,
+        mask: np.ndarray,
+        index: int,
+        seed: int,
+    ) -> ObjectReconstruction:
+        field = f"mask_urls[{index}]"
+        pts, pix = self._clean_points(ctx, mask)
+        if pts.shape[0] < self.min_points:
+            raise InputError(
+                field,
+                f"object {obj.object_id}: only {pts.shape[0]} usable depth points in the mask "
+                f"(need {self.min_points}); is the mask on the object and the depth valid?",
+            )
+        frame_rot, origin, resting = self._gravity_frame(pts, plane)
+        q = (pts - origin) @ frame_rot  # gravity frame: (a, b, height)
+        if resting:
+            keep = q[:, 2] > self.table_clearance
+            if keep.sum() >= self.min_points:
+                q, pts, pix = q[keep], pts[keep], pix[keep]
+        q, pts, pix = self._main_cluster(q, pts, pix)
+        if pts.shape[0] < self.min_points:
+            raise InputError(field, f"object {obj.object_id}: too few points after cleaning")
+
+        ref = q
+        if self.mirror:
+            mq = self._mirror(q, ctx, frame_rot, origin, resting)
+            if mq.shape[0]:
+                ref = np.concatenate([q, mq])
+        verts, faces = self._surface(ref, q, ctx, frame_rot, origin, resting)
+
+        # Pose: gravity-aligned box of the completed surface.
+        centre2, axes2, ext2 = min_area_rectangle(verts[:, :2])
+        z_lo = 0.0 if resting else float(verts[:, 2].min())
+        z_hi = float(verts[:, 2].max())
+        box_axes = np.eye(3)
+        box_axes[:2, :2] = axes2.T  # columns = box x, y in the gravity frame
+        rot = frame_rot @ box_axes
+        centre_g = np.array([centre2[0], centre2[1], 0.5 * (z_lo + z_hi)])
+        translation = origin + frame_rot @ centre_g
+        extents = np.array([ext2[0], ext2[1], z_hi - z_lo])
+        extents = np.maximum(extents, 1e-4)
+        scale = float(extents.max())
+        quat = matrix_to_quat(rot)
+
+        verts_cam = origin + verts @ frame_rot.T
+        colors, seen = self._vertex_colors(verts_cam, ctx, mask)
+        mesh = Mesh(
+            vertices=camera_to_canonical(verts_cam, quat, translation, scale).astype(np.float32),
+            faces=faces.astype(np.int32),
+            colors=colors,
+        )
+        gaussians = self._gaussians(
+            pts, pix, verts_cam, faces, colors, seen, ctx, quat, translation, scale, seed
+        )
+        return ObjectReconstruction(
+            object_id=obj.object_id,
+            object_index=index,
+            mesh=mesh,
+            gaussians=gaussians,
+            rotation=quat.astype(np.float64),
+            translation=translation.astype(np.float64),
+            scale=np.full(3, scale),
+            mask=mask.copy(),
+            label=obj.label,
+            score=obj.score,
+            extents=extents,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # steps
+
+    def _clean_points(self, ctx: "_FrameContext", mask: np.ndarray):
+        """Lift the eroded mask, without flying pixels; returns (N×3 points, N×2 (row, col))."""
+        rows, cols = np.nonzero(mask)
+        r0, r1 = max(rows.min() - 2, 0), min(rows.max() + 3, mask.shape[0])
+        c0, c1 = max(cols.min() - 2, 0), min(cols.max() + 3, mask.shape[1])
+        m = mask[r0:r1, c0:c1]
+        valid = ctx.valid[r0:r1, c0:c1]
+        z = np.where(valid, ctx.points[r0:r1, c0:c1, 2], np.inf)
+        core = m
+        if self.erode_px > 0:
+            eroded = ndimage.binary_erosion(m, iterations=self.erode_px)
+            if (eroded & valid).sum() >= max(self.min_points, 0.3 * (m & valid).sum()):
+                core = eroded
+        # Flying pixels: a much farther 4-neighbour (NaN counts as far) near the mask border.
+        jump = np.zeros(m.shape, dtype=bool)
+        zp = np.pad(z, 1, constant_values=np.inf)
+        zc = zp[1:-1, 1:-1]
+        thr = np.maximum(self.edge_jump, self.edge_relative * np.where(valid, zc, 0.0))
+        for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            nb = zp[dr : dr + m.shape[0], dc : dc + m.shape[1]]
+            with np.errstate(invalid="ignore"):
+                jump |= np.abs(nb - zc) > thr
+        border = m & ~ndimage.binary_erosion(m, iterations=self.erode_px + 2)
+        keep = core & valid & ~(jump & border)
+        if keep.sum() < self.min_points:
+            keep = m & valid
+        rr, cc = np.nonzero(keep)
+        pts = ctx.points[rr + r0, cc + c0].astype(np.float64)
+        return pts, np.stack([rr + r0, cc + c0], axis=1)
+
+    def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane]):
+        """Rotation (columns a, b, up), origin and whether the object rests on the plane."""
+        centroid = pts.mean(axis=0)
+        if plane is not None:
+            height = pts @ plane.normal + plane.offset
+            resting = bool(np.median(height) > 0 and np.percentile(height, 2) < self.resting_gap)
+            if resting:
+                up = np.asarray(plane.normal, dtype=np.float64)
+                origin = centroid - (centroid @ up + plane.offset) * up
+                return _frame_from_up(up, centroid), origin, True
+        # No usable plane: the principal axis closest to the image "up" plays the vertical.
+        cov = np.cov((pts - centroid).T)
+        _, vecs = np.linalg.eigh(cov)
+        cam_up = np.array([0.0, -1.0, 0.0])
+        up = vecs[:, int(np.argmax(np.abs(vecs.T @ cam_up)))]
+        up = up if up @ cam_up >= 0 else -up
+        return _frame_from_up(up, centroid), centroid, False
+
+    def _main_cluster(self, q: np.ndarray, pts: np.ndarray, pix: np.ndarray):
+        """Drop small clusters far from the object (statistical outliers, segmentation leaks)."""
+        cell = 2.0 * self.voxel_size
+        key = np.floor((q - q.min(axis=0)) / cell).astype(np.int64)
+        dims = key.max(axis=0) + 1
+        if np.prod(dims) > 4_000_000:
+            return q, pts, pix
+        grid = np.zeros(dims, dtype=bool)
+        grid[tuple(key.T)] = True
+        # Clusters 2 cells apart still join (thin parts with missing depth between them).
+        grid_d = ndimage.binary_dilation(grid, structure=np.ones((3, 3, 3), bool))
+        labels, n = ndimage.label(grid_d, structure=np.ones((3, 3, 3), bool))
+        if n <= 1:
+            return q, pts, pix
+        lab = labels[tuple(key.T)]
+        counts = np.bincount(lab, minlength=n + 1)
+        big = counts >= max(0.1 * counts.max(), 2 * self.min_points)
+        keep = big[lab]
+        return q[keep], pts[keep], pix[keep]
+
+    def _mirror(self, q, ctx, frame_rot, origin, resting) -> np.ndarray:
+        """Mirror-symmetric copy of the points, minus what lands in observed free space."""
+        _, axes2, _ = min_area_rectangle(q[:, :2])
+        # Mirror across the footprint axis that faces the camera most (a = horizontal view dir).
+        normal = axes2[int(np.argmax(np.abs(axes2[:, 0])))]
+        normal = normal if normal[0] >= 0 else -normal
+        lateral = np.array([-normal[1], normal[0]])
+        s = q[:, :2] @ normal
+        lat = q[:, :2] @ lateral
+        lo, hi = np.percentile(lat, [5, 95])
+        band = (lat <= lo) | (lat >= hi)
+        # Silhouette points (lateral extremes) lie near the symmetry plane of a convex object.
+        centre = float(np.median(s[band])) if band.any() else float(np.median(s))
+        front = s < centre
+        mq = q[front].copy()
+        mq[:, :2] += (2.0 * (centre - s[front]))[:, None] * normal
+        if mq.shape[0] == 0:
+            return mq
+        free = ctx.in_free_space(
+            origin + mq @ frame_rot.T, self.carve_margin, mq[:, 2] if resting else None
+        )
+        return mq[~free]
+
+    def _surface(self, ref, q_obs, ctx, frame_rot, origin, resting):
+        """Closed surface (gravity-frame vertices, faces) of the completed height map."""
+        ext = ref.max(axis=0) - ref.min(axis=0)
+        v = max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
+        lo = ref.min(axis=0) - 2 * v
+        if resting:
+            lo[2] = 0.0
+        ij = np.floor((ref[:, :2] - lo[:2]) / v).astype(np.int64)
+        nx, ny = ij.max(axis=0) + 3
+        flat = ij[:, 0] * ny + ij[:, 1]
+        order = np.argsort(flat, kind="stable")
+        fs, hs = flat[order], ref[order, 2]
+        starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+        top = np.full(nx * ny, -np.inf)
+        top[fs[starts]] = np.maximum.reduceat(hs, starts)
+        bottom = np.full(nx * ny, np.inf)
+        if resting:
+            bottom[:] = 0.0
+        else:
+            bottom[fs[starts]] = np.minimum.reduceat(hs, starts)
+        top = top.reshape(nx, ny)
+        bottom = bottom.reshape(nx, ny)
+        filled = np.isfinite(top)
+        top, filled2 = fill_height_map(top, filled, self.close_cells)
+        if not resting:
+            bottom, _ = fill_height_map(-bottom, filled, self.close_cells)
+            bottom = -bottom
+        filled = filled2
+        nz = int(np.ceil((ref[:, 2].max() - lo[2]) / v)) + 2
+        hk = lo[2] + (np.arange(nz) + 0.5) * v
+        occ = filled[:, :, None] & (hk[None, None, :] <= top[:, :, None])
+        occ &= hk[None, None, :] >= bottom[:, :, None] - (0.0 if resting else v)
+        if self.carve and occ.any():
+            idx = np.argwhere(occ)
+            centres = lo + (idx + 0.5) * v
+            if resting:
+                # Test the lowest layer one voxel up: on the table plane itself every voxel
+                # would look "at the observed depth" of the table.
+                centres[:, 2] = np.maximum(centres[:, 2], 1.5 * v)
+            heights = centres[:, 2] if resting else None
+            free = ctx.in_free_space(origin + centres @ frame_rot.T, self.carve_margin, heights)
+            if free.any() and (~free).sum() >= 8:
+                occ[tuple(idx[free].T)] = False
+        occ = make_well_composed(occ)
+        gv, faces = surface_nets(occ)
+        verts = lo + (gv + 0.5) * v
+        if resting:
+            # The bottom cap lies on the plane: keep it there while smoothing.
+            fixed = verts[:, 2] <= 0.25 * v
+        else:
+            fixed = None
+        verts = taubin_smooth(verts, faces, self.smooth_iterations, fixed=fixed)
+        if self.snap:
+            verts = _snap_to_points(verts, faces, ref, v)
+        if resting:
+            verts[:, 2] = np.maximum(verts[:, 2], 0.0)
+        return verts, faces
+
+    def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: np.ndarray):
+        """Vertex colours (uint8) from the image where visible, else from the nearest visible."""
+        r, c, inside = ctx.pixel_of(verts_cam)
+        seen = np.zeros(verts_cam.shape[0], dtype=bool)
+        rr, cc = r[inside], c[inside]
+        near = ctx.valid[rr, cc] & mask[rr, cc]
+        zobs = ctx.points[rr, cc, 2]
+        with np.errstate(invalid="ignore"):
+            near &= np.abs(verts_cam[inside, 2] - zobs) < 0.01
+        seen[np.flatnonzero(inside)[near]] = True
+        colors = np.zeros((verts_cam.shape[0], 3), dtype=np.uint8)
+        if seen.any():
+            colors[seen] = ctx.rgb[r[seen], c[seen]]
+            hidden = ~seen
+            if hidden.any():
+                _, nn = cKDTree(verts_cam[seen]).query(verts_cam[hidden], k=1)
+                colors[hidden] = colors[seen][nn]
+        else:
+            colors[:] = np.median(ctx.rgb[mask], axis=0).astype(np.uint8)
+        return colors, seen
+
+    def _gaussians(
+        self, pts, pix, verts_cam, faces, colors, seen, ctx, quat, translation, scale, seed
+    ) -> Gaussians:
+        """One Gaussian per clean pixel and per hidden vertex, in the canonical frame."""
+        if pts.shape[0] > self.max_visible_gaussians:
+            sel = np.sort(
+                np.random.default_rng(seed).choice(
+                    pts.shape[0], self.max_visible_gaussians, replace=False
+                )
+            )
+            pts, pix = pts[sel], pix[sel]
+        sigma_px = pts[:, 2] / ctx.k.fx * 0.8  # about the pixel footprint
+        col_px = ctx.rgb[pix[:, 0], pix[:, 1]].astype(np.float32) / 255.0
+        hidden = ~seen
+        edges = np.linalg.norm(verts_cam[faces] - verts_cam[np.roll(faces, 1, axis=1)], axis=2)
+        n_v = verts_cam.shape[0]
+        spacing = np.bincount(faces.T.ravel(), weights=edges.T.ravel(), minlength=n_v)
+        count = np.bincount(faces.T.ravel(), minlength=n_v)
+        spacing = spacing / np.maximum(count, 1)
+        means = np.concatenate([pts, verts_cam[hidden]])
+        sig = np.concatenate([sigma_px, 0.6 * spacing[hidden]])
+        cols = np.concatenate([col_px, colors[hidden].astype(np.float32) / 255.0])
+        n = means.shape[0]
+        rot = np.zeros((n, 4), dtype=np.float32)
+        rot[:, 3] = 1.0
+        return Gaussians(
+            means=camera_to_canonical(means, quat, translation, scale).astype(np.float32),
+            scales=np.repeat((sig / scale)[:, None], 3, axis=1).astype(np.float32),
+            rotations=rot,
+            colors=np.clip(cols, 0.0, 1.0).astype(np.float32),
+            opacities=np.full(n, self.opacity, dtype=np.float32),
+        )
+
+
+class _FrameContext:
+    """Per-frame arrays shared by the objects: points, validity, colours, free-space test."""
+
+    def __init__(
+        self,
+        points: np.ndarray,
+        valid: np.ndarray,
+        rgb: np.ndarray,
+        k: CameraIntrinsics,
+        table: Optional[np.ndarray] = None,
+    ):
+        self.points = points
+        self.table = table
+        self.valid = valid
+        self.rgb = np.asarray(rgb)[:, :, :3]
+        self.k = k
+        z = np.where(valid, points[:, :, 2], 0.0).astype(np.float32)
+        # Conservative observed depth: the nearest of the 3×3 neighbourhood; an invalid pixel
+        # (0) makes its neighbourhood unknown, so nothing is carved there.
+        self.depth_min = ndimage.minimum_filter(z, size=3)
+        # Noise allowance: a Kinect-like axial sigma, 1.2 mm + 1.9 mm/m² (z − 0.4 m)².
+        self.sigma = 0.0012 + 0.0019 * np.square(np.maximum(self.depth_min - 0.4, 0.0))
+        self.table_height = 0.002
+
+    def pixel_of(self, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nearest pixel (row, col) of camera points and whether it lies in the image."""
+        k = self.k
+        z = p[:, 2]
+        ok = z > 1e-6
+        zs = np.where(ok, z, 1.0)
+        u = np.rint(k.fx * p[:, 0] / zs + k.cx)
+        v = np.rint(k.fy * p[:, 1] / zs + k.cy)
+        h, w = self.valid.shape
+        inside = ok & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        r = np.where(inside, v, 0).astype(np.int64)
+        c = np.where(inside, u, 0).astype(np.int64)
+        return r, c, inside
+
+    def in_free_space(
+        self, p: np.ndarray, margin: float, heights: Optional[np.ndarray] = None
+    ) -> np.ndarray:
+        """True where a camera point lies clearly in front of the observed surface.
+
+        ``heights`` (above the support plane) enables the table test: a point above the plane
+        that projects onto a pixel seeing the bare table is empty even when it is close to the
+        table along the ray (grazing rays make the depth test weak near the table).
+        """
+        r, c, inside = self.pixel_of(p)
+        d = self.depth_min[r, c]
+        tol = margin + 2.0 * self.sigma[r, c]
+        free = inside & (d > 0) & (p[:, 2] < d - tol)
+        if heights is not None and self.table is not None:
+            free |= inside & self.table[r, c] & (heights > self.table_height)
+        return free
+
+
+def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
+    """Rotation with columns (a, b, up): a = horizontal direction from the camera to the object."""
+    view = centroid - (centroid @ up) * up
+    if np.linalg.norm(view) < 1e-9:
+        view = np.array([0.0, 0.0, 1.0]) - up[2] * up
+        if np.linalg.norm(view) < 1e-9:
+            view = np.array([1.0, 0.0, 0.0]) - up[0] * up
+    a = view / np.linalg.norm(view)
+    b = np.cross(up, a)
+    return np.stack([a, b, up], axis=1)
+
+
+def _snap_to_points(verts, faces, ref, v) -> np.ndarray:
+    """Move vertices along their normals onto the local mean of nearby observed points."""
+    # Average the points per voxel first (noise ↓, fewer points in the tree).
+    key = np.floor((ref - ref.min(axis=0)) / (0.5 * v)).astype(np.int64)
+    dims = key.max(axis=0) + 1
+    flat = (key[:, 0] * dims[1] + key[:, 1]) * dims[2] + key[:, 2]
+    _, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
+    mean = np.stack([np.bincount(inv, weights=ref[:, d]) for d in range(3)], axis=1)
+    mean /= cnt[:, None]
+    tree = cKDTree(mean)
+    radius = 1.5 * v
+    dist, nn = tree.query(verts, k=8, distance_upper_bound=radius)
+    ok = np.isfinite(dist)
+    if not ok.any():
+        return verts
+    wts = np.where(ok, 1.0 - dist / radius, 0.0)
+    nn = np.where(ok, nn, 0)
+    tot = wts.sum(axis=1)
+    has = tot > 0
+    target = (mean[nn] * wts[:, :, None]).sum(axis=1) / np.maximum(tot, 1e-12)[:, None]
+    normals = vertex_normals(verts, faces)
+    step = ((target - verts) * normals).sum(axis=1)
+    step = np.clip(step, -radius, radius)
+    out = verts.copy()
+    out[has] += normals[has] * step[has, None]
+    return out

@@ -1,0 +1,246 @@
+"""Geometry helpers of the embedded reconstruction: footprints, surface extraction, smoothing.
+
+Everything is numpy/scipy, vectorised and deterministic. Grids are indexed ``[i, j, k]`` along
+the axes of whatever frame the caller voxelised in; this module knows nothing about cameras.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.spatial import ConvexHull, QhullError
+
+
+def min_area_rectangle(xy: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum-area enclosing rectangle of 2D points (rotating the hull edges).
+
+    Args:
+        xy: N×2 points (N ≥ 1).
+
+    Returns:
+        ``(centre, axes, extents)``: the rectangle centre (2,), its axes as the rows of a 2×2
+        rotation (row 0 = the longer side, ``det = +1``) and its side lengths (2,), longer first.
+    """
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    hull = pts
+    if pts.shape[0] >= 3:
+        try:
+            hull = pts[ConvexHull(pts).vertices]
+        except QhullError:  # collinear or duplicate points
+            hull = pts
+    if hull.shape[0] < 2:
+        return hull.mean(axis=0), np.eye(2), np.zeros(2)
+    edges = np.roll(hull, -1, axis=0) - hull
+    angles = np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2).round(9))
+    c, s = np.cos(angles), np.sin(angles)
+    # Candidate frames: rows (c, s) and (-s, c); project the hull on both.
+    u = hull @ np.stack([c, s])  # hull × angles
+    v = hull @ np.stack([-s, c])
+    du = u.max(axis=0) - u.min(axis=0)
+    dv = v.max(axis=0) - v.min(axis=0)
+    best = int(np.argmin(du * dv + 1e-12 * (du + dv)))
+    a0 = np.array([c[best], s[best]])
+    a1 = np.array([-s[best], c[best]])
+    mid_u = 0.5 * (u[:, best].max() + u[:, best].min())
+    mid_v = 0.5 * (v[:, best].max() + v[:, best].min())
+    centre = mid_u * a0 + mid_v * a1
+    ext = np.array([du[best], dv[best]])
+    axes = np.stack([a0, a1])
+    if ext[1] > ext[0]:
+        axes = np.stack([a1, -a0])
+        ext = ext[::-1].copy()
+    return centre, axes, ext
+
+
+def make_well_composed(occ: np.ndarray, max_iterations: int = 4) -> np.ndarray:
+    """Fill the voxels that make 2×2 "checkerboard" faces, so surface nets stay manifold.
+
+    A face of four voxel centres with only the diagonal pair occupied makes the dual surface
+    pinch along an edge; occupying the other pair removes the ambiguity (a tiny dilation).
+    """
+    out = occ.copy()
+    for _ in range(max_iterations):
+        changed = False
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            x00 = _shift_view(out, a, b, 0, 0)
+            x10 = _shift_view(out, a, b, 1, 0)
+            x01 = _shift_view(out, a, b, 0, 1)
+            x11 = _shift_view(out, a, b, 1, 1)
+            diag1 = x00 & x11 & ~x10 & ~x01
+            diag2 = x10 & x01 & ~x00 & ~x11
+            if diag1.any() or diag2.any():
+                changed = True
+                x10 |= diag1
+                x01 |= diag1
+                x00 |= diag2
+                x11 |= diag2
+        if not changed:
+            break
+    return out
+
+
+def _shift_view(arr: np.ndarray, a: int, b: int, da: int, db: int) -> np.ndarray:
+    """View of ``arr`` shifted by (da, db) ∈ {0, 1}² along axes (a, b), trimmed by one there."""
+    sl = [slice(None)] * arr.ndim
+    sl[a] = slice(da, arr.shape[a] - 1 + da)
+    sl[b] = slice(db, arr.shape[b] - 1 + db)
+    return arr[tuple(sl)]
+
+
+# The 12 edges of a unit cell as pairs of corner offsets.
+_CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+_EDGES = [
+    (a, b)
+    for a in range(8)
+    for b in range(a + 1, 8)
+    if np.abs(_CORNERS[a] - _CORNERS[b]).sum() == 1
+]
+
+
+def surface_nets(occ: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Closed triangle surface of a binary voxel grid (naive surface nets).
+
+    Voxel ``[i, j, k]`` has its centre at grid coordinate ``(i, j, k)``. One vertex per dual cell
+    (the cube between 8 voxel centres) crossed by the surface, at the mean of the crossing edge
+    midpoints; one quad (two triangles) per pair of neighbouring voxels that differ. The result is
+    closed and consistently oriented (counter-clockwise seen from outside) for any grid; call
+    :func:`make_well_composed` first to avoid pinched edges.
+
+    Returns:
+        ``(vertices, faces)``: V×3 float64 in grid coordinates, F×3 int64.
+    """
+    g = np.pad(np.asarray(occ, dtype=bool), 1)
+    nx, ny, nz = g.shape
+    gu = g.view(np.uint8)
+    total = np.zeros((nx - 1, ny - 1, nz - 1), dtype=np.uint8)
+    for i, j, k in _CORNERS:
+        total += gu[i : nx - 1 + i, j : ny - 1 + j, k : nz - 1 + k]
+    active = (total > 0) & (total < 8)
+    cells = np.argwhere(active)
+    vid = np.full(active.shape, -1, dtype=np.int64)
+    vid[tuple(cells.T)] = np.arange(cells.shape[0])
+    # Corner values of the active cells only, then the mean midpoint of their crossing edges.
+    cv = np.stack([g[tuple((cells + off).T)] for off in _CORNERS], axis=1)  # n × 8
+    ea = np.array([a for a, _ in _EDGES])
+    eb = np.array([b for _, b in _EDGES])
+    cross = (cv[:, ea] != cv[:, eb]).astype(np.float64)  # n × 12
+    mids = 0.5 * (_CORNERS[ea] + _CORNERS[eb])  # 12 × 3
+    verts = cells + (cross @ mids) / cross.sum(axis=1, keepdims=True) - 1.0  # undo the padding
+
+    quads = []
+    # Axis x: voxels (i, j, k) and (i+1, j, k); cells (i, j-1|j, k-1|k).
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, g.shape[axis] - 1)
+        hi[axis] = slice(1, g.shape[axis])
+        a_val = g[tuple(lo)]
+        b_val = g[tuple(hi)]
+        diff = a_val != b_val
+        # Edges on the outer layer of the other axes cannot change sign (padding): skip them.
+        o1, o2 = (axis + 1) % 3, (axis + 2) % 3
+        idx = np.argwhere(diff)
+        idx = idx[(idx[:, o1] >= 1) & (idx[:, o2] >= 1)]
+        if idx.shape[0] == 0:
+            continue
+        outward = a_val[tuple(idx.T)]  # inside at the low end → normal along +axis
+        c = []
+        for d1, d2 in ((-1, -1), (0, -1), (0, 0), (-1, 0)):
+            cell = idx.copy()
+            cell[:, o1] += d1
+            cell[:, o2] += d2
+            c.append(vid[tuple(cell.T)])
+        q = np.stack(c, axis=1)
+        q[~outward] = q[~outward][:, ::-1]
+        quads.append(q)
+    if not quads:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    q = np.concatenate(quads)
+    # Split each quad along its shorter diagonal.
+    d02 = np.linalg.norm(verts[q[:, 0]] - verts[q[:, 2]], axis=1)
+    d13 = np.linalg.norm(verts[q[:, 1]] - verts[q[:, 3]], axis=1)
+    use02 = d02 <= d13
+    t1 = np.where(use02[:, None], q[:, [0, 1, 2]], q[:, [0, 1, 3]])
+    t2 = np.where(use02[:, None], q[:, [0, 2, 3]], q[:, [1, 2, 3]])
+    faces = np.concatenate([t1, t2])
+    return verts, faces
+
+
+def vertex_adjacency(faces: np.ndarray, n_vertices: int) -> sparse.csr_matrix:
+    """Row-normalised vertex adjacency (umbrella operator) of a triangle mesh."""
+    f = np.asarray(faces, dtype=np.int64)
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    # Duplicates are summed: on a closed manifold every edge counts twice, uniformly.
+    adj = sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(n_vertices, n_vertices))
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    deg[deg == 0] = 1.0
+    return sparse.diags(1.0 / deg) @ adj
+
+
+def taubin_smooth(
+    verts: np.ndarray,
+    faces: np.ndarray,
+    iterations: int = 4,
+    lam: float = 0.5,
+    mu: float = -0.53,
+    fixed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Taubin λ|μ smoothing (no shrinkage); vertices flagged in ``fixed`` do not move."""
+    v = np.asarray(verts, dtype=np.float64).copy()
+    if iterations <= 0 or v.shape[0] == 0:
+        return v
+    op = vertex_adjacency(faces, v.shape[0])
+    free = None if fixed is None else ~np.asarray(fixed, dtype=bool)
+    for _ in range(iterations):
+        for w in (lam, mu):
+            delta = op @ v - v
+            if free is not None:
+                delta[~free] = 0.0
+            v += w * delta
+    return v
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals (outward for counter-clockwise faces)."""
+    tri = verts[faces]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    idx = faces.T.ravel()
+    n_v = verts.shape[0]
+    vn = np.stack(
+        [np.bincount(idx, weights=np.tile(fn[:, d], 3), minlength=n_v) for d in range(3)], axis=1
+    )
+    n = np.linalg.norm(vn, axis=1, keepdims=True)
+    return vn / np.maximum(n, 1e-12)
+
+
+def fill_height_map(top: np.ndarray, filled: np.ndarray, close_size: int = 3):
+    """Close small gaps of a height map and fill its enclosed holes with the nearest heights.
+
+    Args:
+        top: 2D float heights, any value where ``filled`` is False.
+        filled: 2D bool, True where a column has data.
+        close_size: size of the morphological closing of the footprint (0/1 disables it).
+
+    Returns:
+        ``(top, filled)`` with the gaps closed.
+    """
+    fp = filled
+    if close_size > 1:
+        st = np.ones((close_size, close_size), dtype=bool)
+        fp = ndimage.binary_closing(np.pad(fp, close_size), structure=st)
+        fp = fp[close_size:-close_size, close_size:-close_size] | filled
+    fp = ndimage.binary_fill_holes(fp)
+    new = fp & ~filled
+    if not new.any():
+        return top, filled
+    # Nearest filled column for each new one; a small max-filter first so that a hole takes the
+    # height of its rim rather than of the single nearest (possibly low, noisy) column.
+    src = np.where(filled, top, -np.inf)
+    src = np.where(filled, top, ndimage.maximum_filter(src, size=3))
+    _, (ii, jj) = ndimage.distance_transform_edt(~filled, return_indices=True)
+    out = top.copy()
+    out[new] = src[ii[new], jj[new]]
+    return out, fp

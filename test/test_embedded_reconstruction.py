@@ -1,0 +1,355 @@
+"""Embedded reconstruction on small ray-cast RGB-D scenes with known objects on a table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import cKDTree
+
+from sam3d_ros.backends import make_reconstructor
+from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor
+from sam3d_ros.backends.shape_completion import (
+    make_well_composed,
+    min_area_rectangle,
+    surface_nets,
+)
+from sam3d_ros.conventions import canonical_to_camera, quat_to_matrix
+from sam3d_ros.errors import InputError
+from sam3d_ros.types import CameraIntrinsics, Frame, ObjectMask
+
+W, H = 320, 240
+K = CameraIntrinsics(fx=290.0, fy=290.0, cx=159.5, cy=119.5, width=W, height=H)
+BOX_RGB = (200, 40, 30)
+CYL_RGB = (30, 60, 210)
+TABLE_RGB = (140, 140, 120)
+
+
+def _camera_pose(distance=0.6, pitch_deg=45.0, yaw_deg=20.0):
+    """Camera-to-world (optical frame) looking at the world origin from above the table."""
+    pitch, yaw = np.deg2rad(pitch_deg), np.deg2rad(yaw_deg)
+    eye = distance * np.array(
+        [-np.cos(pitch) * np.cos(yaw), -np.cos(pitch) * np.sin(yaw), np.sin(pitch)]
+    )
+    z = -eye / np.linalg.norm(eye)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, y, z], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def _box_hits(o, d, centre, size, yaw):
+    """Ray parameter of a yawed box (world), inf where missed."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    r = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    ol = (o - centre) @ r
+    dl = d @ r
+    half = np.asarray(size) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (-half - ol) / dl
+        t2 = (half - ol) / dl
+    tmin = np.nanmax(np.minimum(t1, t2), axis=1)
+    tmax = np.nanmin(np.maximum(t1, t2), axis=1)
+    return np.where((tmax >= tmin) & (tmin > 0), tmin, np.inf)
+
+
+def _cyl_hits(o, d, centre, radius, height):
+    """Ray parameter of an upright capped cylinder standing on z = 0, inf where missed."""
+    ox, oy = o[0] - centre[0], o[1] - centre[1]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = 2 * (ox * d[:, 0] + oy * d[:, 1])
+    cc = ox**2 + oy**2 - radius**2
+    disc = b * b - 4 * a * cc
+    t_side = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), np.inf)
+    z_side = o[2] + t_side * d[:, 2]
+    t_side = np.where((z_side >= 0) & (z_side <= height) & (t_side > 0), t_side, np.inf)
+    t_top = (height - o[2]) / d[:, 2]
+    p = o + t_top[:, None] * d
+    in_top = (p[:, 0] - centre[0]) ** 2 + (p[:, 1] - centre[1]) ** 2 <= radius**2
+    t_top = np.where(in_top & (t_top > 0), t_top, np.inf)
+    return np.minimum(t_side, t_top)
+
+
+def _render(objects, pose, noise=0.0006, seed=0):
+    """Ray-cast objects on the table z = 0; returns (Frame, [mask per object])."""
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    rays_cam = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u, float)], -1)
+    rays_cam = rays_cam.reshape(-1, 3)
+    d = rays_cam @ pose[:3, :3].T
+    o = pose[:3, 3]
+    t_all = [(-o[2] / d[:, 2])]  # table
+    for kind, params in objects:
+        t_all.append(_box_hits(o, d, *params) if kind == "box" else _cyl_hits(o, d, *params))
+    t = np.stack(t_all)
+    t[0] = np.where(t[0] > 0, t[0], np.inf)
+    hit = np.argmin(t, axis=0)
+    tmin = t[hit, np.arange(t.shape[1])]
+    depth = tmin * 1.0  # rays_cam has z = 1: the parameter is the optical depth
+    depth = depth + np.random.default_rng(seed).normal(0, noise, depth.shape)
+    pts = (rays_cam * depth[:, None]).reshape(H, W, 3).astype(np.float32)
+    pts[~np.isfinite(tmin.reshape(H, W))] = np.nan
+    colours = np.array([TABLE_RGB] + [BOX_RGB if k == "box" else CYL_RGB for k, _ in objects])
+    rgb = colours[hit].reshape(H, W, 3).astype(np.uint8)
+    masks = [(hit == i + 1).reshape(H, W) for i in range(len(objects))]
+    return Frame(rgb=rgb, points=pts, intrinsics=K, camera_pose=pose), masks
+
+
+def _gt_mesh(kind, params):
+    if kind == "box":
+        centre, size, yaw = params
+        m = trimesh.creation.box(extents=size)
+        m.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
+        m.apply_translation(centre)
+    else:
+        centre, radius, height = params
+        m = trimesh.creation.cylinder(radius=radius, height=height, sections=64)
+        m.apply_translation([centre[0], centre[1], height / 2])
+    return m
+
+
+def _fscore(pred_v, pred_f, gt_mesh, tau):
+    pred = trimesh.Trimesh(pred_v, pred_f, process=False)
+    p, _ = trimesh.sample.sample_surface(pred, 6000, seed=1)
+    g, _ = trimesh.sample.sample_surface(gt_mesh, 6000, seed=2)
+    dp, _ = cKDTree(g).query(p)
+    dg, _ = cKDTree(p).query(g)
+    prec, rec = np.mean(dp <= tau), np.mean(dg <= tau)
+    return 2 * prec * rec / max(prec + rec, 1e-12)
+
+
+BOX = ("box", (np.array([0.0, 0.0, 0.03]), (0.08, 0.05, 0.06), np.deg2rad(30)))
+CYL = ("cyl", (np.array([0.02, 0.10, 0.0]), 0.03, 0.07))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    pose = _camera_pose()
+    frame, masks = _render([BOX, CYL], pose)
+    rec = EmbeddedReconstructor()
+    objs = [ObjectMask(7, masks[0], label="box"), ObjectMask(9, masks[1], label="cyl")]
+    out = rec.reconstruct(frame, objs, seed=3)
+    return frame, masks, pose, out
+
+
+def _world_to_cam(pose, p):
+    inv = np.linalg.inv(pose)
+    return p @ inv[:3, :3].T + inv[:3, 3]
+
+
+def test_registry_builds_the_embedded_backend():
+    rec = make_reconstructor("embedded", voxel_size=0.003)
+    assert isinstance(rec, EmbeddedReconstructor) and rec.name == "embedded"
+
+
+def test_order_ids_and_types(scene):
+    _, masks, _, out = scene
+    assert [r.object_id for r in out] == [7, 9]
+    assert [r.object_index for r in out] == [0, 1]
+    assert [r.label for r in out] == ["box", "cyl"]
+    for r, m in zip(out, masks, strict=True):
+        assert np.array_equal(r.mask, m)
+        assert r.mesh.vertices.dtype == np.float32 and r.mesh.faces.dtype == np.int32
+        assert r.mesh.colors.dtype == np.uint8 and r.mesh.colors.shape == r.mesh.vertices.shape
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_accuracy_centre_and_fscore(scene, which):
+    _, _, pose, out = scene
+    kind_params = [BOX, CYL][which]
+    r = out[which]
+    gt = _gt_mesh(*kind_params)
+    gt.apply_transform(np.linalg.inv(pose))  # world → camera
+    v_cam = canonical_to_camera(
+        r.mesh.vertices.astype(np.float64), r.rotation, r.translation, r.scale
+    )
+    centre_gt = _world_to_cam(pose, gt_centre_world(kind_params))
+    assert np.linalg.norm(r.translation - centre_gt) < 0.01
+    assert _fscore(v_cam, r.mesh.faces, gt, 0.01) > 0.9
+    assert _fscore(v_cam, r.mesh.faces, gt, 0.005) > 0.75
+    # The completed object has the full size, not that of its visible half.
+    largest = 0.08 if which == 0 else 0.07
+    assert r.extents is not None
+    assert np.isclose(r.extents.max(), largest, atol=0.006)
+
+
+def gt_centre_world(kind_params):
+    kind, params = kind_params
+    if kind == "box":
+        return params[0]
+    centre, _, height = params
+    return np.array([centre[0], centre[1], height / 2])
+
+
+def test_mesh_is_watertight_outward_and_canonical(scene):
+    _, _, _, out = scene
+    for r in out:
+        m = trimesh.Trimesh(r.mesh.vertices, r.mesh.faces, process=False)
+        assert m.is_watertight and m.is_winding_consistent
+        assert m.volume > 0  # counter-clockwise seen from outside
+        assert np.all(np.abs(r.mesh.vertices) <= 0.5 + 1e-4)
+        assert np.abs(r.mesh.vertices).max() > 0.45  # it fills the canonical box
+        g = r.gaussians
+        assert np.all(np.abs(g.means) <= 0.5 + 0.05)
+        assert np.allclose(r.scale, r.scale[0]) and np.isclose(r.scale[0], r.extents.max())
+
+
+def test_pose_is_gravity_aligned(scene):
+    _, _, pose, out = scene
+    up_cam = np.linalg.inv(pose)[:3, :3] @ np.array([0.0, 0.0, 1.0])
+    for r in out:
+        q = np.asarray(r.rotation)
+        assert q.shape == (4,) and np.isclose(np.linalg.norm(q), 1.0)
+        rot = quat_to_matrix(q)
+        assert np.allclose(rot.T @ rot, np.eye(3), atol=1e-6)
+        assert np.isclose(np.linalg.det(rot), 1.0)
+        assert rot[:, 2] @ up_cam > np.cos(np.deg2rad(2.0))
+    # The box's footprint axes follow its yaw (30° in the world), up to the box symmetry.
+    rot = quat_to_matrix(out[0].rotation)
+    x_world = pose[:3, :3] @ rot[:, 0]
+    yaw = np.rad2deg(np.arctan2(x_world[1], x_world[0])) % 180.0
+    assert min(abs(yaw - 30.0), abs(yaw - 210.0), abs(yaw + 150.0)) < 4.0
+    assert np.allclose(np.sort(out[0].extents), np.sort([0.08, 0.05, 0.06]), atol=0.008)
+
+
+def test_colours_come_from_the_object(scene):
+    _, _, _, out = scene
+    for r, ref in zip(out, (BOX_RGB, CYL_RGB), strict=True):
+        med = np.median(r.mesh.colors.astype(float), axis=0)
+        assert np.abs(med - ref).max() < 25
+        gmed = np.median(r.gaussians.colors, axis=0) * 255
+        assert np.abs(gmed - ref).max() < 25
+
+
+def test_gaussians_are_well_formed(scene):
+    _, masks, _, out = scene
+    for r, m in zip(out, masks, strict=True):
+        g = r.gaussians
+        n = len(g)
+        assert n >= 0.5 * m.sum()
+        assert g.means.shape == (n, 3) and g.scales.shape == (n, 3)
+        assert np.allclose(g.rotations, [0, 0, 0, 1])
+        assert np.all((g.opacities > 0) & (g.opacities < 1))
+        assert np.all(g.scales > 0) and np.all(g.scales < 0.05)  # canonical units
+        assert np.all((g.colors >= 0) & (g.colors <= 1))
+        for a in (g.means, g.scales, g.rotations, g.colors, g.opacities):
+            assert a.dtype == np.float32
+
+
+def test_deterministic_for_a_seed(scene):
+    frame, masks, _, out = scene
+    again = EmbeddedReconstructor().reconstruct(
+        frame, [ObjectMask(7, masks[0], label="box"), ObjectMask(9, masks[1], label="cyl")], 3
+    )
+    for a, b in zip(out, again, strict=True):
+        for x, y in (
+            (a.mesh.vertices, b.mesh.vertices),
+            (a.mesh.faces, b.mesh.faces),
+            (a.mesh.colors, b.mesh.colors),
+            (a.gaussians.means, b.gaussians.means),
+            (a.rotation, b.rotation),
+            (a.translation, b.translation),
+        ):
+            assert np.array_equal(x, y)
+
+
+def test_without_a_table_still_gives_a_closed_object():
+    pose = _camera_pose()
+    frame, masks = _render([BOX], pose)
+    pts = frame.points.copy()
+    pts[~masks[0]] = np.nan  # only the object has depth
+    frame = Frame(rgb=frame.rgb, points=pts, intrinsics=K)
+    (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)
+    m = trimesh.Trimesh(r.mesh.vertices, r.mesh.faces, process=False)
+    assert m.is_watertight and m.volume > 0
+    centre_gt = _world_to_cam(pose, BOX[1][0])
+    assert np.linalg.norm(r.translation - centre_gt) < 0.03
+
+
+def test_flying_pixels_and_outliers_are_ignored():
+    pose = _camera_pose()
+    frame, masks = _render([BOX], pose)
+    pts = frame.points.copy()
+    mask = masks[0].copy()
+    # Smear the silhouette: mixed depths half-way to the background, inside a dilated mask.
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+    pts[ring] = pts[ring] * 0.97
+    mask |= ring
+    # A far speck of outliers in the mask.
+    ys, xs = np.nonzero(mask)
+    pts[ys[:5], xs[:5]] = pts[ys[:5], xs[:5]] * 1.4
+    frame = Frame(rgb=frame.rgb, points=pts, intrinsics=K)
+    (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, mask)], 0)
+    gt = _gt_mesh(*BOX)
+    gt.apply_transform(np.linalg.inv(pose))
+    v_cam = canonical_to_camera(
+        r.mesh.vertices.astype(np.float64), r.rotation, r.translation, r.scale
+    )
+    assert _fscore(v_cam, r.mesh.faces, gt, 0.01) > 0.85
+    assert np.linalg.norm(r.translation - _world_to_cam(pose, BOX[1][0])) < 0.012
+
+
+def test_input_errors():
+    pose = _camera_pose()
+    frame, masks = _render([BOX], pose)
+    rec = EmbeddedReconstructor()
+    no_depth = Frame(rgb=frame.rgb, points=None, intrinsics=K)
+    with pytest.raises(InputError) as e:
+        rec.reconstruct(no_depth, [ObjectMask(1, masks[0])], 0)
+    assert e.value.field == "pointmap_url" and "pointmap" in e.value.reason
+    pts = frame.points.copy()
+    pts[masks[0]] = np.nan
+    with pytest.raises(InputError) as e:
+        rec.reconstruct(
+            Frame(rgb=frame.rgb, points=pts, intrinsics=K),
+            [ObjectMask(1, masks[0]), ObjectMask(2, masks[0])],
+            0,
+        )
+    assert e.value.field == "mask_urls[0]" and "depth" in e.value.reason
+    with pytest.raises(InputError) as e:
+        rec.reconstruct(frame, [ObjectMask(1, masks[0]), ObjectMask(2, np.zeros((H, W), bool))], 0)
+    assert e.value.field == "mask_urls[1]"
+    with pytest.raises(InputError) as e:
+        rec.reconstruct(frame, [ObjectMask(1, np.ones((4, 4), bool))], 0)
+    assert e.value.field == "mask_urls[0]"
+    assert rec.reconstruct(frame, [], 0) == []
+
+
+def test_intrinsics_are_recovered_from_the_pointmap():
+    frame, masks = _render([BOX], _camera_pose())
+    with_k = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)[0]
+    frame.intrinsics = None
+    without = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)[0]
+    assert np.allclose(with_k.translation, without.translation, atol=1e-3)
+
+
+def test_surface_nets_is_closed_and_outward():
+    rng = np.random.default_rng(0)
+    x, y, z = np.mgrid[:24, :24, :24]
+    occ = (x - 12) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 < 8**2
+    occ |= rng.random(occ.shape) < 0.03  # speckle: many tiny closed components
+    occ = make_well_composed(occ)
+    v, f = surface_nets(occ)
+    m = trimesh.Trimesh(v, f, process=False)
+    assert m.is_watertight and m.is_winding_consistent and m.volume > 0
+    # A cube of 10 voxels: its surface lies on the voxel boundary (half a voxel out).
+    cube = np.zeros((14, 14, 14), bool)
+    cube[2:12, 2:12, 2:12] = True
+    v, f = surface_nets(cube)
+    assert np.isclose(v.min(), 1.5) and np.isclose(v.max(), 11.5)
+
+
+def test_min_area_rectangle_recovers_a_rotated_rectangle():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform([-0.04, -0.015], [0.04, 0.015], size=(400, 2))
+    a = np.deg2rad(25)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    centre, axes, ext = min_area_rectangle(pts @ rot.T + [0.3, -0.2])
+    assert np.allclose(centre, [0.3, -0.2], atol=0.002)
+    assert np.allclose(ext, [0.08, 0.03], atol=0.003)
+    assert abs(abs(axes[0] @ rot[:, 0]) - 1) < 1e-3
+    assert np.isclose(np.linalg.det(axes), 1.0)
