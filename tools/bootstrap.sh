@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One bootstrap for README, CI and developers.
 #
-#   tools/bootstrap.sh [jazzy|kilted|all|core]
+#   tools/bootstrap.sh [jazzy|kilted|all|cli]
 #
 # * A ROS 2 distro is sourced (ROS_DISTRO set, colcon on PATH): colcon-build the package into
 #   ./install against it (rosdep provides tf2_msgs, vision_msgs, ...).
 # * Otherwise, per distro: a venv .venv/<distro> with the ROS 2 PyPI wheels and the project's
 #   test dependencies; tf2_msgs/vision_msgs (not on PyPI) and sam3d_ros built with CMake and
-#   installed into the venv. `core`: a venv .venv/core with only the ROS-free core (for the CLI).
+#   installed into the venv. `cli`: a venv .venv/cli with only the ROS-free core (editable).
 #
 # Idempotent: requirements are re-installed only when their files change (stamp = hash), and the
 # CMake builds are incremental, so a second run with nothing changed takes a few seconds.
@@ -18,6 +18,13 @@ PYTHON="${PYTHON:-python3}"
 PIP_FLAGS=(--quiet --disable-pip-version-check)
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# pip, with its chatter kept in a log that is shown only when it fails.
+pip_in() {  # pip_in VENV ARGS...
+  local venv="$1"; shift
+  "$venv/bin/python" -m pip "$@" "${PIP_FLAGS[@]}" >>"$venv.pip.log" 2>&1 \
+    || { grep -v 'is ignored: it is neither' "$venv.pip.log" | tail -n 40 >&2; return 1; }
+}
 
 # Hash of the given files' contents (and names), for the "already installed" stamps.
 stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
@@ -34,23 +41,23 @@ ensure_venv() {  # ensure_venv DIR STAMP_TEXT INSTALL_FUNCTION
   mkdir -p "$(dirname "$venv")"
   # colcon crawling the repository must not mistake the wheels' share/*/package.xml for packages.
   touch "$(dirname "$venv")/COLCON_IGNORE"
-  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" --upgrade pip
+  rm -f "$venv.pip.log"
+  pip_in "$venv" install --upgrade pip
   "$installer" "$venv"
   echo "$want" >"$venv/.sam3d_stamp"
 }
 
 install_core() {
-  "$1/bin/python" -m pip install "${PIP_FLAGS[@]}" -r "$ROOT/requirements/core.txt"
-  "$1/bin/python" -m pip install "${PIP_FLAGS[@]}" --no-deps --no-build-isolation -e "$ROOT"
+  pip_in "$1" install -r "$ROOT/requirements/core.txt"
+  pip_in "$1" install --no-deps --no-build-isolation -e "$ROOT"
 }
 
 install_ros_distro() {
   local venv="$1" distro
   distro="$(basename "$venv")"
-  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" \
-    -r "$ROOT/requirements/ros-$distro.txt" -r "$ROOT/requirements/test.txt" \
-    -r "$ROOT/requirements/models.txt"
-  "$venv/bin/python" -m pip install "${PIP_FLAGS[@]}" --no-deps -r "$ROOT/requirements/test-nodeps.txt"
+  pip_in "$venv" install -r "$ROOT/requirements/ros-$distro.txt" \
+    -r "$ROOT/requirements/test.txt" -r "$ROOT/requirements/models.txt"
+  pip_in "$venv" install --no-deps -r "$ROOT/requirements/test-nodeps.txt"
 }
 
 cmake_package() {  # cmake_package VENV SOURCE_DIR BUILD_DIR
@@ -95,13 +102,13 @@ flock 9
 
 target="${1:-all}"
 case "$target" in
-  core)
-    ensure_venv "$ROOT/.venv/core" "$(stamp_of "$ROOT/requirements/core.txt" "$ROOT/setup.py")" install_core ;;
+  cli)
+    ensure_venv "$ROOT/.venv/cli" "$(stamp_of "$ROOT/requirements/core.txt" "$ROOT/setup.py")" install_core ;;
   jazzy|kilted)
     if [[ -n "${ROS_DISTRO:-}" ]] && command -v colcon >/dev/null; then build_with_sourced_ros
     else build_pip_distro "$target"; fi ;;
   all)
     if [[ -n "${ROS_DISTRO:-}" ]] && command -v colcon >/dev/null; then build_with_sourced_ros
     else build_pip_distro jazzy; build_pip_distro kilted; fi ;;
-  *) echo "usage: $0 [jazzy|kilted|all|core]" >&2; exit 2 ;;
+  *) echo "usage: $0 [jazzy|kilted|all|cli]" >&2; exit 2 ;;
 esac
