@@ -1,6 +1,7 @@
 """``sam3d-reconstruct``: bad inputs sent through main(argv), and end-to-end runs."""
 
 import base64
+import importlib
 import importlib.util
 import json
 import pickle
@@ -289,3 +290,26 @@ def test_depth_png_with_intrinsics_flags(scene_dir, tmp_path, capsys):
     assert code == 0, err
     assert err == ""
     check_result_schema(json.loads(stdout), tmp_path / "run", 1)
+
+
+@pytest.mark.parametrize(
+    "exc, code, message",
+    [
+        (RuntimeError("kaput"), 1, "error: BackendError: reconstruct failed: RuntimeError: kaput"),
+        (MemoryError(), 1, "reconstruct failed: MemoryError"),
+        (KeyboardInterrupt(), 130, "cancelled; nothing written"),
+    ],
+)
+def test_internal_error_and_interrupt_write_nothing(
+    scene_dir, tmp_path, capsys, monkeypatch, exc, code, message
+):
+    module = importlib.import_module(EMBEDDED_RECONSTRUCTION)
+
+    def fail(self, frame, masks, seed):
+        raise exc
+
+    monkeypatch.setattr(module.EmbeddedReconstructor, "reconstruct", fail)
+    argv = ["--request", scene_dir / "request.json", "--output", tmp_path / "run"]
+    got, stdout, err = run(argv, capsys)
+    assert got == code and message in err, err
+    assert stdout == "" and list(tmp_path.iterdir()) == []
