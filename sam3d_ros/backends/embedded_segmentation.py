@@ -100,6 +100,8 @@ class EmbeddedSegmenter:
         max_object_height: automatic mode: tallest object above the plane (metres).
         part_gap: box prompts: other regions inside the box join the object when their 3D
             bounds are within this distance (metres) of it (parts of one object).
+        attach_gap: point prompts and automatic mode: smaller regions touching the object in
+            the image and within this 3D distance (metres) are parts of it.
         seed: RANSAC seed (results are deterministic for a given seed).
     """
 
@@ -120,6 +122,7 @@ class EmbeddedSegmenter:
         min_object_pixels: int = 150,
         max_object_height: float = 0.6,
         part_gap: float = 0.03,
+        attach_gap: float = 0.025,
         seed: int = 0,
     ):
         self.plane_threshold = float(plane_threshold)
@@ -134,6 +137,7 @@ class EmbeddedSegmenter:
         self.min_object_pixels = int(min_object_pixels)
         self.max_object_height = float(max_object_height)
         self.part_gap = float(part_gap)
+        self.attach_gap = float(attach_gap)
         self.seed = int(seed)
 
     # ------------------------------------------------------------------------------------
@@ -629,6 +633,10 @@ class EmbeddedSegmenter:
             gap = np.maximum(0.0, np.maximum(klo - hi, lo - khi))
             if float(np.linalg.norm(gap)) <= self.part_gap:
                 chosen.append(k)
+        stats = _RegionStats(labels, n, win)
+        for j in self._attach_parts(stats, labels, chosen, exclude=sorted(bg_labels)):
+            if frac[j] >= 0.5:
+                chosen.append(j)
         region = np.isin(labels, [k for k in chosen if k not in bg_labels or k in fg_labels])
         region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         allowed = ~np.isin(labels, [k for k in range(1, n + 1) if k not in chosen]) | ~fg
@@ -661,6 +669,12 @@ class EmbeddedSegmenter:
         full = np.zeros((h, w), dtype=bool)
         fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts) if lab > 0})
         if fg_labels:
+            bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
+            if "stats" not in ctx.cache:
+                ctx.cache["stats"] = _RegionStats(labels, n, win)
+            stats = ctx.cache["stats"]
+            parts = self._attach_parts(stats, labels, fg_labels, exclude=sorted(bg_labels))
+            fg_labels = sorted(set(fg_labels) | set(parts))
             region = np.isin(labels, fg_labels)
             region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         else:
@@ -709,56 +723,136 @@ class EmbeddedSegmenter:
         e2 = np.cross(normal, e1)
         basis = np.stack([e1, e2], axis=1).astype(np.float32)
         s = self.plane_stride
-        inl = plane.inliers
-        sub_pts = ctx.points[::s, ::s][inl]
-        uv_plane = sub_pts @ basis
+        uv_plane = ctx.points[::s, ::s][plane.inliers] @ basis
         lo = np.percentile(uv_plane, 1, axis=0)
         hi = np.percentile(uv_plane, 99, axis=0)
 
-        flat_labels = labels.ravel()
-        sel = flat_labels > 0
-        lab = flat_labels[sel]
-        count = np.bincount(lab, minlength=n + 1)
-        height = win.height.ravel()[sel].astype(np.float64)
-        uv = win.points.reshape(-1, 3)[sel] @ basis
-        # Per-region robust lowest/highest height: sort by (label, height) once.
-        order = np.lexsort((height, lab))
-        lab_s, h_s = lab[order], height[order]
-        starts = np.searchsorted(lab_s, np.arange(n + 1))
-        ends = np.searchsorted(lab_s, np.arange(n + 1), side="right")
-        mean_u = np.bincount(lab, weights=uv[:, 0], minlength=n + 1) / np.maximum(count, 1)
-        mean_v = np.bincount(lab, weights=uv[:, 1], minlength=n + 1) / np.maximum(count, 1)
-        xs = np.tile(np.arange(w, dtype=np.float64), h)[sel]
-        ys = np.repeat(np.arange(h, dtype=np.float64), w)[sel]
-        mean_x = np.bincount(lab, weights=xs, minlength=n + 1) / np.maximum(count, 1)
-        mean_y = np.bincount(lab, weights=ys, minlength=n + 1) / np.maximum(count, 1)
-
-        clusters = []
-        for k in range(1, n + 1):
+        stats = _RegionStats(labels, n, win)
+        count = stats.count
+        uv_mean = stats.mean_points @ basis
+        mains = []
+        for k in np.argsort(-count, kind="stable"):
+            k = int(k)
             c = int(count[k])
-            if c < self.min_object_pixels:
+            if k == 0 or c < self.min_object_pixels:
                 continue
-            hs = h_s[starts[k] : ends[k]]
-            low = float(hs[int(0.02 * (c - 1))])
-            top = float(hs[int(0.98 * (c - 1))])
+            low, top = stats.height_quantiles(k)
             if low > 0.03 or top > self.max_object_height or top < 0.01:
                 continue  # floating, too tall (walls, people) or too flat
-            if not (lo[0] <= mean_u[k] <= hi[0] and lo[1] <= mean_v[k] <= hi[1]):
+            if not (lo[0] <= uv_mean[k, 0] <= hi[0] and lo[1] <= uv_mean[k, 1] <= hi[1]):
                 continue  # not above the table
-            clusters.append((float(mean_x[k]), float(mean_y[k]), k))
-        clusters.sort()
+            mains.append(k)
+        # Largest first: each object takes the small adjacent parts close to it in 3D.
+        owner = np.arange(n + 1)
+        groups = []
+        for k in mains:
+            if owner[k] != k:
+                continue
+            parts = self._attach_parts(stats, labels, [k], taken=owner != np.arange(n + 1))
+            owner[parts] = k
+            groups.append([k] + parts)
+        clusters = []
+        for ids in groups:
+            tot = float(count[ids].sum())
+            cx = float((stats.mean_xy[ids, 0] * count[ids]).sum() / tot)
+            cy = float((stats.mean_xy[ids, 1] * count[ids]).sum() / tot)
+            clusters.append((cx, cy, ids))
+        clusters.sort(key=lambda c: (c[0], c[1]))
         out = []
-        for i, (_, _, k) in enumerate(clusters):
-            region = labels == k
-            ys_k, xs_k = np.nonzero(region)
-            yl, yh, xl, xh = int(ys_k.min()), int(ys_k.max()), int(xs_k.min()), int(xs_k.max())
-            sub = self._crop_around(ctx, xl, yl, xh, yh)
+        for i, (_, _, ids) in enumerate(clusters):
+            x0, y0, x1, y1 = stats.bbox(ids)
+            sub = self._crop_around(ctx, x0, y0, x1, y1)
             sl = (slice(sub.y0, sub.y1), slice(sub.x0, sub.x1))
             sub_labels = labels[sl]
-            allowed = ~((sub_labels > 0) & (sub_labels != k)) | ~fg[sl]
-            mask = self._refine(sub, region[sl], fg[sl], sub_labels, allowed=allowed)
+            chosen = np.isin(sub_labels, ids)
+            allowed = ~((sub_labels > 0) & ~chosen) | ~fg[sl]
+            mask = self._refine(sub, chosen, fg[sl], sub_labels, allowed=allowed)
             full = np.zeros((h, w), dtype=bool)
             full[sl] = mask
-            score = float(np.clip(count[k] / max(1.0, float(mask.sum())), 0.0, 1.0))
+            score = float(np.clip(count[ids].sum() / max(1.0, float(mask.sum())), 0.0, 1.0))
             out.append(ObjectMask(object_id=i, mask=full, label="", score=score))
         return out
+
+    def _attach_parts(
+        self,
+        stats: "_RegionStats",
+        labels: np.ndarray,
+        ids: Sequence[int],
+        taken: Optional[np.ndarray] = None,
+        exclude: Sequence[int] = (),
+        radius: int = 3,
+    ) -> List[int]:
+        """Smaller regions touching ``ids`` in the image and within ``attach_gap`` in 3D."""
+        x0, y0, x1, y1 = stats.bbox(ids)
+        hh, ww = labels.shape
+        ya, yb = max(0, y0 - radius), min(hh, y1 + radius + 1)
+        xa, xb = max(0, x0 - radius), min(ww, x1 + radius + 1)
+        crop = labels[ya:yb, xa:xb]
+        own = np.isin(crop, ids)
+        near = ndimage.distance_transform_cdt(~own, metric="chessboard") <= radius
+        size = float(stats.count[list(ids)].sum())
+        lo = stats.lo[list(ids)].min(axis=0)
+        hi = stats.hi[list(ids)].max(axis=0)
+        out = []
+        for j in np.unique(crop[near & ~own]):
+            j = int(j)
+            if j == 0 or j in exclude or (taken is not None and taken[j]):
+                continue
+            if stats.count[j] >= 0.5 * size:
+                continue
+            gap = np.maximum(0.0, np.maximum(stats.lo[j] - hi, lo - stats.hi[j]))
+            if float(np.linalg.norm(gap)) <= self.attach_gap:
+                out.append(j)
+        return out
+
+
+class _RegionStats:
+    """Per-region pixel counts, centroids, image boxes, 3D bounds and heights (vectorised)."""
+
+    def __init__(self, labels: np.ndarray, n: int, win: _Window):
+        h, w = labels.shape
+        flat = labels.ravel()
+        sel = np.flatnonzero(flat > 0)
+        lab = flat[sel]
+        order = np.argsort(lab, kind="stable")
+        sel, lab = sel[order], lab[order]
+        self.count = np.bincount(lab, minlength=n + 1)
+        starts = np.searchsorted(lab, np.arange(n + 1))
+        self._starts = starts
+        self._ends = np.searchsorted(lab, np.arange(n + 1), side="right")
+        ys, xs = np.divmod(sel, w)
+        pts = win.points.reshape(-1, 3)[sel].astype(np.float64)
+        self._height = win.height.ravel()[sel].astype(np.float64)
+        c = np.maximum(self.count, 1)[:, None]
+        self.mean_points = (
+            np.stack(
+                [np.bincount(lab, weights=pts[:, i], minlength=n + 1) for i in range(3)], axis=1
+            )
+            / c
+        )
+        self.mean_xy = (
+            np.stack([np.bincount(lab, weights=v, minlength=n + 1) for v in (xs, ys)], axis=1) / c
+        )
+        nonempty = self.count > 0
+        idx = starts[nonempty]
+        self.lo = np.full((n + 1, 3), np.inf)
+        self.hi = np.full((n + 1, 3), -np.inf)
+        self.box = np.zeros((n + 1, 4), dtype=np.int64)
+        if idx.size:
+            self.lo[nonempty] = np.minimum.reduceat(pts, idx, axis=0)
+            self.hi[nonempty] = np.maximum.reduceat(pts, idx, axis=0)
+            self.box[nonempty, 0] = np.minimum.reduceat(xs, idx)
+            self.box[nonempty, 1] = np.minimum.reduceat(ys, idx)
+            self.box[nonempty, 2] = np.maximum.reduceat(xs, idx)
+            self.box[nonempty, 3] = np.maximum.reduceat(ys, idx)
+
+    def height_quantiles(self, k: int, q_low: float = 0.02, q_high: float = 0.98):
+        """Robust lowest and highest height of region ``k`` above the plane (metres)."""
+        hs = np.sort(self._height[self._starts[k] : self._ends[k]])
+        c = hs.size
+        return float(hs[int(q_low * (c - 1))]), float(hs[int(q_high * (c - 1))])
+
+    def bbox(self, ids: Sequence[int]) -> Tuple[int, int, int, int]:
+        """Image bounding box ``(x0, y0, x1, y1)`` (inclusive) of the union of regions."""
+        b = self.box[list(ids)]
+        return int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())
