@@ -218,7 +218,7 @@ class EmbeddedSegmenter:
         pts = pts.astype(np.float32, copy=False)
         z = pts[:, :, 2]
         with np.errstate(invalid="ignore"):
-            valid = np.isfinite(pts @ np.ones(3, dtype=np.float32)) & (z > 0)
+            valid = (z > 0) & (z < np.inf)  # NaN compares False
         s = self.plane_stride
         plane = fit_support_plane(
             pts[::s, ::s],
@@ -226,6 +226,8 @@ class EmbeddedSegmenter:
             valid=valid[::s, ::s],
             iterations=self.plane_iterations,
             max_points=2000,
+            refine_points=6000,
+            refine_iterations=2,
             min_inliers=max(50, int(0.05 * valid[::s, ::s].sum())),
             rng=self.seed,
         )
