@@ -738,9 +738,9 @@ class EmbeddedSegmenter:
             c = int(count[k])
             if k == 0 or c < self.min_object_pixels:
                 continue
-            low, top = stats.height_quantiles(k)
-            if low > 0.03 or top > self.max_object_height or top < 0.01:
-                continue  # floating, too tall (walls, people) or too flat
+            _, top = stats.height_quantiles(k)
+            if top > self.max_object_height or top < 0.01:
+                continue  # too tall (walls, people) or too flat
             if not (lo[0] <= uv_mean[k, 0] <= hi[0] and lo[1] <= uv_mean[k, 1] <= hi[1]):
                 continue  # not above the table
             mains.append(k)
@@ -752,7 +752,9 @@ class EmbeddedSegmenter:
                 continue
             parts = self._attach_parts(stats, labels, [k], taken=owner != np.arange(n + 1))
             owner[parts] = k
-            groups.append([k] + parts)
+            # Standing on the plane: some part of the object reaches down to it.
+            if min(stats.height_quantiles(j)[0] for j in [k] + parts) <= 0.03:
+                groups.append([k] + parts)
         clusters = []
         for ids in groups:
             tot = float(count[ids].sum())
