@@ -633,7 +633,10 @@ class EmbeddedSegmenter:
                 continue
             klo, khi = self._region_bounds(win, labels == k)
             gap = np.maximum(0.0, np.maximum(klo - hi, lo - khi))
-            if float(np.linalg.norm(gap)) <= self.part_gap:
+            # A large region entirely inside the box may be further away (a detached part).
+            big_inside = frac[k] >= 0.97 and total[k] >= 0.15 * total[main]
+            limit = 0.1 if big_inside else self.part_gap
+            if float(np.linalg.norm(gap)) <= limit:
                 chosen.append(k)
         stats = _RegionStats(labels, n, win)
         for j in self._attach_parts(stats, labels, chosen, exclude=sorted(bg_labels)):
