@@ -78,7 +78,7 @@ class EmbeddedReconstructor:
 
     def __init__(
         self,
-        voxel_size: float = 0.0025,
+        voxel_size: float = 0.003,
         max_cells: int = 96,
         erode_px: int = 1,
         edge_jump: float = 0.01,
@@ -89,7 +89,7 @@ class EmbeddedReconstructor:
         carve: bool = True,
         carve_margin: float = 0.004,
         close_cells: int = 3,
-        smooth_iterations: int = 3,
+        smooth_iterations: int = 2,
         snap: bool = True,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
@@ -137,7 +137,8 @@ class EmbeddedReconstructor:
             raise InputError(
                 "pointmap_url", f"pointmap is {points.shape}, expected {(h, w, 3)} for the image"
             )
-        valid = np.isfinite(points).all(axis=2) & (points[:, :, 2] > 0)
+        with np.errstate(invalid="ignore"):
+            valid = points[:, :, 2] > 0  # False for NaN (invalid pixels are NaN in x, y, z)
         mask_arrays = []
         for i, m in enumerate(masks):
             arr = np.asarray(m.mask, dtype=bool)
@@ -156,23 +157,26 @@ class EmbeddedReconstructor:
         union = np.zeros((h, w), dtype=bool)
         for arr in mask_arrays:
             union |= arr
-        background = valid & ~ndimage.binary_dilation(union, iterations=3)
-        # Every second row/column is plenty for the table and 4× cheaper.
+        # The table: every third row/column is plenty, and 9× cheaper.
+        sub_union = ndimage.binary_dilation(union[::3, ::3], iterations=2)
         plane = fit_support_plane(
-            points[::2, ::2],
-            valid=background[::2, ::2],
+            points[::3, ::3],
+            valid=valid[::3, ::3] & ~sub_union,
             iterations=128,
             max_points=2000,
             rng=int(seed),
         )
-        table = None
-        if plane is not None:
-            # Pixels that see the bare table: whatever lies on their rays above it is empty.
-            with np.errstate(invalid="ignore"):
-                on_plane = np.abs(points @ plane.normal.astype(np.float32) + plane.offset)
-                table = valid & ~union & (on_plane < max(0.004, 3.0 * plane.rms))
-            table = ndimage.binary_erosion(table, iterations=1)
-        ctx = _FrameContext(points, valid, frame.rgb, k, table)
+        # Free-space tests only ever look near the objects: a region of interest around them.
+        rows = np.flatnonzero(union.any(axis=1))
+        cols = np.flatnonzero(union.any(axis=0))
+        margin = max(48, w // 10)
+        roi = (
+            max(int(rows[0]) - margin, 0),
+            min(int(rows[-1]) + margin + 1, h),
+            max(int(cols[0]) - margin, 0),
+            min(int(cols[-1]) + margin + 1, w),
+        )
+        ctx = _FrameContext(points, valid, frame.rgb, k, roi, union, plane)
         out = []
         for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
             out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed)))
@@ -400,7 +404,7 @@ class EmbeddedReconstructor:
             fixed = None
         verts = taubin_smooth(verts, faces, self.smooth_iterations, fixed=fixed)
         if self.snap:
-            verts = _snap_to_points(verts, faces, ref, v)
+            verts = _snap_to_points(verts, faces, ref, lo, v, occ.shape)
         if resting:
             verts[:, 2] = np.maximum(verts[:, 2], 0.0)
         return verts, faces
@@ -420,8 +424,10 @@ class EmbeddedReconstructor:
             colors[seen] = ctx.rgb[r[seen], c[seen]]
             hidden = ~seen
             if hidden.any():
-                _, nn = cKDTree(verts_cam[seen]).query(verts_cam[hidden], k=1)
-                colors[hidden] = colors[seen][nn]
+                src = np.flatnonzero(seen)
+                src = src[:: max(1, src.size // 3000)]  # a subsample is plenty for colours
+                _, nn = cKDTree(verts_cam[src]).query(verts_cam[hidden], k=1)
+                colors[hidden] = colors[src[nn]]
         else:
             colors[:] = np.median(ctx.rgb[mask], axis=0).astype(np.uint8)
         return colors, seen
@@ -469,20 +475,32 @@ class _FrameContext:
         valid: np.ndarray,
         rgb: np.ndarray,
         k: CameraIntrinsics,
-        table: Optional[np.ndarray] = None,
+        roi: Tuple[int, int, int, int],
+        union: np.ndarray,
+        plane: Optional[Plane],
     ):
         self.points = points
-        self.table = table
         self.valid = valid
         self.rgb = np.asarray(rgb)[:, :, :3]
         self.k = k
-        z = np.where(valid, points[:, :, 2], 0.0).astype(np.float32)
+        self.roi = roi
+        r0, r1, c0, c1 = roi
+        pts = points[r0:r1, c0:c1]
+        ok = valid[r0:r1, c0:c1]
+        z = np.where(ok, pts[:, :, 2], 0.0).astype(np.float32)
         # Conservative observed depth: the nearest of the 3×3 neighbourhood; an invalid pixel
         # (0) makes its neighbourhood unknown, so nothing is carved there.
         self.depth_min = ndimage.minimum_filter(z, size=3)
         # Noise allowance: a Kinect-like axial sigma, 1.2 mm + 1.9 mm/m² (z − 0.4 m)².
         self.sigma = 0.0012 + 0.0019 * np.square(np.maximum(self.depth_min - 0.4, 0.0))
         self.table_height = 0.002
+        self.table = None
+        if plane is not None:
+            # Pixels that see the bare table: whatever lies on their rays above it is empty.
+            with np.errstate(invalid="ignore"):
+                dist = np.abs(pts @ plane.normal.astype(np.float32) + np.float32(plane.offset))
+                table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
+            self.table = ndimage.binary_erosion(table, iterations=1)
 
     def pixel_of(self, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest pixel (row, col) of camera points and whether it lies in the image."""
@@ -508,6 +526,10 @@ class _FrameContext:
         table along the ray (grazing rays make the depth test weak near the table).
         """
         r, c, inside = self.pixel_of(p)
+        r0, r1, c0, c1 = self.roi
+        inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
+        r = np.where(inside, r - r0, 0)
+        c = np.where(inside, c - c0, 0)
         d = self.depth_min[r, c]
         tol = margin + 2.0 * self.sigma[r, c]
         free = inside & (d > 0) & (p[:, 2] < d - tol)
@@ -528,28 +550,38 @@ def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
     return np.stack([a, b, up], axis=1)
 
 
-def _snap_to_points(verts, faces, ref, v) -> np.ndarray:
-    """Move vertices along their normals onto the local mean of nearby observed points."""
-    # Average the points per voxel first (noise ↓, fewer points in the tree).
-    key = np.floor((ref - ref.min(axis=0)) / (0.5 * v)).astype(np.int64)
-    dims = key.max(axis=0) + 1
-    flat = (key[:, 0] * dims[1] + key[:, 1]) * dims[2] + key[:, 2]
-    _, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
-    mean = np.stack([np.bincount(inv, weights=ref[:, d]) for d in range(3)], axis=1)
-    mean /= cnt[:, None]
-    tree = cKDTree(mean)
-    radius = 1.5 * v
-    dist, nn = tree.query(verts, k=8, distance_upper_bound=radius)
-    ok = np.isfinite(dist)
-    if not ok.any():
+def _snap_to_points(verts, faces, ref, lo, v, shape) -> np.ndarray:
+    """Move vertices along their normals onto the local mean of the observed points.
+
+    The local mean is a 3×3×3-voxel box average of the points, read at each vertex's voxel
+    (dense grids: cheaper than a k-d tree and the same within a voxel).
+    """
+    dims = np.asarray(shape) + 2  # one voxel of margin on each side
+    origin = lo - v
+
+    def cell(p):
+        return np.clip(np.floor((p - origin) / v).astype(np.int64), 0, dims - 1)
+
+    ci = cell(ref)
+    flat = (ci[:, 0] * dims[1] + ci[:, 1]) * dims[2] + ci[:, 2]
+    n = int(np.prod(dims))
+    grids = [np.bincount(flat, minlength=n).astype(np.float32)]
+    grids += [
+        np.bincount(flat, weights=ref[:, d], minlength=n).astype(np.float32) for d in range(3)
+    ]
+    grids = [ndimage.uniform_filter(g.reshape(dims), size=3, mode="constant") for g in grids]
+    cv = cell(verts)
+    idx = tuple(cv.T)
+    count = grids[0][idx]
+    has = count > 1e-6
+    if not has.any():
         return verts
-    wts = np.where(ok, 1.0 - dist / radius, 0.0)
-    nn = np.where(ok, nn, 0)
-    tot = wts.sum(axis=1)
-    has = tot > 0
-    target = (mean[nn] * wts[:, :, None]).sum(axis=1) / np.maximum(tot, 1e-12)[:, None]
+    target = (
+        np.stack([grids[d + 1][idx] for d in range(3)], axis=1) / np.maximum(count, 1e-6)[:, None]
+    )
     normals = vertex_normals(verts, faces)
     step = ((target - verts) * normals).sum(axis=1)
+    radius = 1.5 * v
     step = np.clip(step, -radius, radius)
     out = verts.copy()
     out[has] += normals[has] * step[has, None]
