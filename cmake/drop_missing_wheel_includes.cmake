@@ -17,3 +17,20 @@ function(_sam3d_drop_opt_python_includes dir)
   endforeach()
 endfunction()
 _sam3d_drop_opt_python_includes("${CMAKE_CURRENT_SOURCE_DIR}")
+
+# A venv inside the source tree (tools/bootstrap.sh makes .venv/<distro> there) puts numpy's
+# include directory on the generated Python typesupport's INTERFACE_INCLUDE_DIRECTORIES; CMake
+# refuses to export a path inside the source tree unless the install prefix holds it too (as it
+# does for the bootstrap, not for `colcon build` into ./install). Only the typesupport library
+# itself compiles against numpy, so the interface entry can go.
+function(sam3d_drop_source_tree_interface_includes target)
+  if(NOT TARGET ${target})
+    return()
+  endif()
+  get_target_property(_includes ${target} INTERFACE_INCLUDE_DIRECTORIES)
+  if(_includes)
+    list(FILTER _includes EXCLUDE REGEX "^${CMAKE_SOURCE_DIR}/")
+    set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_includes}")
+  endif()
+endfunction()
+sam3d_drop_source_tree_interface_includes(${PROJECT_NAME}__rosidl_generator_py)
