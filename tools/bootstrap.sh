@@ -62,6 +62,7 @@ install_ros_distro() {
 
 cmake_package() {  # cmake_package VENV SOURCE_DIR BUILD_DIR
   local venv="$1" src="$2" build="$3"
+  mkdir -p "$(dirname "$build")"
   if [[ ! -f "$build/CMakeCache.txt" ]]; then
     cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
       -DPython3_EXECUTABLE="$venv/bin/python3" -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
