@@ -15,12 +15,12 @@ import rclpy
 from geometry_msgs.msg import TransformStamped
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from sam3d_ros.action import Reconstruct
+from sam3d_ros.msg import ReconstructedObject, ReconstructedObjectArray, StageTiming
 from tf2_msgs.msg import TFMessage
 
-from sam3d_ros.action import Reconstruct
 from sam3d_ros.action_queue import QueuedActionServer
 from sam3d_ros.errors import Cancelled
-from sam3d_ros.msg import ReconstructedObject, ReconstructedObjectArray, StageTiming
 
 
 def known_objects() -> ReconstructedObjectArray:
@@ -29,7 +29,10 @@ def known_objects() -> ReconstructedObjectArray:
     array.header.frame_id = "camera_color_optical_frame"
     array.header.stamp.sec = 1234
     for i in range(3):
-        obj = ReconstructedObject(id=10 + i, object_index=i, label=f"thing{i}", score=0.25 * (i + 1))  # exact in float32
+        # scores exact in float32, so the received message compares equal
+        obj = ReconstructedObject(
+            id=10 + i, object_index=i, label=f"thing{i}", score=0.25 * (i + 1)
+        )
         obj.pose.position.x = 0.1 * i
         obj.pose.position.z = 0.7
         obj.pose.orientation.w = 1.0

@@ -8,7 +8,6 @@ from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
 from rclpy.node import Node
 from ros_process import ros_peer
-
 from sam3d_ros.action import Reconstruct
 
 

@@ -7,9 +7,8 @@ import rclpy
 from rclpy.node import Node
 from ros_peer import known_objects, known_tf
 from ros_process import ros_peer
-from tf2_msgs.msg import TFMessage
-
 from sam3d_ros.msg import ReconstructedObjectArray
+from tf2_msgs.msg import TFMessage
 
 
 @pytest.fixture
