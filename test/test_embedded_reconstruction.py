@@ -268,6 +268,20 @@ def test_without_a_table_still_gives_a_closed_object():
     assert np.linalg.norm(r.translation - centre_gt) < 0.03
 
 
+def test_object_above_the_table_is_not_extruded_to_it():
+    # A box held 6 cm above the table: gravity still comes from the table, but its columns stop
+    # at its own lowest observed point instead of reaching down to the table.
+    lifted = ("box", (np.array([0.0, 0.0, 0.09]), (0.08, 0.05, 0.06), np.deg2rad(30)))
+    pose = _camera_pose()
+    frame, masks = _render([lifted], pose)
+    (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)
+    up_cam = np.linalg.inv(pose)[:3, :3] @ np.array([0.0, 0.0, 1.0])
+    rot = quat_to_matrix(r.rotation)
+    assert rot[:, 2] @ up_cam > np.cos(np.deg2rad(2.0))
+    assert r.extents[2] < 0.07  # 0.06 tall (its hidden bottom is flat at its lowest point)
+    assert np.linalg.norm(r.translation - _world_to_cam(pose, lifted[1][0])) < 0.012
+
+
 def test_flying_pixels_and_outliers_are_ignored():
     pose = _camera_pose()
     frame, masks = _render([BOX], pose)

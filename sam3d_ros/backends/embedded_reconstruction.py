@@ -61,7 +61,8 @@ class EmbeddedReconstructor:
         edge_relative: relative part of the depth-discontinuity threshold.
         table_clearance: points lower than this above the support plane are table (metres).
         resting_gap: an object whose lowest point is within this of the plane rests on it and
-            is extruded down to it (metres).
+            is extruded down to it (metres); a higher object is extruded down to its own lowest
+            observed point (it stands on something unseen).
         mirror: complete with a mirror-symmetric copy (checked against free space).
         carve: remove voxels that lie in observed free space.
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
@@ -202,9 +203,10 @@ class EmbeddedReconstructor:
                 f"object {obj.object_id}: only {pts.shape[0]} usable depth points in the mask "
                 f"(need {self.min_points}); is the mask on the object and the depth valid?",
             )
-        frame_rot, origin, resting = self._gravity_frame(pts, plane)
+        frame_rot, origin, floor = self._gravity_frame(pts, plane)
+        gravity = plane is not None and floor is not None
         q = (pts - origin) @ frame_rot  # gravity frame: (a, b, height)
-        if resting:
+        if floor == 0.0:  # resting on the plane: drop the table pixels in the mask
             keep = q[:, 2] > self.table_clearance
             if keep.sum() >= self.min_points:
                 q, pts, pix = q[keep], pts[keep], pix[keep]
@@ -214,14 +216,14 @@ class EmbeddedReconstructor:
 
         ref = q
         if self.mirror:
-            mq = self._mirror(q, ctx, frame_rot, origin, resting)
+            mq = self._mirror(q, ctx, frame_rot, origin, gravity)
             if mq.shape[0]:
                 ref = np.concatenate([q, mq])
-        verts, faces = self._surface(ref, q, ctx, frame_rot, origin, resting)
+        verts, faces = self._surface(ref, ctx, frame_rot, origin, floor, gravity)
 
         # Pose: gravity-aligned box of the completed surface.
         centre2, axes2, ext2 = min_area_rectangle(verts[:, :2])
-        z_lo = 0.0 if resting else float(verts[:, 2].min())
+        z_lo = float(verts[:, 2].min()) if floor is None else floor
         z_hi = float(verts[:, 2].max())
         box_axes = np.eye(3)
         box_axes[:2, :2] = axes2.T  # columns = box x, y in the gravity frame
@@ -291,22 +293,30 @@ class EmbeddedReconstructor:
         return pts, np.stack([rr + r0, cc + c0], axis=1)
 
     def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane]):
-        """Rotation (columns a, b, up), origin and whether the object rests on the plane."""
+        """Rotation (columns a, b, up), origin and the floor height the object stands on.
+
+        With a support plane under the object, "up" is its normal and heights are measured from
+        it; the floor is 0 when the object touches the plane, else its lowest observed height
+        (it stands on something unseen, e.g. another object). Without a plane the floor is
+        ``None`` and the frame comes from the principal axes.
+        """
         centroid = pts.mean(axis=0)
         if plane is not None:
             height = pts @ plane.normal + plane.offset
-            resting = bool(np.median(height) > 0 and np.percentile(height, 2) < self.resting_gap)
-            if resting:
+            if np.median(height) > 0:
                 up = np.asarray(plane.normal, dtype=np.float64)
                 origin = centroid - (centroid @ up + plane.offset) * up
-                return _frame_from_up(up, centroid), origin, True
+                floor = 0.0
+                if np.percentile(height, 2) >= self.resting_gap:
+                    floor = float(np.percentile(height, 1))
+                return _frame_from_up(up, centroid), origin, floor
         # No usable plane: the principal axis closest to the image "up" plays the vertical.
         cov = np.cov((pts - centroid).T)
         _, vecs = np.linalg.eigh(cov)
         cam_up = np.array([0.0, -1.0, 0.0])
         up = vecs[:, int(np.argmax(np.abs(vecs.T @ cam_up)))]
         up = up if up @ cam_up >= 0 else -up
-        return _frame_from_up(up, centroid), centroid, False
+        return _frame_from_up(up, centroid), centroid, None
 
     def _main_cluster(self, q: np.ndarray, pts: np.ndarray, pix: np.ndarray):
         """Drop small clusters far from the object (statistical outliers, segmentation leaks)."""
@@ -328,7 +338,7 @@ class EmbeddedReconstructor:
         keep = big[lab]
         return q[keep], pts[keep], pix[keep]
 
-    def _mirror(self, q, ctx, frame_rot, origin, resting) -> np.ndarray:
+    def _mirror(self, q, ctx, frame_rot, origin, gravity) -> np.ndarray:
         """Mirror-symmetric copy of the points, minus what lands in observed free space."""
         _, axes2, _ = min_area_rectangle(q[:, :2])
         # Mirror across the footprint axis that faces the camera most (a = horizontal view dir).
@@ -347,17 +357,17 @@ class EmbeddedReconstructor:
         if mq.shape[0] == 0:
             return mq
         free = ctx.in_free_space(
-            origin + mq @ frame_rot.T, self.carve_margin, mq[:, 2] if resting else None
+            origin + mq @ frame_rot.T, self.carve_margin, mq[:, 2] if gravity else None
         )
         return mq[~free]
 
-    def _surface(self, ref, q_obs, ctx, frame_rot, origin, resting):
+    def _surface(self, ref, ctx, frame_rot, origin, floor, gravity):
         """Closed surface (gravity-frame vertices, faces) of the completed height map."""
         ext = ref.max(axis=0) - ref.min(axis=0)
         v = max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
         lo = ref.min(axis=0) - 2 * v
-        if resting:
-            lo[2] = 0.0
+        if floor is not None:
+            lo[2] = floor
         ij = np.floor((ref[:, :2] - lo[:2]) / v).astype(np.int64)
         nx, ny = ij.max(axis=0) + 3
         flat = ij[:, 0] * ny + ij[:, 1]
@@ -367,46 +377,46 @@ class EmbeddedReconstructor:
         top = np.full(nx * ny, -np.inf)
         top[fs[starts]] = np.maximum.reduceat(hs, starts)
         bottom = np.full(nx * ny, np.inf)
-        if resting:
-            bottom[:] = 0.0
+        if floor is not None:
+            bottom[:] = floor
         else:
             bottom[fs[starts]] = np.minimum.reduceat(hs, starts)
         top = top.reshape(nx, ny)
         bottom = bottom.reshape(nx, ny)
         filled = np.isfinite(top)
         top, filled2 = fill_height_map(top, filled, self.close_cells)
-        if not resting:
+        if floor is None:
             bottom, _ = fill_height_map(-bottom, filled, self.close_cells)
             bottom = -bottom
         filled = filled2
         nz = int(np.ceil((ref[:, 2].max() - lo[2]) / v)) + 2
         hk = lo[2] + (np.arange(nz) + 0.5) * v
         occ = filled[:, :, None] & (hk[None, None, :] <= top[:, :, None])
-        occ &= hk[None, None, :] >= bottom[:, :, None] - (0.0 if resting else v)
+        occ &= hk[None, None, :] >= bottom[:, :, None] - (0.0 if floor is not None else v)
         if self.carve and occ.any():
             idx = np.argwhere(occ)
             centres = lo + (idx + 0.5) * v
-            if resting:
-                # Test the lowest layer one voxel up: on the table plane itself every voxel
-                # would look "at the observed depth" of the table.
-                centres[:, 2] = np.maximum(centres[:, 2], 1.5 * v)
-            heights = centres[:, 2] if resting else None
+            if floor is not None:
+                # Test the lowest layer one voxel up: on the support itself every voxel would
+                # look "at the observed depth" of the support.
+                centres[:, 2] = np.maximum(centres[:, 2], floor + 1.5 * v)
+            heights = centres[:, 2] if gravity else None
             free = ctx.in_free_space(origin + centres @ frame_rot.T, self.carve_margin, heights)
             if free.any() and (~free).sum() >= 8:
                 occ[tuple(idx[free].T)] = False
         occ = make_well_composed(occ)
         gv, faces = surface_nets(occ)
         verts = lo + (gv + 0.5) * v
-        if resting:
-            # The bottom cap lies on the plane: keep it there while smoothing.
-            fixed = verts[:, 2] <= 0.25 * v
+        if floor is not None:
+            # The bottom cap lies on the support: keep it there while smoothing.
+            fixed = verts[:, 2] <= floor + 0.25 * v
         else:
             fixed = None
         verts = taubin_smooth(verts, faces, self.smooth_iterations, fixed=fixed)
         if self.snap:
             verts = _snap_to_points(verts, faces, ref, lo, v, occ.shape)
-        if resting:
-            verts[:, 2] = np.maximum(verts[:, 2], 0.0)
+        if floor is not None:
+            verts[:, 2] = np.maximum(verts[:, 2], floor)
         return verts, faces
 
     def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: np.ndarray):
