@@ -630,3 +630,65 @@ def body_to_optical(points: np.ndarray) -> np.ndarray:
 
 
 # --- Reference-model conventions (SAM 3D Objects) ---
+# Read from facebookresearch/sam-3d-objects (main, Nov 2025): notebook/inference.py,
+# pipeline/inference_pipeline_pointmap.py (compute_pointmap), data/dataset/tdfy/transforms_3d.py
+# (compose_transform), utils/visualization/scene_visualizer.py (object_pointcloud),
+# model/backbone/tdfy_dit/utils/postprocessing_utils.py (to_glb) and
+# pipeline/layout_post_optimization_utils.py (get_mesh). Used by
+# sam3d_ros.backends.sam3d_objects_reconstruction; proven on synthetic data in
+# test/test_sam3d_objects_reconstruction.py.
+
+
+def optical_to_sam3d_pointmap(points: np.ndarray) -> np.ndarray:
+    """Optical-frame pointmap → the ``pointmap`` SAM 3D Objects expects (PyTorch3D camera axes).
+
+    ``(x, y, z) → (−x, −y, z)``, float32, NaN kept (the reference skips non-finite points).
+    Wrap the result with ``torch.from_numpy`` before passing it.
+    """
+    return optical_to_pytorch3d(np.asarray(points, dtype=np.float32))
+
+
+def sam3d_glb_to_local(vertices_yup: np.ndarray) -> np.ndarray:
+    """Vertices of a SAM 3D Objects ``glb`` (Y-up) → its local Z-up object frame.
+
+    The reference's ``to_glb`` does ``vertices @ [[1, 0, 0], [0, 0, -1], [0, 1, 0]]``, i.e.
+    ``(x, y, z) → (x, z, −y)``; this undoes it: ``(X, Y, Z) → (X, −Z, Y)``.
+    """
+    return yup_to_zup(vertices_yup)
+
+
+def sam3d_pose_to_optical(
+    rotation_wxyz: ArrayLike, translation: ArrayLike, scale: ArrayLike
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAM 3D Objects output pose → ``(q_xyzw, t, scale3)`` in the optical frame.
+
+    The reference maps its local frame to the PyTorch3D camera with row vectors
+    (``Transform3d().scale(s).rotate(R).translate(t)``, ``R = quaternion_to_matrix(q_wxyz)``):
+    ``p_cam = (s ⊙ p) @ R + t``, i.e. ``R ᵀ·(s ⊙ p) + t`` for column vectors (the effective
+    rotation is ``q⁻¹``). With ``F = diag(−1, −1, 1)``, ``p_optical = F·p_cam``, so the result
+    satisfies ``p_optical = R(q_xyzw)·(scale3 ⊙ p_local) + t`` with ``R(q_xyzw) = F·Rᵀ`` and
+    ``t = F·t_ref``. Inputs may carry the reference's batch dimension (1×4, 1×3, 1×3).
+    """
+    r_ref = quat_to_matrix(wxyz_to_xyzw(np.asarray(rotation_wxyz, np.float64).reshape(-1)[:4]))
+    t_ref = np.asarray(translation, dtype=np.float64).reshape(-1)[:3]
+    s = np.asarray(scale, dtype=np.float64).reshape(-1)
+    s3 = np.repeat(s[:1], 3) if s.size == 1 else s[:3].copy()
+    return matrix_to_quat(OPTICAL_TO_PYTORCH3D @ r_ref.T), OPTICAL_TO_PYTORCH3D @ t_ref, s3
+
+
+def sam3d_local_to_canonical(
+    rotation_xyzw: ArrayLike, translation: ArrayLike, scale: float, centre: ArrayLike,
+    extent: float,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-centre / re-scale a posed SAM 3D Objects local frame into OUR canonical frame.
+
+    With ``p_local = centre + extent · p_canonical`` (``centre`` the middle of the object's
+    box in the reference's normalised box, ``extent`` its largest side) and the optical pose
+    ``p_optical = R(q)·(scale · p_local) + t`` of :func:`sam3d_pose_to_optical` (isotropic
+    ``scale``), returns the canonical pose ``(q, t + scale·R(q)·centre, [scale·extent] * 3)``.
+    The axes are kept (the reference's Z-up object axes).
+    """
+    q = quat_normalize(np.asarray(rotation_xyzw).reshape(4))
+    c = np.asarray(centre, dtype=np.float64).reshape(3)
+    t = np.asarray(translation, dtype=np.float64).reshape(3) + float(scale) * quat_rotate(q, c)
+    return q, t, np.full(3, float(scale) * float(extent))
