@@ -68,6 +68,7 @@ class EmbeddedReconstructor:
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
             top of three noise standard deviations.
         close_cells: footprint closing size in cells (fills pinholes of the height map).
+        bevel: height (and inset) of the chamfer given to the hidden bottom edge, metres.
         smooth_iterations: Taubin smoothing iterations.
         snap: move vertices onto the observed points along their normals.
         min_points: fewest clean points an object needs.
@@ -90,6 +91,7 @@ class EmbeddedReconstructor:
         carve: bool = True,
         carve_margin: float = 0.004,
         close_cells: int = 3,
+        bevel: float = 0.006,
         smooth_iterations: int = 2,
         snap: bool = True,
         min_points: int = 10,
@@ -109,6 +111,7 @@ class EmbeddedReconstructor:
         self.carve = bool(carve)
         self.carve_margin = float(carve_margin)
         self.close_cells = int(close_cells)
+        self.bevel = float(bevel)
         self.smooth_iterations = int(smooth_iterations)
         self.snap = bool(snap)
         self.min_points = int(min_points)
@@ -404,6 +407,17 @@ class EmbeddedReconstructor:
             free = ctx.in_free_space(origin + centres @ frame_rot.T, self.carve_margin, heights)
             if free.any() and (~free).sum() >= 8:
                 occ[tuple(idx[free].T)] = False
+        n_bevel = int(round(self.bevel / v)) if floor is not None else 0
+        if n_bevel > 0:
+            # Hidden bottom edges are rarely sharp (rounded or lifted parts): chamfer the lowest
+            # layers of the footprint, except where points were observed.
+            obs = np.zeros((nx, ny, n_bevel), dtype=bool)
+            kz = np.floor((ref[:, 2] - lo[2]) / v).astype(np.int64)
+            low = kz < n_bevel
+            obs[ij[low, 0], ij[low, 1], np.maximum(kz[low], 0)] = True
+            for kk in range(min(n_bevel, nz)):
+                layer = occ[:, :, kk]
+                layer &= ndimage.binary_erosion(layer, iterations=n_bevel - kk) | obs[:, :, kk]
         occ = make_well_composed(occ)
         gv, faces = surface_nets(occ)
         verts = lo + (gv + 0.5) * v
