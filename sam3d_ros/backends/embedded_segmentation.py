@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
+from .masks import pass_through_masks
 from .plane import Plane, fit_support_plane
 
 TEXT_UNSUPPORTED = (
@@ -156,7 +157,7 @@ class EmbeddedSegmenter:
                 missing depth.
         """
         if query.masks:
-            return self._pass_through(frame, query.masks)
+            return pass_through_masks(frame, query.masks)
         if not query.objects and query.text:
             raise InputError("prompt", TEXT_UNSUPPORTED)
         ctx = self._context(frame)
@@ -168,38 +169,6 @@ class EmbeddedSegmenter:
         """The support plane this backend uses for ``frame`` (``None`` when there is none)."""
         return self._context(frame).plane
 
-    # ------------------------------------------------------------------------------------
-    # masks
-    # ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _pass_through(frame: Frame, masks: Sequence[np.ndarray]) -> List[ObjectMask]:
-        out = []
-        for i, raw in enumerate(masks):
-            field_name = f"mask_urls[{i}]"
-            m = np.asarray(raw)
-            if m.ndim == 3 and m.shape[2] == 1:
-                m = m[:, :, 0]
-            if m.ndim != 2:
-                raise InputError(field_name, f"a mask must be an H×W image, got shape {m.shape}")
-            if m.shape != (frame.height, frame.width):
-                raise InputError(
-                    field_name,
-                    f"mask is {m.shape[1]}×{m.shape[0]} but the image is "
-                    f"{frame.width}×{frame.height}",
-                )
-            if m.dtype == bool:
-                b = m.copy()
-            elif m.dtype.kind == "f":
-                b = np.nan_to_num(m, nan=0.0) > 0.5
-            elif m.dtype.kind in "ui":
-                b = m > 0
-            else:
-                raise InputError(field_name, f"unsupported mask dtype {m.dtype}")
-            if not b.any():
-                raise InputError(field_name, "mask is empty (no foreground pixel)")
-            out.append(ObjectMask(object_id=i, mask=b, label="", score=1.0))
-        return out
 
     # ------------------------------------------------------------------------------------
     # per-frame context

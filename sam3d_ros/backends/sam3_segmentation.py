@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import BackendError, BackendUnavailableError, InputError
 from ..types import Frame, ObjectMask, ObjectPrompt, SegmentationQuery
+from .masks import pass_through_masks
 
 _LOG = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class Sam3Segmenter:
                 the backend stays usable.
         """
         if query.masks:
-            return self._pass_through(frame, query.masks)
+            return pass_through_masks(frame, query.masks)
         if query.objects:
             prompts = [self._check_prompt(frame, p) for p in query.objects]
             return self._guarded(lambda: self._segment_prompts(frame, prompts))
@@ -323,38 +324,6 @@ class Sam3Segmenter:
                 what = "ran out of GPU memory" if oom else f"failed: {type(exc).__name__}: {exc}"
                 raise BackendError(f"SAM 3 segmentation {what}") from exc
 
-    # ----------------------------------------------------------------------------------------
-    # masks
-    # ----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _pass_through(frame: Frame, masks: Sequence[np.ndarray]) -> List[ObjectMask]:
-        out = []
-        for i, raw in enumerate(masks):
-            field_name = f"mask_urls[{i}]"
-            m = np.asarray(raw)
-            if m.ndim == 3 and m.shape[2] == 1:
-                m = m[:, :, 0]
-            if m.ndim != 2:
-                raise InputError(field_name, f"a mask must be an H×W image, got shape {m.shape}")
-            if m.shape != (frame.height, frame.width):
-                raise InputError(
-                    field_name,
-                    f"mask is {m.shape[1]}×{m.shape[0]} but the image is "
-                    f"{frame.width}×{frame.height}",
-                )
-            if m.dtype == bool:
-                b = m.copy()
-            elif m.dtype.kind == "f":
-                b = np.nan_to_num(m, nan=0.0) > 0.5
-            elif m.dtype.kind in "ui":
-                b = m > 0
-            else:
-                raise InputError(field_name, f"unsupported mask dtype {m.dtype}")
-            if not b.any():
-                raise InputError(field_name, "mask is empty (no foreground pixel)")
-            out.append(ObjectMask(object_id=i, mask=b))
-        return out
 
     # ----------------------------------------------------------------------------------------
     # text: every instance
