@@ -21,6 +21,14 @@ export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((1 + $$ % 100))}"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export PYTHONUNBUFFERED=1
 
+# The Khronos glTF validator (npm) checks every GLB we write; required whenever npm exists.
+if command -v npm >/dev/null; then
+  if [[ ! -d tools/node_modules/gltf-validator ]]; then
+    npm ci --prefix tools --no-audit --no-fund --loglevel=error >/dev/null || exit 1
+  fi
+  export SAM3D_REQUIRE_GLTF_VALIDATOR=1
+fi
+
 overall=0
 summary=()
 for distro in "${distros[@]}"; do
