@@ -69,6 +69,8 @@ class EmbeddedReconstructor:
             top of three noise standard deviations.
         close_cells: footprint closing size in cells (fills pinholes of the height map).
         bevel: height (and inset) of the chamfer given to the hidden bottom edge, metres.
+        back_extension: the footprint grows this far behind its back silhouette, away from the
+            camera (metres), where that space is not seen empty.
         smooth_iterations: Taubin smoothing iterations.
         snap: move vertices onto the observed points along their normals.
         min_points: fewest clean points an object needs.
@@ -92,6 +94,7 @@ class EmbeddedReconstructor:
         carve_margin: float = 0.004,
         close_cells: int = 3,
         bevel: float = 0.006,
+        back_extension: float = 0.003,
         smooth_iterations: int = 2,
         snap: bool = True,
         min_points: int = 10,
@@ -112,6 +115,7 @@ class EmbeddedReconstructor:
         self.carve_margin = float(carve_margin)
         self.close_cells = int(close_cells)
         self.bevel = float(bevel)
+        self.back_extension = float(back_extension)
         self.smooth_iterations = int(smooth_iterations)
         self.snap = bool(snap)
         self.min_points = int(min_points)
@@ -392,6 +396,16 @@ class EmbeddedReconstructor:
             bottom, _ = fill_height_map(-bottom, filled, self.close_cells)
             bottom = -bottom
         filled = filled2
+        n_back = int(round(self.back_extension / v))
+        for _ in range(n_back):
+            # The hidden back is never in front of the back silhouette and usually a little
+            # behind it (rounded objects): grow the footprint away from the camera (+a), at
+            # the neighbour's height; visibly empty parts are carved below.
+            shifted = np.full_like(top, -np.inf)
+            shifted[1:] = np.where(filled[:-1], top[:-1], -np.inf)
+            new = ~filled & np.isfinite(shifted)
+            top = np.where(new, shifted, top)
+            filled = filled | new
         nz = int(np.ceil((ref[:, 2].max() - lo[2]) / v)) + 2
         hk = lo[2] + (np.arange(nz) + 0.5) * v
         occ = filled[:, :, None] & (hk[None, None, :] <= top[:, :, None])
@@ -428,7 +442,7 @@ class EmbeddedReconstructor:
             fixed = None
         verts = taubin_smooth(verts, faces, self.smooth_iterations, fixed=fixed)
         if self.snap:
-            verts = _snap_to_points(verts, faces, ref, lo, v, occ.shape)
+            verts = _snap_to_points(verts, faces, ref, lo, v, occ.shape, -origin @ frame_rot)
         if floor is not None:
             verts[:, 2] = np.maximum(verts[:, 2], floor)
         return verts, faces
@@ -574,8 +588,10 @@ def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
     return np.stack([a, b, up], axis=1)
 
 
-def _snap_to_points(verts, faces, ref, lo, v, shape) -> np.ndarray:
-    """Move vertices along their normals onto the local mean of the observed points.
+def _snap_to_points(verts, faces, ref, lo, v, shape, camera) -> np.ndarray:
+    """Move camera-facing vertices along their normals onto the local mean of the points.
+
+    ``camera`` is the camera centre in the vertices' frame.
 
     The local mean is a 3×3×3-voxel box average of the points, read at each vertex's voxel
     (dense grids: cheaper than a k-d tree and the same within a voxel).
@@ -604,6 +620,9 @@ def _snap_to_points(verts, faces, ref, lo, v, shape) -> np.ndarray:
         np.stack([grids[d + 1][idx] for d in range(3)], axis=1) / np.maximum(count, 1e-6)[:, None]
     )
     normals = vertex_normals(verts, faces)
+    # Only surfaces facing the camera were observed: a hidden wall next to a silhouette must not
+    # be pulled onto the points of the visible side.
+    has &= ((camera - verts) * normals).sum(axis=1) > 0.0
     step = ((target - verts) * normals).sum(axis=1)
     radius = 1.5 * v
     step = np.clip(step, -radius, radius)
