@@ -33,7 +33,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from ..conventions import camera_to_canonical, intrinsics_from_pointmap, matrix_to_quat
 from ..errors import InputError
@@ -83,7 +82,7 @@ class EmbeddedReconstructor:
     def __init__(
         self,
         voxel_size: float = 0.003,
-        max_cells: int = 96,
+        max_cells: int = 64,
         erode_px: int = 1,
         edge_jump: float = 0.01,
         edge_relative: float = 0.015,
@@ -448,7 +447,11 @@ class EmbeddedReconstructor:
         return verts, faces
 
     def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: np.ndarray):
-        """Vertex colours (uint8) from the image where visible, else from the nearest visible."""
+        """Vertex colours (uint8) and which vertices are visible.
+
+        A visible vertex takes its pixel's colour; a hidden one the mask pixel nearest to where it
+        projects (the visible surface in front of it, or the closest object edge).
+        """
         r, c, inside = ctx.pixel_of(verts_cam)
         seen = np.zeros(verts_cam.shape[0], dtype=bool)
         rr, cc = r[inside], c[inside]
@@ -457,17 +460,23 @@ class EmbeddedReconstructor:
         with np.errstate(invalid="ignore"):
             near &= np.abs(verts_cam[inside, 2] - zobs) < 0.01
         seen[np.flatnonzero(inside)[near]] = True
-        colors = np.zeros((verts_cam.shape[0], 3), dtype=np.uint8)
-        if seen.any():
-            colors[seen] = ctx.rgb[r[seen], c[seen]]
-            hidden = ~seen
-            if hidden.any():
-                src = np.flatnonzero(seen)
-                src = src[:: max(1, src.size // 3000)]  # a subsample is plenty for colours
-                _, nn = cKDTree(verts_cam[src]).query(verts_cam[hidden], k=1)
-                colors[hidden] = colors[src[nn]]
-        else:
-            colors[:] = np.median(ctx.rgb[mask], axis=0).astype(np.uint8)
+        colors = np.empty((verts_cam.shape[0], 3), dtype=np.uint8)
+        colors[seen] = ctx.rgb[r[seen], c[seen]]
+        hidden = ~seen
+        if hidden.any():
+            h, w = mask.shape
+            k = ctx.k
+            z = np.maximum(verts_cam[hidden, 2], 1e-6)
+            u = np.clip(np.rint(k.fx * verts_cam[hidden, 0] / z + k.cx), 0, w - 1).astype(int)
+            v = np.clip(np.rint(k.fy * verts_cam[hidden, 1] / z + k.cy), 0, h - 1).astype(int)
+            rows = np.flatnonzero(mask.any(axis=1))
+            cols = np.flatnonzero(mask.any(axis=0))
+            r0, r1 = min(v.min(), rows[0]), max(v.max(), rows[-1]) + 1
+            c0, c1 = min(u.min(), cols[0]), max(u.max(), cols[-1]) + 1
+            _, (ir, ic) = ndimage.distance_transform_edt(~mask[r0:r1, c0:c1], return_indices=True)
+            src_r = ir[v - r0, u - c0] + r0
+            src_c = ic[v - r0, u - c0] + c0
+            colors[hidden] = ctx.rgb[src_r, src_c]
         return colors, seen
 
     def _gaussians(
