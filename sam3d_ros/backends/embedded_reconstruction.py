@@ -94,7 +94,7 @@ class EmbeddedReconstructor:
         close_cells: int = 3,
         bevel: float = 0.006,
         back_extension: float = 0.003,
-        smooth_iterations: int = 2,
+        smooth_iterations: int = 1,
         snap: bool = True,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
