@@ -7,22 +7,33 @@ Per frame:
     the support plane is fitted once to the valid pixels outside every mask
     (:func:`~sam3d_ros.backends.plane.fit_support_plane`); gravity = −(plane normal).
 
-Per object (all in a gravity-aligned frame: two horizontal axes, height above the plane):
+Per object (all in a gravity-aligned frame: a = horizontal direction away from the camera, b,
+height above the plane):
     1. **clean** the lifted mask pixels: erode the mask, drop pixels at depth discontinuities
-       (flying pixels), points under/on the table, and small detached clusters;
-    2. **complete**: every observed point fills its column down to the plane (objects rest on
-       the table: the bottom is closed and the silhouette is extruded to the plane); optionally
-       the cloud is mirrored about a vertical plane (the footprint axis facing the camera) and
-       mirrored points that land in observed free space are discarded (visibility carving);
-       small footprint gaps are closed. The occupied voxels (``voxel_size``) are the columns of
-       this height map, minus voxels in observed free space;
+       near the mask border (flying pixels), points on the table, and small detached clusters;
+    2. **complete** as a height map: every observed point fills its column down to the floor
+       (the plane when the object touches it, else its own lowest point), so the bottom is
+       closed and the silhouette extruded; footprint pinholes are closed; the footprint grows
+       ``back_extension`` behind the back silhouette (the hidden back is never in front of it);
+       optionally (``mirror``, off: it scored worse on the synthetic benchmark) the cloud is
+       mirrored about a vertical plane. **Visibility carving** then removes every voxel in
+       observed free space: in front of the observed depth, or above a pixel that sees the bare
+       table (near the table, where grazing rays make the depth test weak). The hidden bottom
+       edge is chamfered (``bevel``);
     3. **surface**: surface nets on the voxels (closed, counter-clockwise from outside), Taubin
-       smoothing, then each vertex is moved along its normal onto the nearby observed points
-       (so the surface lies on the data, not half a voxel outside);
+       smoothing, then every camera-facing vertex is moved along its normal onto the local mean
+       of the observed points (the surface lies on the data, not half a voxel outside);
     4. **pose**: gravity-aligned oriented box (z = plane normal, x/y = minimum-area rectangle of
        the footprint, x the longer side); without a plane, the principal axes of the points;
+       translation = box centre, isotropic scale = the largest box side, extents = the box;
     5. **appearance**: vertex colours from the image where the vertex is visible, else from the
-       nearest visible vertex; one Gaussian per cleaned pixel plus one per hidden vertex.
+       mask pixel nearest to its projection; one Gaussian per cleaned pixel plus one per hidden
+       vertex (isotropic, σ from the pixel footprint / the local edge length, opacity 0.9).
+
+Measured on the synthetic tabletop benchmark (``benchmarks/bench_core.py``, 20 scenes × 3
+objects, GT masks): F@5mm 0.82, F@1cm 0.94, Chamfer 0.30 cm, centre 0.47 cm; lifting only the
+visible pixels scores 0.71 / 0.84 / 0.40 cm. Without carving F@5mm drops by ~0.04, with the
+mirror by ~0.03.
 
 Mesh and Gaussians are returned in the canonical frame of :mod:`sam3d_ros.conventions`.
 """
@@ -65,7 +76,7 @@ class EmbeddedReconstructor:
         mirror: complete with a mirror-symmetric copy (checked against free space).
         carve: remove voxels that lie in observed free space.
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
-            top of three noise standard deviations.
+            top of two noise standard deviations of a Kinect-like sensor model.
         close_cells: footprint closing size in cells (fills pinholes of the height map).
         bevel: height (and inset) of the chamfer given to the hidden bottom edge, metres.
         back_extension: the footprint grows this far behind its back silhouette, away from the
