@@ -268,6 +268,26 @@ def test_without_a_table_still_gives_a_closed_object():
     assert np.linalg.norm(r.translation - centre_gt) < 0.03
 
 
+@pytest.mark.parametrize("pitch", [85.0, 20.0])
+def test_top_down_and_low_views(pitch):
+    # Top-down: only the tops are seen, yet the objects stand on the table (nothing seen below
+    # them). Low view: the tops are barely seen; the mirror completes the depth.
+    pose = _camera_pose(pitch_deg=pitch)
+    frame, masks = _render([BOX, CYL], pose)
+    out = EmbeddedReconstructor().reconstruct(
+        frame, [ObjectMask(1, masks[0]), ObjectMask(2, masks[1])], 0
+    )
+    for kp, r, height in zip((BOX, CYL), out, (0.06, 0.07), strict=True):
+        assert np.linalg.norm(r.translation - _world_to_cam(pose, gt_centre_world(kp))) < 0.01
+        assert abs(r.extents[2] - height) < 0.006
+        gt = _gt_mesh(*kp)
+        gt.apply_transform(np.linalg.inv(pose))
+        v_cam = canonical_to_camera(
+            r.mesh.vertices.astype(np.float64), r.rotation, r.translation, r.scale
+        )
+        assert _fscore(v_cam, r.mesh.faces, gt, 0.01) > 0.9
+
+
 def test_object_above_the_table_is_not_extruded_to_it():
     # A box held 6 cm above the table: gravity still comes from the table, but its columns stop
     # at its own lowest observed point instead of reaching down to the table.

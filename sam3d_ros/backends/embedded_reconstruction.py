@@ -73,7 +73,9 @@ class EmbeddedReconstructor:
         resting_gap: an object whose lowest point is within this of the plane rests on it and
             is extruded down to it (metres); a higher object is extruded down to its own lowest
             observed point (it stands on something unseen).
-        mirror: complete with a mirror-symmetric copy (checked against free space).
+        mirror: always complete with a mirror-symmetric copy (checked against free space).
+        mirror_below_deg: use the mirror when the camera sees the object from less than this
+            elevation above the support plane (its top, hence its depth, is barely seen).
         carve: remove voxels that lie in observed free space.
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
             top of two noise standard deviations of a Kinect-like sensor model.
@@ -100,6 +102,7 @@ class EmbeddedReconstructor:
         table_clearance: float = 0.003,
         resting_gap: float = 0.03,
         mirror: bool = False,
+        mirror_below_deg: float = 25.0,
         carve: bool = True,
         carve_margin: float = 0.004,
         close_cells: int = 3,
@@ -121,6 +124,7 @@ class EmbeddedReconstructor:
         self.table_clearance = float(table_clearance)
         self.resting_gap = float(resting_gap)
         self.mirror = bool(mirror)
+        self.mirror_below_deg = float(mirror_below_deg)
         self.carve = bool(carve)
         self.carve_margin = float(carve_margin)
         self.close_cells = int(close_cells)
@@ -220,7 +224,7 @@ class EmbeddedReconstructor:
                 f"object {obj.object_id}: only {pts.shape[0]} usable depth points in the mask "
                 f"(need {self.min_points}); is the mask on the object and the depth valid?",
             )
-        frame_rot, origin, floor = self._gravity_frame(pts, plane)
+        frame_rot, origin, floor = self._gravity_frame(pts, plane, ctx)
         gravity = plane is not None and floor is not None
         q = (pts - origin) @ frame_rot  # gravity frame: (a, b, height)
         if floor == 0.0:  # resting on the plane: drop the table pixels in the mask
@@ -232,7 +236,13 @@ class EmbeddedReconstructor:
             raise InputError(field, f"object {obj.object_id}: too few points after cleaning")
 
         ref = q
-        if self.mirror:
+        elevation = 90.0
+        if gravity:
+            ray = pts.mean(axis=0)
+            elevation = float(
+                np.degrees(np.arcsin(np.clip(-ray @ frame_rot[:, 2] / np.linalg.norm(ray), -1, 1)))
+            )
+        if self.mirror or elevation < self.mirror_below_deg:
             mq = self._mirror(q, ctx, frame_rot, origin, gravity)
             if mq.shape[0]:
                 ref = np.concatenate([q, mq])
@@ -309,13 +319,15 @@ class EmbeddedReconstructor:
         pts = ctx.points[rr + r0, cc + c0].astype(np.float64)
         return pts, np.stack([rr + r0, cc + c0], axis=1)
 
-    def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane]):
+    def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane], ctx=None):
         """Rotation (columns a, b, up), origin and the floor height the object stands on.
 
         With a support plane under the object, "up" is its normal and heights are measured from
-        it; the floor is 0 when the object touches the plane, else its lowest observed height
-        (it stands on something unseen, e.g. another object). Without a plane the floor is
-        ``None`` and the frame comes from the principal axes.
+        it; the floor is 0 when the object may touch the plane, else its lowest observed height
+        (it stands on something unseen, e.g. another object). An object whose lowest observed
+        point is high above the plane is only "lifted" when the space below it is seen empty
+        (seen from above, only the top of a tall object is observed). Without a plane the floor
+        is ``None`` and the frame comes from the principal axes.
         """
         centroid = pts.mean(axis=0)
         if plane is not None:
@@ -324,8 +336,18 @@ class EmbeddedReconstructor:
                 up = np.asarray(plane.normal, dtype=np.float64)
                 origin = centroid - (centroid @ up + plane.offset) * up
                 floor = 0.0
-                if np.percentile(height, 2) >= self.resting_gap:
-                    floor = float(np.percentile(height, 1))
+                low = float(np.percentile(height, 1))
+                if np.percentile(height, 2) >= self.resting_gap and ctx is not None:
+                    # Probe the space under the lowest points, at 1/4 and 1/2 of their height.
+                    sel = np.flatnonzero(height <= np.percentile(height, 10))
+                    sel = sel[:: max(1, sel.size // 200)]
+                    probes = np.concatenate(
+                        [pts[sel] - (f * height[sel])[:, None] * up for f in (0.5, 0.75)]
+                    )
+                    probe_h = np.concatenate([0.5 * height[sel], 0.25 * height[sel]])
+                    free = ctx.in_free_space(probes, self.carve_margin, probe_h)
+                    if free.mean() > 0.5:
+                        floor = low
                 return _frame_from_up(up, centroid), origin, floor
         # No usable plane: the principal axis closest to the image "up" plays the vertical.
         cov = np.cov((pts - centroid).T)
