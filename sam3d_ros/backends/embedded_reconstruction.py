@@ -15,10 +15,12 @@ height above the plane):
        (the plane when the object touches it, else its own lowest point), so the bottom is
        closed and the silhouette extruded; footprint pinholes are closed; the footprint grows
        ``back_extension`` behind the back silhouette (the hidden back is never in front of it);
-       optionally (``mirror``, off: it scored worse on the synthetic benchmark) the cloud is
-       mirrored about a vertical plane. **Visibility carving** then removes every voxel in
-       observed free space: in front of the observed depth, or above a pixel that sees the bare
-       table (near the table, where grazing rays make the depth test weak). The hidden bottom
+       when the camera sees the object from low (< ``mirror_below_deg``, its depth is then
+       unseen) the cloud is also mirrored about a vertical plane (the footprint axis facing the
+       camera, through the lateral silhouette); from higher up the mirror scored worse.
+       **Visibility carving** then removes every voxel in observed free space: in front of the
+       observed depth, or above a pixel that sees the bare table (near the table, where grazing
+       rays make the depth test weak). The hidden bottom
        edge is chamfered (``bevel``);
     3. **surface**: surface nets on the voxels (closed, counter-clockwise from outside), Taubin
        smoothing, then every camera-facing vertex is moved along its normal onto the local mean
