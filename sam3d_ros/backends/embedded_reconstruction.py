@@ -96,7 +96,7 @@ class EmbeddedReconstructor:
 
     def __init__(
         self,
-        voxel_size: float = 0.003,
+        voxel_size: float = 0.0035,
         max_cells: int = 64,
         erode_px: int = 1,
         edge_jump: float = 0.01,
