@@ -232,15 +232,20 @@ def fill_height_map(top: np.ndarray, filled: np.ndarray, close_size: int = 3):
         st = np.ones((close_size, close_size), dtype=bool)
         fp = ndimage.binary_closing(np.pad(fp, close_size), structure=st)
         fp = fp[close_size:-close_size, close_size:-close_size] | filled
-    fp = ndimage.binary_fill_holes(fp)
+    # Enclosed holes: background components (4-connected) that do not touch the border. One
+    # labelling pass (binary_fill_holes propagates iteratively and is much slower).
+    labels, n = ndimage.label(~fp)
+    if n:
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        hole = np.ones(n + 1, dtype=bool)
+        hole[border] = False
+        hole[0] = False
+        fp = fp | hole[labels]
     new = fp & ~filled
     if not new.any():
         return top, filled
-    # Nearest filled column for each new one; a small max-filter first so that a hole takes the
-    # height of its rim rather than of the single nearest (possibly low, noisy) column.
-    src = np.where(filled, top, -np.inf)
-    src = np.where(filled, top, ndimage.maximum_filter(src, size=3))
+    # Each new column takes the height of the nearest observed column.
     _, (ii, jj) = ndimage.distance_transform_edt(~filled, return_indices=True)
     out = top.copy()
-    out[new] = src[ii[new], jj[new]]
+    out[new] = top[ii[new], jj[new]]
     return out, fp
