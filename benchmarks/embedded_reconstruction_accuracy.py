@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor
-from sam3d_ros.conventions import canonical_to_camera
-from sam3d_ros.synthetic.metrics import mean_scores, score_mesh, visible_only_baseline
-from sam3d_ros.synthetic.scenes import make_tabletop_scene
-from sam3d_ros.types import ObjectMask
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor  # noqa: E402
+from sam3d_ros.conventions import canonical_to_camera  # noqa: E402
+from sam3d_ros.synthetic.metrics import mean_scores, score_mesh, visible_only_baseline  # noqa: E402
+from sam3d_ros.synthetic.scenes import make_tabletop_scene  # noqa: E402
+from sam3d_ros.types import ObjectMask  # noqa: E402
 
 
 def _parse(v: str):
