@@ -49,7 +49,7 @@ ensure_venv() {  # ensure_venv DIR STAMP_TEXT INSTALL_FUNCTION
 
 install_core() {
   pip_in "$1" install -r "$ROOT/requirements/core.txt"
-  pip_in "$1" install --no-deps --no-build-isolation -e "$ROOT"
+  pip_in "$1" install --no-deps -e "$ROOT"
 }
 
 install_ros_distro() {
