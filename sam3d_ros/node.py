@@ -1,0 +1,1325 @@
+"""The ``sam3d`` lifecycle node: RGB-D frames and prompts in; objects, TF, markers out.
+
+The node only converts messages (:mod:`sam3d_ros.conversions`), schedules work and publishes
+(:mod:`sam3d_ros.ros_outputs`); segmentation and reconstruction are the ROS-free
+:class:`~sam3d_ros.engine.Engine`.
+
+Scheduling: the three camera topics are paired by approximate time (:class:`ApproxTimeSync`);
+each synchronised frame replaces the one in a single-frame slot (:class:`LatestSlot`) and ONE
+worker thread processes whatever frame is newest when it is free, so the node never works
+through a backlog of stale frames (replaced frames are counted as drops). On-demand goals on
+``~/reconstruct`` are queued first-in-first-out (:class:`~sam3d_ros.action_queue.
+QueuedActionServer`) and share the engine with the worker.
+
+Lifecycle (``autostart`` configures and activates at start-up):
+
+* configure: read parameters, build and load the backends, create publishers, the prompt
+  subscription and the action server;
+* activate: subscribe to the camera topics, start the worker;
+* deactivate: stop the worker, unsubscribe, clear markers, unload the backends (GPU memory);
+* cleanup / shutdown: destroy everything configure created.
+
+Parameters and topics are documented in ``docs/node.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from . import conventions as cv
+from . import ros_outputs as out
+from .action import Reconstruct
+from .action_queue import QueuedActionServer
+from .errors import Cancelled, InputError, Sam3dError
+from .inputs import (
+    DEFAULT_SEED,
+    MAX_SEED,
+    InputOptions,
+    group_prompts,
+    parse_box_prompts,
+    parse_point_prompts,
+    parse_request,
+)
+from .msg import Prompt, ReconstructedObjectArray
+from .tracking import ObjectTracker
+from .types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
+
+try:  # Jazzy and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # pragma: no cover - Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks  # type: ignore
+
+NODE_NAME = "sam3d"
+_BIG = 2**31 - 1
+_RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
+
+
+# --------------------------------------------------------------------------------------------
+# ROS-free helpers (unit-tested without a graph)
+
+
+@dataclass
+class CameraMessages:
+    """One synchronised set of camera messages (raw, decoded only when processed)."""
+
+    image: Image
+    depth: Image
+    camera_info: CameraInfo
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class CameraFrame:
+    """A decoded camera frame: the core :class:`Frame` and the image header it came with."""
+
+    header: Header
+    frame: Frame
+    received: float
+
+
+def stamp_seconds(header: Header) -> float:
+    """Header stamp in seconds."""
+    return header.stamp.sec + 1e-9 * header.stamp.nanosec
+
+
+class ApproxTimeSync:
+    """Pair messages of N topics by approximate time stamp (message_filters is not on PyPI).
+
+    Topic 0 is the pivot (the colour image). Each call to :meth:`add` looks for the newest
+    pivot message for which every other topic has a message within ``slop_s``; when found,
+    ``callback(messages)`` is called with one message per topic and the pivot messages up to
+    it, and the other topics' messages older than the matched ones, are consumed. Pivot messages
+    that find no partner within ``expire_s`` of the newest pivot are dropped and reported with
+    ``on_unmatched(topic_index, reason)`` (the topic that was missing and why).
+
+    Thread-safe; callbacks run outside the lock.
+    """
+
+    def __init__(
+        self,
+        n_topics: int,
+        slop_s: float,
+        callback: Callable[[List[Any]], None],
+        on_unmatched: Optional[Callable[[int, str], None]] = None,
+        queue_size: int = 10,
+        expire_s: float = 0.5,
+        names: Optional[Sequence[str]] = None,
+        consume: Optional[Sequence[bool]] = None,
+    ) -> None:
+        self.n = int(n_topics)
+        self.slop_s = float(slop_s)
+        self.callback = callback
+        self.on_unmatched = on_unmatched
+        self.queue_size = int(queue_size)
+        self.expire_s = float(expire_s)
+        self.names = list(names) if names else [f"topic{i}" for i in range(self.n)]
+        self.consume = list(consume) if consume else [True] * self.n
+        self._queues: List[Deque[Tuple[float, Any]]] = [deque() for _ in range(self.n)]
+        self._received = [0] * self.n
+        self._lock = threading.Lock()
+        self.matched = 0
+        self.unmatched = 0
+
+    def add(self, index: int, stamp_s: float, msg: Any) -> None:
+        """Add one message of topic ``index`` with stamp ``stamp_s`` (seconds)."""
+        emit = None
+        dropped: List[Tuple[int, str]] = []
+        with self._lock:
+            q = self._queues[index]
+            q.append((float(stamp_s), msg))
+            self._received[index] += 1
+            while len(q) > self.queue_size:
+                old = q.popleft()
+                if index == 0:
+                    dropped.append(self._reason(old[0]))
+            emit = self._match()
+            if emit is None:
+                dropped.extend(self._expire())
+            self.unmatched += len(dropped)
+        if self.on_unmatched is not None:
+            for topic, reason in dropped:
+                self.on_unmatched(topic, reason)
+        if emit is not None:
+            self.callback(emit)
+
+    def _nearest(self, index: int, stamp: float) -> Optional[Tuple[float, Any]]:
+        best = None
+        for item in self._queues[index]:
+            if best is None or abs(item[0] - stamp) < abs(best[0] - stamp):
+                best = item
+        return best
+
+    def _match(self) -> Optional[List[Any]]:
+        pivots = self._queues[0]
+        for p_stamp, p_msg in reversed(pivots):
+            picks = []
+            for k in range(1, self.n):
+                item = self._nearest(k, p_stamp)
+                if item is None or abs(item[0] - p_stamp) > self.slop_s:
+                    break
+                picks.append(item)
+            else:
+                while pivots and pivots[0][0] <= p_stamp:
+                    pivots.popleft()
+                for k, item in enumerate(picks, start=1):
+                    if self.consume[k]:
+                        q = self._queues[k]
+                        while q and q[0][0] <= item[0]:
+                            q.popleft()
+                self.matched += 1
+                return [p_msg] + [item[1] for item in picks]
+        return None
+
+    def _expire(self) -> List[Tuple[int, str]]:
+        pivots = self._queues[0]
+        if not pivots:
+            return []
+        newest = pivots[-1][0]
+        dropped = []
+        while pivots and newest - pivots[0][0] > self.expire_s:
+            dropped.append(self._reason(pivots.popleft()[0]))
+        return dropped
+
+    def _reason(self, stamp: float) -> Tuple[int, str]:
+        for k in range(1, self.n):
+            if self._received[k] == 0:
+                return k, f"no {self.names[k]} message received"
+            item = self._nearest(k, stamp)
+            if item is None or abs(item[0] - stamp) > self.slop_s:
+                gap = "none queued" if item is None else f"nearest is {abs(item[0] - stamp):.3f} s"
+                return k, (
+                    f"no {self.names[k]} message within sync_slop_s={self.slop_s:g} s of the "
+                    f"{self.names[0]} stamp ({gap})"
+                )
+        return 0, "dropped from the synchroniser queue"
+
+
+class LatestSlot:
+    """A one-item mailbox: :meth:`put` replaces an unconsumed item (a drop), :meth:`take` waits."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._cond = threading.Condition()
+        self.drops = 0
+        self.puts = 0
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; returns True when it replaced an unprocessed one (counted as a drop)."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.drops += 1
+            self._item = item
+            self.puts += 1
+            self._cond.notify_all()
+            return replaced
+
+    def take(self, timeout: Optional[float] = None) -> Any:
+        """Remove and return the item, waiting up to ``timeout`` seconds; ``None`` if empty."""
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> None:
+        """Drop the stored item without counting it."""
+        with self._cond:
+            self._item = None
+            self._cond.notify_all()
+
+
+def rename_field(name: str, prefix: str = "prompt") -> str:
+    """Map a hosted request field name to the ROS message field (``box_prompts[0]`` → ...)."""
+    name = re.sub(r"^box_prompts", f"{prefix}.boxes", name)
+    name = re.sub(r"^point_prompts", f"{prefix}.points", name)
+    return name
+
+
+def query_from_prompt(
+    msg: Optional[Prompt],
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    prefix: str = "prompt",
+) -> Tuple[SegmentationQuery, Dict[int, int]]:
+    """Validate a ``sam3d_ros/Prompt`` and turn it into a query (hosted precedence).
+
+    Reuses the hosted request validation and grouping of :mod:`sam3d_ros.inputs`. Without an
+    image size only the size-independent checks run (labels, mask encodings, emptiness).
+
+    Returns:
+        ``(query, explicit)``: ``explicit`` maps the segmenter's object id to the id the prompt
+        gave explicitly (prompt ``object_id >= 0`` or ``mask_object_ids``); objects not in it
+        get tracked ids.
+
+    Raises:
+        InputError: naming the Prompt field, e.g. ``prompt.boxes[0].x_max``.
+    """
+    if msg is None:
+        return SegmentationQuery(), {}
+    w = int(width) if width else _BIG
+    h = int(height) if height else _BIG
+    masks = []
+    for i, image in enumerate(msg.masks):
+        from .conversions import mask_from_image
+
+        mask = mask_from_image(image, f"{prefix}.masks[{i}]")
+        if width and height and mask.shape != (h, w):
+            raise InputError(
+                f"{prefix}.masks[{i}]",
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}",
+            )
+        if not mask.any():
+            raise InputError(f"{prefix}.masks[{i}]", "mask is empty (no non-zero pixel)")
+        masks.append(mask)
+    ids = [int(v) for v in msg.mask_object_ids]
+    if ids and len(ids) != len(masks):
+        raise InputError(
+            f"{prefix}.mask_object_ids",
+            f"has {len(ids)} ids for {len(masks)} masks; give one per mask or none",
+        )
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{prefix}.mask_object_ids", f"ids repeat: {ids}")
+    if any(v < 0 for v in ids):
+        raise InputError(f"{prefix}.mask_object_ids", f"ids must be >= 0, got {ids}")
+    points = [
+        {"x": p.x, "y": p.y, "label": int(p.label),
+         "object_id": None if p.object_id < 0 else int(p.object_id)}
+        for p in msg.points
+    ]
+    boxes = [
+        {"x_min": b.x_min, "y_min": b.y_min, "x_max": b.x_max, "y_max": b.y_max,
+         "label": int(b.label), "object_id": None if b.object_id < 0 else int(b.object_id)}
+        for b in msg.boxes
+    ]
+    try:
+        point_prompts = parse_point_prompts(points, w, h)
+        box_prompts = parse_box_prompts(boxes, w, h)
+        objects = group_prompts(point_prompts, box_prompts)
+    except InputError as exc:
+        raise InputError(rename_field(exc.field, prefix), exc.reason) from None
+    if msg.seed > MAX_SEED:
+        raise InputError(f"{prefix}.seed", f"must be in [0, {MAX_SEED}] or -1, got {msg.seed}")
+    if masks:
+        explicit = {i: v for i, v in enumerate(ids)}
+        return SegmentationQuery(masks=masks), explicit
+    if objects:
+        given = {p["object_id"] for p in points + boxes if p["object_id"] is not None}
+        return SegmentationQuery(objects=objects), {i: i for i in given}
+    return SegmentationQuery(text=msg.text.strip() or None), {}
+
+
+def prompt_request(msg: Optional[Prompt]) -> Dict[str, Any]:
+    """The hosted-request view of a Prompt (for ``request.json`` of written runs)."""
+    if msg is None:
+        return {}
+    req: Dict[str, Any] = {}
+    if msg.text.strip():
+        req["prompt"] = msg.text.strip()
+    if msg.points:
+        req["point_prompts"] = [
+            {"x": p.x, "y": p.y, "label": int(p.label),
+             **({"object_id": p.object_id} if p.object_id >= 0 else {})}
+            for p in msg.points
+        ]
+    if msg.boxes:
+        req["box_prompts"] = [
+            {"x_min": b.x_min, "y_min": b.y_min, "x_max": b.x_max, "y_max": b.y_max,
+             "label": int(b.label), **({"object_id": b.object_id} if b.object_id >= 0 else {})}
+            for b in msg.boxes
+        ]
+    if msg.masks:
+        req["mask_count"] = len(msg.masks)
+    return req
+
+
+def build_camera_frame(
+    image: Image,
+    depth: Optional[Image],
+    camera_info: CameraInfo,
+    prefix: str = "",
+    warn: Optional[Callable[[str, str], None]] = None,
+) -> CameraFrame:
+    """Decode one synchronised image / depth / CameraInfo set into a :class:`CameraFrame`.
+
+    * CameraInfo for another resolution of the same camera is rescaled to the image
+      (:func:`~sam3d_ros.conventions.scale_intrinsics`);
+    * a depth image of another size with the same aspect ratio is back-projected with its own
+      (rescaled) intrinsics and resampled (nearest) onto the colour pixels;
+    * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug).
+
+    ``warn(key, message)`` receives non-fatal remarks (frame ids that differ).
+
+    Raises:
+        InputError: naming ``image``, ``depth`` or ``camera_info`` fields.
+    """
+    from .conversions import depth_from_image, intrinsics_from_camera_info, rgb_from_image
+
+    rgb = rgb_from_image(image, f"{prefix}image")
+    h, w = rgb.shape[:2]
+    intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
+    if (intr.width, intr.height) != (w, h):
+        if not _same_aspect(intr.width, intr.height, w, h):
+            raise InputError(
+                f"{prefix}camera_info",
+                f"is for a {intr.width}x{intr.height} image but the image is {w}x{h} "
+                "(different aspect ratio: not the same camera)",
+            )
+        intr = cv.scale_intrinsics(intr, w, h)
+    points = None
+    if depth is not None:
+        if warn is not None and depth.header.frame_id != image.header.frame_id:
+            warn(
+                "depth_frame_id",
+                f"depth frame_id {depth.header.frame_id!r} differs from image frame_id "
+                f"{image.header.frame_id!r}; depth must be registered to the colour image "
+                "(outputs use the image's frame)",
+            )
+        depth_m = depth_from_image(depth, f"{prefix}depth")
+        dh, dw = depth_m.shape
+        if (dw, dh) != (w, h):
+            if not _same_aspect(dw, dh, w, h):
+                raise InputError(
+                    f"{prefix}depth",
+                    f"depth is {dw}x{dh} but the image is {w}x{h} and the aspect ratios "
+                    "differ; publish depth registered to the colour image",
+                )
+            d_points = cv.backproject(depth_m, cv.scale_intrinsics(intr, dw, dh))
+            cols = np.minimum(((np.arange(w) + 0.5) * dw / w).astype(np.int64), dw - 1)
+            rows = np.minimum(((np.arange(h) + 0.5) * dh / h).astype(np.int64), dh - 1)
+            points = np.ascontiguousarray(d_points[rows[:, None], cols[None, :]])
+        else:
+            points = cv.backproject(depth_m, intr)
+        z = points[:, :, 2]
+        valid = np.isfinite(z)
+        if not valid.any():
+            raise InputError(
+                f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
+            )
+        if depth.encoding == cv.DEPTH_32FC1:
+            median = float(np.median(z[valid]))
+            if median > 50.0:
+                raise InputError(
+                    f"{prefix}depth.encoding",
+                    f"32FC1 depth must be metres; its median {median:.1f} looks like "
+                    "millimetres (publish 16UC1 for millimetres)",
+                )
+    frame = Frame(rgb=rgb, points=points, intrinsics=intr)
+    return CameraFrame(header=image.header, frame=frame, received=time.monotonic())
+
+
+def _same_aspect(w1: int, h1: int, w2: int, h2: int, tol: float = 0.01) -> bool:
+    return abs(w1 * h2 - w2 * h1) <= tol * max(w1 * h2, w2 * h1)
+
+
+def prune_runs(output_dir: Path, keep: int) -> List[Path]:
+    """Delete the oldest run directories written by the node beyond ``keep`` (0 = keep all).
+
+    Only directories named like the node's runs (``frame_...`` / ``goal_...``) are considered.
+    Returns the deleted paths.
+    """
+    if keep <= 0 or not output_dir.is_dir():
+        return []
+    runs = sorted(
+        (p for p in output_dir.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name)),
+        key=lambda p: (p.stat().st_mtime, p.name),
+    )
+    deleted = []
+    for path in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default, description and range."""
+
+    name: str
+    default: Any
+    description: str
+    range: Optional[Tuple[float, float]] = None
+    choices: Tuple[str, ...] = ()
+    when: str = "runtime"
+
+
+PARAMS: Tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", True, "configure and activate at start-up", when="start-up"),
+    ParamSpec("segmentation_backend", "embedded", "segmentation backend",
+              choices=("embedded", "sam3"), when="configure"),
+    ParamSpec("reconstruction_backend", "embedded", "reconstruction backend",
+              choices=("embedded", "sam3d_objects"), when="configure"),
+    ParamSpec("sam3_checkpoint", "", "local SAM 3 checkpoint directory (sam3 backend); empty = "
+              "$SAM3_CHECKPOINT", when="configure"),
+    ParamSpec("sam3d_pipeline_config", "", "SAM 3D Objects pipeline config (sam3d_objects "
+              "backend)", when="configure"),
+    ParamSpec("device", "auto", "torch device of the model backends: auto, cpu, cuda, cuda:N",
+              when="configure"),
+    ParamSpec("default_seed", DEFAULT_SEED, "seed when neither goal nor prompt gives one",
+              range=(0, _BIG)),
+    ParamSpec("continuous", True, "process camera frames continuously (false: only on "
+              "~/reconstruct goals)"),
+    ParamSpec("max_rate_hz", 0.0, "cap on continuously processed frames per second; 0 = as "
+              "fast as the backend allows", range=(0.0, 1000.0)),
+    ParamSpec("sync_slop_s", 0.02, "largest stamp difference of a synchronised image / depth / "
+              "camera_info set, seconds", range=(0.0, 10.0)),
+    ParamSpec("camera_qos_reliability", "best_effort", "reliability of the camera "
+              "subscriptions (best_effort = sensor data QoS)",
+              choices=("best_effort", "reliable"), when="activate"),
+    ParamSpec("camera_qos_depth", 5, "history depth of the camera subscriptions",
+              range=(1, 1000), when="activate"),
+    ParamSpec("tf_prefix", "sam3d_object_", "TF child frame of object <id> is <tf_prefix><id>"),
+    ParamSpec("publish_tf", True, "publish one /tf transform per object"),
+    ParamSpec("track_gate_m", 0.05, "largest centre distance (m) at which an object keeps the "
+              "id of an object of the previous frames", range=(0.0, 10.0)),
+    ParamSpec("track_max_age", 3, "frames an unseen object's id is remembered",
+              range=(1, 100000), when="configure"),
+    ParamSpec("write_artifacts", False, "write GLB/PLY/zip artifacts for every processed "
+              "frame (goals decide per goal)"),
+    ParamSpec("output_dir", "", "directory of the run directories; empty = "
+              "$ROS_HOME/sam3d_runs (ROS_HOME defaults to ~/.ros)"),
+    ParamSpec("max_runs_kept", 20, "keep at most this many run directories, deleting the "
+              "oldest; 0 = keep all", range=(0, 1000000)),
+    ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (evenly subsampled "
+              "preview); 0 = all", range=(0, 10000000)),
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.05, 60.0),
+              when="configure"),
+    ParamSpec("input_timeout_s", 2.0, "no synchronised frame for this long while active gives "
+              "a diagnostics warning", range=(0.1, 3600.0)),
+    ParamSpec("warn_throttle_s", 2.0, "a warning about the same input field is logged at most "
+              "once per this many seconds", range=(0.0, 3600.0)),
+    ParamSpec("allow_http", False, "goals may read image_uri/pointmap_uri/mask_uris over "
+              "http(s)", when="configure"),
+    ParamSpec("allowed_input_roots", [""], "goal URIs must resolve inside one of these "
+              "directories; [''] = anywhere", when="configure"),
+)
+
+
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    desc = spec.description
+    if spec.choices:
+        desc += f" ({'|'.join(spec.choices)})"
+    desc += f" [applied at {spec.when}]" if spec.when != "runtime" else " [runtime]"
+    d = ParameterDescriptor(description=desc)
+    if spec.choices:
+        d.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if isinstance(spec.default, float):
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
+                                                         step=0.0)]
+        else:
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# The node
+
+
+class Sam3dNode(LifecycleNode):
+    """Lifecycle node ``sam3d`` (see the module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for spec in PARAMS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._cb_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._state = "unconfigured"
+        self._backend_state = "not loaded"
+        self._tracker: Optional[ObjectTracker] = None
+        self._tracker_lock = threading.Lock()
+
+        # Handles created by configure / activate.
+        self._pub_objects: Any = None
+        self._pub_detections: Any = None
+        self._pub_markers: Any = None
+        self._pub_points: Any = None
+        self._pub_debug: Any = None
+        self._pub_tf: Any = None
+        self._pub_diag: Any = None
+        self._sub_prompt: Any = None
+        self._camera_subs: List[Any] = []
+        self._action: Optional[QueuedActionServer] = None
+        self._diag_timer: Any = None
+        self._sync: Optional[ApproxTimeSync] = None
+        self._slot = LatestSlot()
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+        # Shared state.
+        self._lock = threading.Lock()
+        self._prompt: Optional[Prompt] = None
+        self._latest: Optional[CameraMessages] = None
+        self._last_size: Optional[Tuple[int, int]] = None
+        self._marker_ids: List[int] = []
+        self._warned_once: set = set()
+        self._warn_times: Dict[str, float] = {}
+        self._diag_lock = threading.Lock()
+        self._reset_stats()
+
+    # ---------------------------------------------------------------- parameters
+
+    def _p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        specs = {s.name: s for s in PARAMS}
+        for param in params:
+            spec = specs.get(param.name)
+            if spec is None or not spec.choices:
+                continue
+            if param.value not in spec.choices:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{param.name} must be one of {list(spec.choices)}, "
+                    f"got {param.value!r}",
+                )
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, build and load the backends, create publishers and the action."""
+        try:
+            self._engine = self._build_engine()
+        except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
+            self._set_error("backend", f"cannot build the backends: {exc}")
+            self.get_logger().error(f"configure failed: {exc}")
+            self._engine = None
+            return TransitionCallbackReturn.FAILURE
+        self._tracker = ObjectTracker(self._p("track_gate_m"), self._p("track_max_age"))
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                              history=HistoryPolicy.KEEP_LAST)
+        self._pub_objects = self.create_lifecycle_publisher(
+            ReconstructedObjectArray, "~/objects", reliable)
+        self._pub_detections = self.create_lifecycle_publisher(
+            Detection3DArray, "~/detections", reliable)
+        self._pub_markers = self.create_lifecycle_publisher(MarkerArray, "~/markers", reliable)
+        self._pub_points = self.create_lifecycle_publisher(PointCloud2, "~/points", reliable)
+        self._pub_debug = self.create_lifecycle_publisher(Image, "~/debug_image", reliable)
+        self._pub_tf = self.create_lifecycle_publisher(
+            TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        if self._pub_diag is None:
+            self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        prompt_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._sub_prompt = self.create_subscription(
+            Prompt, "prompt", self._on_prompt, prompt_qos, callback_group=self._cb_group)
+        self._action = QueuedActionServer(self, Reconstruct, "~/reconstruct", self._execute_goal)
+        self._diag_timer = self.create_timer(
+            self._p("diagnostics_period_s"), self._publish_diagnostics,
+            callback_group=self._timer_group)
+        self._state = "inactive"
+        self.get_logger().info(
+            f"configured: segmentation={self._p('segmentation_backend')} "
+            f"reconstruction={self._p('reconstruction_backend')} ({self._backend_state})")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load unloaded backends, subscribe to the camera topics and start the worker."""
+        try:
+            self._load_backends()
+        except Exception as exc:  # noqa: BLE001
+            self._set_error("backend", f"cannot load the backends: {exc}")
+            self.get_logger().error(f"activate failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._create_camera_subscriptions()
+        self._slot.clear()
+        self._stop.clear()
+        self._state = "active"
+        self._activated_at = time.monotonic()
+        self._worker = threading.Thread(target=self._work_loop, name="sam3d_worker", daemon=True)
+        self._worker.start()
+        result = super().on_activate(state)
+        self.get_logger().info("active: processing " + (
+            "every newest frame" if self._p("continuous") else "~/reconstruct goals only"))
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker, unsubscribe, clear markers and unload the backends."""
+        self._stop_processing()
+        if self._pub_markers is not None and self._marker_ids:
+            header = Header(stamp=self.get_clock().now().to_msg())
+            self._pub_markers.publish(out.delete_all_markers(header))
+            self._marker_ids = []
+        self._unload_backends()
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy what configure created and drop the backends."""
+        self._destroy_configured()
+        self._state = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop everything (from any state)."""
+        self._stop_processing()
+        self._unload_backends()
+        self._destroy_configured()
+        self._state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Recover to unconfigured after a failed transition."""
+        self._stop_processing()
+        self._destroy_configured()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def shutdown(self) -> None:
+        """Stop the worker and release the backends (for main()'s exit path)."""
+        self._stop_processing()
+        self._unload_backends()
+
+    # ---------------------------------------------------------------- backends
+
+    def _backend_options(self, name: str, cls: Any) -> Dict[str, Any]:
+        import inspect
+
+        wanted = {
+            "checkpoint": self._p("sam3_checkpoint") or None,
+            "device": self._p("device"),
+            "pipeline_config": self._p("sam3d_pipeline_config") or None,
+            "config": self._p("sam3d_pipeline_config") or None,
+        }
+        try:
+            accepted = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {k: v for k, v in wanted.items() if k in accepted and v is not None}
+
+    def _build_engine(self) -> Any:
+        import importlib
+
+        from .backends import RECONSTRUCTORS, SEGMENTERS
+        from .engine import Engine
+
+        built = []
+        for kind, table in (("segmentation", SEGMENTERS), ("reconstruction", RECONSTRUCTORS)):
+            name = self._p(f"{kind}_backend")
+            if name not in table:
+                raise InputError(f"{kind}_backend",
+                                 f"unknown backend {name!r}; choose one of {sorted(table)}")
+            module_name, class_name = table[name]
+            cls = getattr(importlib.import_module(module_name), class_name)
+            built.append(cls(**self._backend_options(name, cls)))
+        roots = [r for r in self._p("allowed_input_roots") if r]
+        options = InputOptions(allow_http=self._p("allow_http"),
+                               allowed_roots=roots or None)
+        engine = Engine(built[0], built[1], input_options=options)
+        self._engine = engine
+        self._load_backends()
+        return engine
+
+    def _load_backends(self) -> None:
+        if self._engine is None:
+            return
+        for backend in (self._engine.segmenter, self._engine.reconstructor):
+            load = getattr(backend, "load", None)
+            if callable(load):
+                load()
+        self._backend_state = "loaded"
+
+    def _unload_backends(self) -> None:
+        if self._engine is None:
+            return
+        with self._engine_lock:
+            for backend in (self._engine.segmenter, self._engine.reconstructor):
+                unload = getattr(backend, "unload", None)
+                if callable(unload):
+                    try:
+                        unload()
+                    except Exception as exc:  # noqa: BLE001
+                        self.get_logger().warning(f"unload of {backend.name} failed: {exc}")
+        self._backend_state = "unloaded"
+
+    # ---------------------------------------------------------------- subscriptions
+
+    def _camera_qos(self) -> QoSProfile:
+        reliability = (ReliabilityPolicy.RELIABLE
+                       if self._p("camera_qos_reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        return QoSProfile(depth=int(self._p("camera_qos_depth")), reliability=reliability,
+                          history=HistoryPolicy.KEEP_LAST,
+                          durability=DurabilityPolicy.VOLATILE)
+
+    def _create_camera_subscriptions(self) -> None:
+        qos = self._camera_qos()
+        slop = float(self._p("sync_slop_s"))
+        self._sync = ApproxTimeSync(
+            3, slop, self._on_synced, self._on_unmatched,
+            expire_s=max(0.5, 5.0 * slop), names=("image", "depth", "camera_info"),
+            consume=(True, True, False))
+        self._camera_subs = []
+        for index, (topic, msg_type) in enumerate(
+            (("image", Image), ("depth", Image), ("camera_info", CameraInfo))
+        ):
+            events = SubscriptionEventCallbacks(
+                incompatible_qos=lambda info, t=topic: self._on_incompatible_qos(t, info))
+            sub = self.create_subscription(
+                msg_type, topic, lambda msg, i=index: self._on_camera(i, msg), qos,
+                callback_group=self._cb_group, event_callbacks=events)
+            self._camera_subs.append(sub)
+        names = ", ".join(s.topic_name for s in self._camera_subs)
+        self.get_logger().info(
+            f"camera subscriptions {names}: reliability={self._p('camera_qos_reliability')} "
+            f"depth={qos.depth} (parameter camera_qos_reliability); sync_slop_s={slop:g}")
+        self._check_publisher_qos()
+
+    def _check_publisher_qos(self) -> None:
+        """Warn when a publisher on a camera topic cannot reach our subscription."""
+        want_reliable = self._p("camera_qos_reliability") == "reliable"
+        for sub in self._camera_subs:
+            try:
+                infos = self.get_publishers_info_by_topic(sub.topic_name)
+            except Exception:  # noqa: BLE001
+                continue
+            for info in infos:
+                if want_reliable and info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT:
+                    self._on_incompatible_qos(sub.topic_name, None, info.node_name)
+
+    def _on_incompatible_qos(self, topic: str, info: Any, publisher: str = "") -> None:
+        text = (f"QoS mismatch on {topic}: a publisher{' ' + publisher if publisher else ''} "
+                f"offers best_effort but camera_qos_reliability="
+                f"{self._p('camera_qos_reliability')}; no messages will arrive. Set "
+                "camera_qos_reliability:=best_effort")
+        if info is not None:
+            policy = getattr(info, "last_policy_kind", "")
+            text = (f"QoS mismatch on {topic}: incompatible publisher (policy {policy}); we "
+                    f"subscribe with reliability={self._p('camera_qos_reliability')}, "
+                    f"depth={self._p('camera_qos_depth')}. Set camera_qos_reliability to "
+                    "match the publisher")
+        self._qos_problem = text
+        self._warn_throttled(f"qos:{topic}", text)
+
+    def _destroy_camera_subscriptions(self) -> None:
+        for sub in self._camera_subs:
+            self.destroy_subscription(sub)
+        self._camera_subs = []
+        self._sync = None
+
+    def _on_camera(self, index: int, msg: Any) -> None:
+        sync = self._sync
+        if sync is None or self._state != "active":
+            return
+        if index == 0:
+            with self._lock:
+                self._stats["images"] += 1
+                self._image_rate.tick()
+        sync.add(index, stamp_seconds(msg.header), msg)
+
+    def _on_synced(self, msgs: List[Any]) -> None:
+        cam = CameraMessages(msgs[0], msgs[1], msgs[2])
+        with self._lock:
+            self._latest = cam
+            self._stats["synced"] += 1
+            self._last_synced = time.monotonic()
+        if self._p("continuous"):
+            self._slot.put(cam)
+
+    def _on_unmatched(self, topic: int, reason: str) -> None:
+        names = ("image", "depth", "camera_info")
+        field_name = names[topic] if 0 <= topic < 3 else "sync"
+        sub = self._camera_subs[topic] if topic < len(self._camera_subs) else None
+        where = f" (topic {sub.topic_name})" if sub is not None else ""
+        self._input_error(InputError(field_name, reason + where))
+
+    def _on_prompt(self, msg: Prompt) -> None:
+        size = self._last_size
+        try:
+            query_from_prompt(msg, *(size or (None, None)))
+        except InputError as exc:
+            kept = "keeping the previous prompt" if self._prompt is not None else "no prompt set"
+            self._input_error(InputError(exc.field, f"{exc.reason}; prompt rejected, {kept}"))
+            return
+        with self._lock:
+            self._prompt = msg
+        if self._tracker is not None:
+            with self._tracker_lock:
+                self._tracker.reset()
+        self.get_logger().info(
+            f"prompt: text={msg.text!r} points={len(msg.points)} boxes={len(msg.boxes)} "
+            f"masks={len(msg.masks)}")
+
+    # ---------------------------------------------------------------- processing
+
+    def _stop_processing(self) -> None:
+        self._stop.set()
+        self._slot.clear()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=60.0)
+        self._destroy_camera_subscriptions()
+
+    def _work_loop(self) -> None:
+        last_start = 0.0
+        while not self._stop.is_set():
+            rate = float(self._p("max_rate_hz"))
+            if rate > 0.0:
+                wait = last_start + 1.0 / rate - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            cam = self._slot.take(timeout=0.1)
+            if cam is None or self._stop.is_set():
+                continue
+            if not self._p("continuous"):
+                continue
+            last_start = time.monotonic()
+            self._process_camera(cam)
+
+    def _seed(self, *candidates: int) -> int:
+        for value in candidates:
+            if value is not None and 0 <= int(value) <= MAX_SEED:
+                return int(value)
+        return int(self._p("default_seed"))
+
+    def _process_camera(self, msgs: CameraMessages) -> None:
+        t0 = time.monotonic()
+        timings: Dict[str, float] = {}
+        query: Optional[SegmentationQuery] = None
+        try:
+            cam = build_camera_frame(msgs.image, msgs.depth, msgs.camera_info,
+                                     warn=self._warn_once)
+            self._last_size = (cam.frame.width, cam.frame.height)
+            timings["load"] = time.monotonic() - t0
+            with self._lock:
+                prompt = self._prompt
+            query, explicit = query_from_prompt(prompt, cam.frame.width, cam.frame.height)
+            seed = self._seed(prompt.seed if prompt is not None else None)
+            with self._engine_lock:
+                if self._engine is None:
+                    return
+                res = self._engine.process(cam.frame, query, seed, timings=timings)
+            objects = self._assign_ids(res.objects, res.masks, explicit)
+            result = None
+            if self._p("write_artifacts"):
+                request = {"source": "ros", "frame_id": cam.header.frame_id,
+                           "stamp": stamp_seconds(cam.header), "seed": seed,
+                           **prompt_request(prompt)}
+                t_export = time.monotonic()
+                result = self._write_run("frame", request, cam.frame, objects)
+                timings["export"] = time.monotonic() - t_export
+            self._publish(cam, objects, timings, result, time.monotonic() - msgs.received)
+            with self._lock:
+                self._stats["processed"] += 1
+                self._processed_rate.tick()
+                self._last_ok = time.monotonic()
+                self._frame_failed = False
+        except InputError as exc:
+            self._input_error(self._ros_field(exc, query_kind=_kind(query)))
+        except Sam3dError as exc:
+            self._set_error("backend", str(exc))
+            self._warn_throttled("backend", f"processing failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
+            self._set_error("internal", f"{exc.__class__.__name__}: {exc}")
+            self.get_logger().error(f"processing failed: {traceback.format_exc()}")
+
+    def _ros_field(self, exc: InputError, query_kind: str = "", prefix: str = "") -> InputError:
+        name = exc.field
+        if name.startswith("mask_urls"):
+            name = name.replace("mask_urls", f"{prefix}prompt.masks" if query_kind == "masks"
+                                else "objects", 1)
+        elif name.startswith(("box_prompts", "point_prompts")):
+            name = rename_field(name, f"{prefix}prompt")
+        elif name == "prompt":
+            name = f"{prefix}prompt.text"
+        elif name == "image_url" and not prefix:
+            name = "image"
+        elif name == "pointmap_url" and not prefix:
+            name = "depth"
+        return InputError(name, exc.reason)
+
+    def _assign_ids(
+        self, objects: Sequence[ObjectReconstruction], masks: Sequence[Any],
+        explicit: Mapping[int, int],
+    ) -> List[ObjectReconstruction]:
+        centres = [np.asarray(o.translation, dtype=np.float64) for o in objects]
+        given = [explicit.get(int(o.object_id)) for o in objects]
+        with self._tracker_lock:
+            if self._tracker is None:
+                ids = [int(o.object_id) for o in objects]
+            else:
+                ids = self._tracker.assign(centres, given)
+        return [dataclasses.replace(o, object_id=int(i), object_index=k)
+                for k, (o, i) in enumerate(zip(objects, ids, strict=True))]
+
+    def _runs_dir(self) -> Path:
+        configured = self._p("output_dir")
+        if configured:
+            return Path(os.path.expanduser(configured))
+        ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+        return Path(ros_home) / "sam3d_runs"
+
+    def _write_run(self, kind: str, request: Dict[str, Any], frame: Frame,
+                   objects: Sequence[ObjectReconstruction]) -> Dict[str, Any]:
+        from .export import write_run
+
+        base = self._runs_dir()
+        with self._lock:
+            self._run_counter += 1
+            counter = self._run_counter
+        now = time.time()
+        name = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+                + f"_{int((now % 1) * 1e6):06d}_{counter}")
+        result = write_run(base / f"{kind}_{name}", request, frame, objects)
+        prune_runs(base, int(self._p("max_runs_kept")))
+        return result
+
+    # ---------------------------------------------------------------- publishing
+
+    def _publish(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
+                 timings: Dict[str, float], result: Optional[Dict[str, Any]],
+                 total_s: float) -> None:
+        header = cam.header
+        if not header.frame_id:
+            self._warn_once("empty_frame_id",
+                            "the image header has an empty frame_id; outputs and TF need one")
+        if self._p("publish_tf") and self._pub_tf is not None:
+            self._pub_tf.publish(out.tf_msg(header, objects, self._p("tf_prefix")))
+            now = self.get_clock().now().nanoseconds * 1e-9
+            self._latency.add("frame_to_tf", now - stamp_seconds(header))
+        self._latency.add("receive_to_publish", total_s)
+        for stage, seconds in timings.items():
+            self._latency.add(stage, seconds)
+        if _has_subscribers(self._pub_detections):
+            self._pub_detections.publish(out.detections_msg(header, objects))
+        if _has_subscribers(self._pub_objects):
+            self._pub_objects.publish(out.objects_array_msg(
+                header, objects, timings, self._engine.segmenter.name,
+                self._engine.reconstructor.name, result, cam.frame.camera_pose, total_s))
+        if self._pub_markers is not None:
+            with self._lock:
+                previous, self._marker_ids = self._marker_ids, [o.object_id for o in objects]
+            if _has_subscribers(self._pub_markers):
+                self._pub_markers.publish(out.markers_msg(
+                    header, objects, previous, int(self._p("marker_max_triangles"))))
+        if _has_subscribers(self._pub_points):
+            self._pub_points.publish(
+                out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
+        if _has_subscribers(self._pub_debug):
+            from .conversions import numpy_to_image
+
+            img = out.debug_image(cam.frame.rgb, objects, cam.frame.intrinsics)
+            self._pub_debug.publish(numpy_to_image(img, "rgb8", header))
+
+    # ---------------------------------------------------------------- action
+
+    def _execute_goal(self, goal: Any, progress: Callable[[str, float, str], None],
+                      cancelled: Callable[[], bool]) -> Any:
+        result = Reconstruct.Result()
+        if self._state != "active":
+            result.error = f"node: not active (state {self._state}); activate it first"
+            return result
+        timings: Dict[str, float] = {}
+        query_kind = ""
+        try:
+            progress("load", 0.0, "reading inputs")
+            t0 = time.monotonic()
+            seed = self._seed(goal.seed if goal.seed >= 0 else None,
+                              goal.prompt.seed if goal.prompt.seed >= 0 else None)
+            cam: Optional[CameraFrame] = None
+            explicit: Dict[int, int] = {}
+            if goal.image_uri:
+                parsed = parse_request(self._goal_request(goal, seed), None,
+                                       self._engine.input_options)
+                for warning in parsed.warnings:
+                    progress("load", 0.05, f"warning: {warning}")
+                frame, query = parsed.frame, parsed.query
+                request = parsed.request
+            else:
+                if goal.use_latest_frame:
+                    with self._lock:
+                        latest = self._latest
+                    if latest is None:
+                        raise InputError(
+                            "image", "no synchronised camera frame received yet (image, depth "
+                            "and camera_info within sync_slop_s); or set use_latest_frame "
+                            "false and give image/depth/camera_info")
+                    cam = build_camera_frame(latest.image, latest.depth, latest.camera_info,
+                                             warn=self._warn_once)
+                else:
+                    depth = goal.depth if goal.depth.width and goal.depth.height else None
+                    cam = build_camera_frame(goal.image, depth, goal.camera_info, "goal.",
+                                             warn=self._warn_once)
+                frame = cam.frame
+                query, explicit = query_from_prompt(goal.prompt, frame.width, frame.height,
+                                                    "goal.prompt")
+                request = {"source": "ros_goal", "frame_id": cam.header.frame_id,
+                           "stamp": stamp_seconds(cam.header), "seed": seed,
+                           **prompt_request(goal.prompt)}
+            query_kind = _kind(query)
+            timings["load"] = time.monotonic() - t0
+            progress("load", 0.1, f"inputs ready ({frame.width}x{frame.height})")
+            with self._engine_lock:
+                res = self._engine.process(frame, query, seed, progress, cancelled, timings)
+            objects = (self._assign_ids(res.objects, res.masks, explicit) if cam is not None
+                       else list(res.objects))
+            if cancelled():
+                raise Cancelled("cancelled before export")
+            hosted = None
+            if goal.write_artifacts:
+                progress("export", 0.9, "writing artifacts")
+                t_export = time.monotonic()
+                hosted = self._write_run("goal", request, frame, objects)
+                timings["export"] = time.monotonic() - t_export
+                progress("export", 1.0, f"export done in {timings['export']:.2f} s")
+            header = cam.header if cam is not None else Header(
+                frame_id=goal.camera_info.header.frame_id or goal.image.header.frame_id,
+                stamp=self.get_clock().now().to_msg())
+            total = time.monotonic() - t0
+            result.objects = out.objects_array_msg(
+                header, objects, timings, self._engine.segmenter.name,
+                self._engine.reconstructor.name, hosted, frame.camera_pose, total)
+            result.artifacts = out.artifacts_msg(hosted)
+            if cam is not None:
+                self._publish(cam, objects, timings, hosted, total)
+            with self._lock:
+                self._stats["goals"] += 1
+            progress("done", 1.0, f"{len(objects)} object(s) in {total:.2f} s")
+            return result
+        except Cancelled:
+            raise
+        except InputError as exc:
+            err = self._ros_field(exc, query_kind, "" if goal.image_uri else "goal.")
+            self._input_error(err)
+            result.error = f"{err.field}: {err.reason}"
+        except Sam3dError as exc:
+            self._set_error("backend", str(exc))
+            result.error = f"backend: {exc}"
+        return result
+
+    def _goal_request(self, goal: Any, seed: int) -> Dict[str, Any]:
+        if goal.prompt.masks:
+            raise InputError("prompt.masks", "with image_uri give masks as mask_uris")
+        request: Dict[str, Any] = {"image_url": goal.image_uri, "seed": seed,
+                                   **prompt_request(goal.prompt)}
+        request.pop("mask_count", None)
+        for item in request.get("point_prompts", []) + request.get("box_prompts", []):
+            item.setdefault("object_id", None)
+        if goal.pointmap_uri:
+            request["pointmap_url"] = goal.pointmap_uri
+        if goal.mask_uris:
+            request["mask_urls"] = list(goal.mask_uris)
+        info = goal.camera_info
+        if info.width and info.height and any(info.k):
+            from .conversions import intrinsics_from_camera_info
+
+            k = intrinsics_from_camera_info(info, "camera_info")
+            request["intrinsics"] = {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
+        return request
+
+    # ---------------------------------------------------------------- errors & diagnostics
+
+    def _reset_stats(self) -> None:
+        self._stats = {"images": 0, "synced": 0, "processed": 0, "failed": 0, "goals": 0}
+        self._image_rate = out.RateMeter()
+        self._processed_rate = out.RateMeter()
+        self._latency = out.LatencyStats()
+        self._last_error = ""
+        self._last_error_field = ""
+        self._last_error_time = 0.0
+        self._last_ok = 0.0
+        self._last_synced = 0.0
+        self._frame_failed = False
+        self._qos_problem = ""
+        self._run_counter = 0
+        self._activated_at = time.monotonic()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned_once:
+            self._warned_once.add(key)
+            self.get_logger().warning(message)
+
+    def _warn_throttled(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        period = float(self._p("warn_throttle_s"))
+        if now - self._warn_times.get(key, -1e9) >= period:
+            self._warn_times[key] = now
+            self.get_logger().warning(message)
+
+    def _set_error(self, field_name: str, reason: str) -> None:
+        with self._lock:
+            self._last_error = f"{field_name}: {reason}"
+            self._last_error_field = field_name
+            self._last_error_time = time.monotonic()
+            self._stats["failed"] += 1
+            self._frame_failed = True
+        self._publish_diagnostics()
+
+    def _input_error(self, exc: InputError) -> None:
+        # Throttled per field and kind of reason (numbers in the reason do not count).
+        key = f"input:{exc.field}:{re.sub(r'[0-9.]+', '#', exc.reason)}"
+        self._warn_throttled(key, f"bad input: {exc.field}: {exc.reason}")
+        self._set_error(exc.field, exc.reason)
+
+    def _publish_diagnostics(self) -> None:
+        if self._pub_diag is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            stats = dict(self._stats)
+            last_error, error_field = self._last_error, self._last_error_field
+            error_age = now - self._last_error_time if self._last_error_time else None
+            failed_last = self._frame_failed
+            last_synced = self._last_synced
+        drops = self._slot.drops
+        unmatched = self._sync.unmatched if self._sync is not None else 0
+        level, message = "OK", self._state
+        if self._state == "active":
+            idle = now - max(last_synced, self._activated_at)
+            if self._qos_problem:
+                level, message = "WARN", self._qos_problem
+            elif self._p("continuous") and idle > float(self._p("input_timeout_s")):
+                level, message = "WARN", f"no synchronised camera frame for {idle:.1f} s"
+            else:
+                message = "processing"
+        if failed_last and last_error:
+            level, message = "ERROR", last_error
+        values: Dict[str, Any] = {
+            "state": self._state,
+            "segmentation_backend": self._p("segmentation_backend"),
+            "reconstruction_backend": self._p("reconstruction_backend"),
+            "device": self._p("device"),
+            "backend_state": self._backend_state,
+            "camera_qos_reliability": self._p("camera_qos_reliability"),
+            "input_rate_hz": self._image_rate.rate(now),
+            "processed_rate_hz": self._processed_rate.rate(now),
+            "frames_received": stats["images"],
+            "frames_synchronised": stats["synced"],
+            "frames_processed": stats["processed"],
+            "frames_dropped": drops,
+            "frames_unmatched": unmatched,
+            "failures": stats["failed"],
+            "goals_done": stats["goals"],
+            "goals_queued": self._action.queue_length if self._action is not None else 0,
+        }
+        for name, (_last, p50, p95) in sorted(self._latency.summary().items()):
+            values[f"latency_{name}_ms_p50"] = 1000.0 * p50
+            values[f"latency_{name}_ms_p95"] = 1000.0 * p95
+        values["last_error"] = last_error
+        values["last_error_field"] = error_field
+        values["last_error_age_s"] = "" if error_age is None else f"{error_age:.1f}"
+        msg = out.diagnostics_msg(self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
+                                  self.get_fully_qualified_name(), level, message, values)
+        with self._diag_lock:
+            self._pub_diag.publish(msg)
+
+    def _destroy_configured(self) -> None:
+        for attr in ("_pub_objects", "_pub_detections", "_pub_markers", "_pub_points",
+                     "_pub_debug", "_pub_tf"):
+            pub = getattr(self, attr)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, attr, None)
+        if self._sub_prompt is not None:
+            self.destroy_subscription(self._sub_prompt)
+            self._sub_prompt = None
+        if self._action is not None:
+            self._action.destroy()
+            self._action = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        self._engine = None
+        self._tracker = None
+        self._backend_state = "not loaded"
+
+
+def _kind(query: Optional[SegmentationQuery]) -> str:
+    if query is None:
+        return ""
+    if query.masks:
+        return "masks"
+    if query.objects:
+        return "prompts"
+    return "text" if query.text else "auto"
+
+
+def _has_subscribers(pub: Any) -> bool:
+    return pub is not None and pub.get_subscription_count() > 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the node (``ros2 run sam3d_ros sam3d_node``); returns the exit status."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = Sam3dNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    status = 0
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: configure failed; staying unconfigured")
+            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: activate failed; staying inactive")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+__all__ = [
+    "ApproxTimeSync",
+    "CameraFrame",
+    "CameraIntrinsics",
+    "LatestSlot",
+    "NODE_NAME",
+    "PARAMS",
+    "Sam3dNode",
+    "build_camera_frame",
+    "main",
+    "prune_runs",
+    "query_from_prompt",
+]

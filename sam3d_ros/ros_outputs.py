@@ -1,0 +1,716 @@
+"""Build the node's output messages from core results: pure functions, no ROS graph needed.
+
+Every function takes plain core objects (:class:`~sam3d_ros.types.ObjectReconstruction`, numpy
+arrays, the hosted result dict) plus a ``std_msgs/Header`` and returns a message, so each output
+can be tested by building it directly. The node (:mod:`sam3d_ros.node`) only decides *when* to
+publish.
+
+Frames and units follow :mod:`sam3d_ros.conventions`: every output is in the frame of the source
+image's header (the camera optical frame), metres, quaternions ``[x, y, z, w]``. The object frame
+of object *i* is its pose (``translation``, ``rotation``); the mesh of a
+``ReconstructedObject`` and of a mesh marker is in that frame, in metres: canonical vertices
+times ``scale`` (``p_object = scale ⊙ p_canonical``, ``p_camera = R(q) p_object + t``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import json
+import math
+import time
+from typing import (
+    Any,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, TransformStamped, Vector3
+from shape_msgs.msg import Mesh as MeshMsg
+from shape_msgs.msg import MeshTriangle
+from std_msgs.msg import ColorRGBA, Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+from visualization_msgs.msg import Marker, MarkerArray
+
+from . import conventions as cv
+from .msg import (
+    ArtifactFile,
+    Artifacts,
+    ReconstructedObject,
+    ReconstructedObjectArray,
+    StageTiming,
+)
+from .types import CameraIntrinsics, ObjectReconstruction
+
+MESH_NS = "sam3d_meshes"
+"""Marker namespace of the per-object TRIANGLE_LIST meshes (marker id = object id)."""
+LABEL_NS = "sam3d_labels"
+"""Marker namespace of the per-object TEXT_VIEW_FACING labels (marker id = object id)."""
+
+_PALETTE = np.array(
+    [
+        (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+        (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+        (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195),
+        (128, 128, 0),
+    ],
+    dtype=np.uint8,
+)
+
+
+def object_color(object_id: int) -> Tuple[int, int, int]:
+    """A distinct RGB colour (0..255) per object id, the same in markers and the debug image."""
+    return tuple(int(c) for c in _PALETTE[int(object_id) % len(_PALETTE)])
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def pose_msg(rotation_xyzw: Sequence[float], translation: Sequence[float]) -> Pose:
+    """``geometry_msgs/Pose`` of an ``[x, y, z, w]`` rotation and a translation (metres)."""
+    q = cv.quat_canonical(np.asarray(rotation_xyzw, dtype=np.float64).reshape(4))
+    t = np.asarray(translation, dtype=np.float64).reshape(3)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
+    (pose.orientation.x, pose.orientation.y, pose.orientation.z,
+     pose.orientation.w) = (float(v) for v in q)
+    return pose
+
+
+def object_pose(obj: ObjectReconstruction) -> Pose:
+    """Pose of the object frame in the camera frame."""
+    return pose_msg(obj.rotation, obj.translation)
+
+
+def object_size(obj: ObjectReconstruction) -> np.ndarray:
+    """Oriented-box extents (metres) along the object axes.
+
+    ``extents`` when the backend gave them, else the extent of the mesh in the object frame.
+    """
+    if obj.extents is not None:
+        return np.asarray(obj.extents, dtype=np.float64).reshape(3)
+    v = object_vertices_m(obj)
+    return np.ptp(v, axis=0) if len(v) else np.zeros(3)
+
+
+def object_vertices_m(obj: ObjectReconstruction) -> np.ndarray:
+    """Mesh vertices in the object frame, metres (canonical vertices times ``scale``), V×3."""
+    v = np.asarray(obj.mesh.vertices, dtype=np.float64).reshape(-1, 3)
+    return v * cv.scale_vector(obj.scale)[None, :]
+
+
+def _vec3(values: Iterable[float]) -> Vector3:
+    x, y, z = (float(v) for v in values)
+    return Vector3(x=x, y=y, z=z)
+
+
+def _has_slots(cls: Any, fields: Sequence[str]) -> bool:
+    slots = getattr(cls, "__slots__", ())
+    return all(f"_{f}" in slots for f in fields) and "_check_fields" in slots
+
+
+# Meshes have thousands of vertices; the generated constructors validate every field of every
+# element (~10 µs per colour), which costs more than reconstructing a small object. Where the
+# generated classes have the usual slot layout, elements are built by filling the slots with
+# values that already have the exact field types (Python floats, numpy uint32 rows).
+_FAST = (_has_slots(Point, ("x", "y", "z")) and _has_slots(ColorRGBA, ("r", "g", "b", "a"))
+         and _has_slots(MeshTriangle, ("vertex_indices",)))
+
+
+def _make_point(x: float, y: float, z: float) -> Point:
+    p = Point.__new__(Point)
+    p._x = x
+    p._y = y
+    p._z = z
+    p._check_fields = False
+    return p
+
+
+def _make_color(r: float, g: float, b: float, a: float) -> ColorRGBA:
+    c = ColorRGBA.__new__(ColorRGBA)
+    c._r = r
+    c._g = g
+    c._b = b
+    c._a = a
+    c._check_fields = False
+    return c
+
+
+def _make_triangle(indices: np.ndarray) -> MeshTriangle:
+    t = MeshTriangle.__new__(MeshTriangle)
+    t._vertex_indices = indices
+    t._check_fields = False
+    return t
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small message objects.
+
+    Each allocation burst would otherwise trigger collections that walk the whole heap (the
+    backends keep large object graphs), which costs more than building the objects.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _points(array: np.ndarray) -> List[Point]:
+    rows = np.asarray(array, dtype=np.float64).reshape(-1, 3).tolist()
+    with _no_gc():
+        if _FAST:
+            return [_make_point(x, y, z) for x, y, z in rows]
+        return [Point(x=x, y=y, z=z) for x, y, z in rows]
+
+
+def _colors(rgb: np.ndarray, alpha: float = 1.0) -> List[ColorRGBA]:
+    c = (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0).tolist()
+    a = float(alpha)
+    with _no_gc():
+        if _FAST:
+            return [_make_color(r, g, b, a) for r, g, b in c]
+        return [ColorRGBA(r=r, g=g, b=b, a=a) for r, g, b in c]
+
+
+def _triangles(faces: np.ndarray) -> List[MeshTriangle]:
+    f = np.ascontiguousarray(np.asarray(faces, dtype=np.int64).reshape(-1, 3), dtype=np.uint32)
+    with _no_gc():
+        if _FAST:
+            return [_make_triangle(row) for row in f]
+        return [MeshTriangle(vertex_indices=row) for row in f]
+
+
+def _stamp_seconds(header: Header) -> float:
+    return header.stamp.sec + 1e-9 * header.stamp.nanosec
+
+
+# --------------------------------------------------------------------------------------------
+# ReconstructedObjectArray
+
+
+def mesh_msg(obj: ObjectReconstruction) -> MeshMsg:
+    """``shape_msgs/Mesh`` of the object's surface in the object frame, metres."""
+    msg = MeshMsg()
+    msg.vertices = _points(object_vertices_m(obj))
+    msg.triangles = _triangles(obj.mesh.faces)
+    return msg
+
+
+def reconstructed_object_msg(
+    obj: ObjectReconstruction, mesh_uri: str = "", splat_uri: str = ""
+) -> ReconstructedObject:
+    """One ``ReconstructedObject``: id, index, label, score, pose, scale, size, mesh, colours."""
+    msg = ReconstructedObject()
+    msg.id = int(obj.object_id)
+    msg.object_index = int(obj.object_index)
+    msg.label = str(obj.label)
+    msg.score = float(obj.score)
+    msg.pose = object_pose(obj)
+    msg.scale = _vec3(cv.scale_vector(obj.scale))
+    msg.size = _vec3(object_size(obj))
+    msg.mesh = mesh_msg(obj)
+    msg.vertex_colors = _colors(obj.mesh.colors)
+    msg.mesh_uri = mesh_uri
+    msg.splat_uri = splat_uri
+    return msg
+
+
+def _file_msg(entry: Optional[Mapping[str, Any]]) -> ArtifactFile:
+    msg = ArtifactFile()
+    if entry:
+        msg.url = str(entry.get("url", ""))
+        msg.content_type = str(entry.get("content_type", ""))
+        msg.file_name = str(entry.get("file_name", ""))
+        msg.file_size = int(entry.get("file_size", 0))
+    return msg
+
+
+def artifacts_msg(result: Optional[Mapping[str, Any]]) -> Artifacts:
+    """``Artifacts`` of a hosted result dict (as written by :func:`sam3d_ros.export.write_run`).
+
+    ``None`` (nothing written) gives an empty message. ``result_json`` is the whole dict as JSON.
+    """
+    msg = Artifacts()
+    if not result:
+        return msg
+    msg.gaussian_splat = _file_msg(result.get("gaussian_splat"))
+    msg.model_glb = _file_msg(result.get("model_glb"))
+    msg.individual_splats = [_file_msg(e) for e in result.get("individual_splats", [])]
+    msg.individual_glbs = [_file_msg(e) for e in result.get("individual_glbs", [])]
+    msg.artifacts_zip = _file_msg(result.get("artifacts_zip"))
+    msg.result_json = json.dumps(result, sort_keys=True, default=_json_default)
+    return msg
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def timings_msgs(timings: Mapping[str, float], total: Optional[float] = None) -> List[StageTiming]:
+    """``StageTiming`` per stage, in pipeline order, then ``total`` when given."""
+    order = ["load", "segment", "reconstruct", "export"]
+    keys = [k for k in order if k in timings] + sorted(k for k in timings if k not in order)
+    out = [StageTiming(stage=k, seconds=float(timings[k])) for k in keys if k != "total"]
+    if total is None and "total" in timings:
+        total = timings["total"]
+    if total is not None:
+        out.append(StageTiming(stage="total", seconds=float(total)))
+    return out
+
+
+def objects_array_msg(
+    header: Header,
+    objects: Sequence[ObjectReconstruction],
+    timings: Optional[Mapping[str, float]] = None,
+    segmentation_backend: str = "",
+    reconstruction_backend: str = "",
+    result: Optional[Mapping[str, Any]] = None,
+    camera_pose: Optional[np.ndarray] = None,
+    total_s: Optional[float] = None,
+) -> ReconstructedObjectArray:
+    """``ReconstructedObjectArray`` of one frame's objects.
+
+    Args:
+        header: the source image's header (stamp and optical frame).
+        objects: reconstructions whose ``object_id`` already is the stable (tracked) id.
+        timings: seconds per stage.
+        segmentation_backend, reconstruction_backend: backend names.
+        result: hosted result dict when artifacts were written; per-object URIs and
+            ``artifacts`` come from it.
+        camera_pose: 4×4 camera-to-world (identity when ``None``).
+        total_s: wall time of the whole frame, reported as stage ``total``.
+    """
+    msg = ReconstructedObjectArray()
+    msg.header = header
+    glbs = list((result or {}).get("individual_glbs", []))
+    splats = list((result or {}).get("individual_splats", []))
+    for i, obj in enumerate(objects):
+        msg.objects.append(
+            reconstructed_object_msg(
+                obj,
+                mesh_uri=str(glbs[i]["url"]) if i < len(glbs) else "",
+                splat_uri=str(splats[i]["url"]) if i < len(splats) else "",
+            )
+        )
+    pose = np.eye(4) if camera_pose is None else np.asarray(camera_pose, dtype=np.float64)
+    msg.camera_pose = pose_msg(cv.matrix_to_quat(pose[:3, :3]), pose[:3, 3])
+    msg.timings = timings_msgs(timings or {}, total_s)
+    msg.segmentation_backend = segmentation_backend
+    msg.reconstruction_backend = reconstruction_backend
+    msg.artifacts = artifacts_msg(result)
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Detections and TF
+
+
+def detections_msg(header: Header, objects: Sequence[ObjectReconstruction]) -> Detection3DArray:
+    """``vision_msgs/Detection3DArray``: id = str(object id), bbox = oriented box, pose."""
+    msg = Detection3DArray()
+    msg.header = header
+    for obj in objects:
+        det = Detection3D()
+        det.header = header
+        det.id = str(int(obj.object_id))
+        pose = object_pose(obj)
+        det.bbox.center = pose
+        det.bbox.size = _vec3(object_size(obj))
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = str(obj.label)
+        hyp.hypothesis.score = float(obj.score)
+        hyp.pose.pose = pose
+        det.results.append(hyp)
+        msg.detections.append(det)
+    return msg
+
+
+def tf_msg(
+    header: Header, objects: Sequence[ObjectReconstruction], prefix: str = "sam3d_object_"
+) -> TFMessage:
+    """``tf2_msgs/TFMessage``: one transform per object, child frame ``<prefix><id>``."""
+    msg = TFMessage()
+    for obj in objects:
+        tr = TransformStamped()
+        tr.header = header
+        tr.child_frame_id = f"{prefix}{int(obj.object_id)}"
+        pose = object_pose(obj)
+        tr.transform.translation.x = pose.position.x
+        tr.transform.translation.y = pose.position.y
+        tr.transform.translation.z = pose.position.z
+        tr.transform.rotation = pose.orientation
+        msg.transforms.append(tr)
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Markers
+
+
+def _decimate_faces(faces: np.ndarray, max_triangles: int) -> np.ndarray:
+    if max_triangles <= 0 or len(faces) <= max_triangles:
+        return faces
+    keep = np.linspace(0, len(faces) - 1, max_triangles).round().astype(np.int64)
+    return faces[keep]
+
+
+def mesh_marker(
+    header: Header,
+    obj: ObjectReconstruction,
+    max_triangles: int = 0,
+    lifetime_s: float = 0.0,
+) -> Marker:
+    """TRIANGLE_LIST marker of the object's mesh with per-vertex colours, in the object frame.
+
+    ``max_triangles`` > 0 keeps an evenly spaced subset of the triangles (a preview for RViz;
+    the full mesh is in ``~/objects``).
+    """
+    marker = Marker()
+    marker.header = header
+    marker.ns = MESH_NS
+    marker.id = int(obj.object_id)
+    marker.type = Marker.TRIANGLE_LIST
+    marker.action = Marker.ADD
+    marker.pose = object_pose(obj)
+    marker.scale = Vector3(x=1.0, y=1.0, z=1.0)
+    marker.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+    marker.lifetime = _duration(lifetime_s)
+    faces = _decimate_faces(np.asarray(obj.mesh.faces, dtype=np.int64).reshape(-1, 3),
+                            int(max_triangles))
+    corners = faces.reshape(-1)
+    marker.points = _points(object_vertices_m(obj)[corners])
+    colors = np.asarray(obj.mesh.colors, dtype=np.uint8).reshape(-1, 3)
+    marker.colors = _colors(colors[corners])
+    return marker
+
+
+def label_marker(
+    header: Header, obj: ObjectReconstruction, lifetime_s: float = 0.0
+) -> Marker:
+    """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box (camera −y)."""
+    marker = Marker()
+    marker.header = header
+    marker.ns = LABEL_NS
+    marker.id = int(obj.object_id)
+    marker.type = Marker.TEXT_VIEW_FACING
+    marker.action = Marker.ADD
+    size = object_size(obj)
+    t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
+    above = t + np.array([0.0, -(0.5 * float(np.max(size)) + 0.03), 0.0])
+    marker.pose = pose_msg([0.0, 0.0, 0.0, 1.0], above)
+    marker.scale = Vector3(x=0.0, y=0.0, z=0.03)
+    r, g, b = object_color(obj.object_id)
+    marker.color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
+    marker.text = object_text(obj)
+    marker.lifetime = _duration(lifetime_s)
+    return marker
+
+
+def object_text(obj: ObjectReconstruction) -> str:
+    """Label text of an object: ``"<id>"`` or ``"<id> <label>"``."""
+    return f"{int(obj.object_id)} {obj.label}".strip()
+
+
+def _duration(seconds: float) -> Duration:
+    seconds = max(0.0, float(seconds))
+    sec = int(math.floor(seconds))
+    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+def markers_msg(
+    header: Header,
+    objects: Sequence[ObjectReconstruction],
+    previous_ids: Iterable[int] = (),
+    max_triangles: int = 0,
+    lifetime_s: float = 0.0,
+) -> MarkerArray:
+    """Mesh + label markers per object; DELETE markers for ``previous_ids`` not seen now."""
+    msg = MarkerArray()
+    current = {int(o.object_id) for o in objects}
+    for obj in objects:
+        msg.markers.append(mesh_marker(header, obj, max_triangles, lifetime_s))
+        msg.markers.append(label_marker(header, obj, lifetime_s))
+    for gone in sorted(set(int(i) for i in previous_ids) - current):
+        for ns in (MESH_NS, LABEL_NS):
+            marker = Marker()
+            marker.header = header
+            marker.ns = ns
+            marker.id = gone
+            marker.action = Marker.DELETE
+            msg.markers.append(marker)
+    return msg
+
+
+def delete_all_markers(header: Header) -> MarkerArray:
+    """A MarkerArray that clears every marker of this publisher (DELETEALL)."""
+    marker = Marker()
+    marker.header = header
+    marker.action = Marker.DELETEALL
+    return MarkerArray(markers=[marker])
+
+
+# --------------------------------------------------------------------------------------------
+# Point cloud
+
+
+def object_points(
+    points: Optional[np.ndarray],
+    rgb: np.ndarray,
+    objects: Sequence[ObjectReconstruction],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The valid 3D points of every object's mask: (N×3 float32, N×3 uint8, N int32 index).
+
+    The index is the object's position in ``objects`` (its ``object_index`` in the array). A
+    pixel in two masks is given to the first object.
+    """
+    if points is None or not objects:
+        return (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
+                np.zeros((0,), np.int32))
+    taken = np.zeros(points.shape[:2], dtype=bool)
+    valid = np.isfinite(points).all(axis=2)
+    xyz, col, idx = [], [], []
+    for i, obj in enumerate(objects):
+        mask = np.asarray(obj.mask, dtype=bool) & valid & ~taken
+        taken |= mask
+        xyz.append(points[mask].astype(np.float32))
+        col.append(np.asarray(rgb)[mask].astype(np.uint8))
+        idx.append(np.full(int(mask.sum()), i, dtype=np.int32))
+    return np.concatenate(xyz), np.concatenate(col), np.concatenate(idx)
+
+
+def points_msg(
+    header: Header,
+    points: Optional[np.ndarray],
+    rgb: np.ndarray,
+    objects: Sequence[ObjectReconstruction],
+):
+    """``sensor_msgs/PointCloud2`` (x y z rgb object_index) of the segmented object pixels."""
+    from .conversions import pointcloud2_from_arrays
+
+    xyz, col, idx = object_points(points, rgb, objects)
+    return pointcloud2_from_arrays(header, xyz, col, idx)
+
+
+# --------------------------------------------------------------------------------------------
+# Debug image (numpy drawing; labels rendered with Pillow's built-in bitmap font)
+
+
+def _blend(img: np.ndarray, mask: np.ndarray, color: Sequence[int], alpha: float) -> None:
+    c = np.asarray(color, dtype=np.float32)
+    img[mask] = (img[mask].astype(np.float32) * (1.0 - alpha) + c * alpha).astype(np.uint8)
+
+
+def draw_rectangle(
+    img: np.ndarray, box: Tuple[int, int, int, int], color: Sequence[int], thickness: int = 2
+) -> None:
+    """Draw the outline of an inclusive pixel box ``(x0, y0, x1, y1)`` in place."""
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, x1 = max(0, min(x0, w - 1)), max(0, min(x1, w - 1))
+    y0, y1 = max(0, min(y0, h - 1)), max(0, min(y1, h - 1))
+    t = max(1, int(thickness))
+    img[y0:min(y0 + t, y1 + 1), x0:x1 + 1] = color
+    img[max(y1 - t + 1, y0):y1 + 1, x0:x1 + 1] = color
+    img[y0:y1 + 1, x0:min(x0 + t, x1 + 1)] = color
+    img[y0:y1 + 1, max(x1 - t + 1, x0):x1 + 1] = color
+
+
+def draw_line(
+    img: np.ndarray,
+    p0: Tuple[float, float],
+    p1: Tuple[float, float],
+    color: Sequence[int],
+    thickness: int = 2,
+) -> None:
+    """Draw a segment between pixel positions ``(u, v)`` in place (clipped to the image)."""
+    h, w = img.shape[:2]
+    (u0, v0), (u1, v1) = p0, p1
+    if not all(math.isfinite(x) for x in (u0, v0, u1, v1)):
+        return
+    n = int(min(4 * (h + w), max(abs(u1 - u0), abs(v1 - v0)) + 1)) + 1
+    s = np.linspace(0.0, 1.0, n)
+    us = np.rint(u0 + (u1 - u0) * s).astype(np.int64)
+    vs = np.rint(v0 + (v1 - v0) * s).astype(np.int64)
+    r = max(0, int(thickness) // 2)
+    for du in range(-r, r + 1):
+        for dv in range(-r, r + 1):
+            uu, vv = us + du, vs + dv
+            ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            img[vv[ok], uu[ok]] = color
+
+
+def draw_text(img: np.ndarray, xy: Tuple[int, int], text: str, color: Sequence[int]) -> None:
+    """Draw ``text`` with its top-left corner at pixel ``xy`` on a dark backing box, in place."""
+    from PIL import ImageFont
+
+    if not text:
+        return
+    font = ImageFont.load_default()
+    glyphs = font.getmask(text)
+    gw, gh = glyphs.size
+    if gw == 0 or gh == 0:
+        return
+    alpha = np.asarray(glyphs, dtype=np.uint8).reshape(gh, gw) > 0
+    h, w = img.shape[:2]
+    x, y = int(xy[0]), int(xy[1])
+    x = max(0, min(x, w - gw - 2))
+    y = max(0, min(y, h - gh - 2))
+    y1, x1 = min(h, y + gh + 2), min(w, x + gw + 2)
+    img[y:y1, x:x1] = (img[y:y1, x:x1].astype(np.float32) * 0.35).astype(np.uint8)
+    sub = alpha[: max(0, y1 - y - 1), : max(0, x1 - x - 1)]
+    region = img[y + 1:y + 1 + sub.shape[0], x + 1:x + 1 + sub.shape[1]]
+    region[sub] = color
+
+
+def debug_image(
+    rgb: np.ndarray,
+    objects: Sequence[ObjectReconstruction],
+    intrinsics: Optional[CameraIntrinsics],
+    mask_alpha: float = 0.45,
+) -> np.ndarray:
+    """The image with each object's mask, box, projected axes and ``"<id> <label>"``.
+
+    Axes: x red, y green, z blue, from the object's centre, half its largest extent long.
+    Returns a new H×W×3 uint8 RGB image.
+    """
+    img = np.array(rgb, dtype=np.uint8, copy=True)
+    for obj in objects:
+        mask = np.asarray(obj.mask, dtype=bool)
+        if mask.shape != img.shape[:2]:
+            continue
+        color = object_color(obj.object_id)
+        _blend(img, mask, color, mask_alpha)
+    for obj in objects:
+        mask = np.asarray(obj.mask, dtype=bool)
+        if mask.shape != img.shape[:2] or not mask.any():
+            continue
+        color = object_color(obj.object_id)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+        draw_rectangle(img, box, color)
+        if intrinsics is not None:
+            t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
+            r = cv.quat_to_matrix(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
+            length = 0.5 * float(np.max(object_size(obj)))
+            ends = np.vstack([t, t + length * r.T])  # rows: centre, centre + length * axis_k
+            u, v = cv.project(ends, intrinsics)
+            for k, axis_color in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
+                draw_line(img, (u[0], v[0]), (u[k + 1], v[k + 1]), axis_color)
+        draw_text(img, (box[0], box[1] - 13), object_text(obj), color)
+    return img
+
+
+# --------------------------------------------------------------------------------------------
+# Diagnostics
+
+
+class RateMeter:
+    """Events per second over a sliding window (``window_s``) of event times."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = float(window_s)
+        self._times: Deque[float] = collections.deque()
+        self.count = 0
+
+    def tick(self, now: Optional[float] = None) -> None:
+        """Record one event at ``now`` (monotonic seconds)."""
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        self.count += 1
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: Optional[float] = None) -> float:
+        """Events per second in the window ending at ``now``."""
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], self._times[-1] - self._times[0])
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class LatencyStats:
+    """Last, p50 and p95 of the most recent ``size`` samples of named latencies (seconds)."""
+
+    def __init__(self, size: int = 200) -> None:
+        self._samples: Dict[str, Deque[float]] = {}
+        self._size = int(size)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Record one sample."""
+        self._samples.setdefault(name, collections.deque(maxlen=self._size)).append(
+            float(seconds))
+
+    def summary(self) -> Dict[str, Tuple[float, float, float]]:
+        """``{name: (last, p50, p95)}`` in seconds."""
+        out = {}
+        for name, values in self._samples.items():
+            if values:
+                arr = np.asarray(values)
+                out[name] = (float(arr[-1]), float(np.percentile(arr, 50)),
+                             float(np.percentile(arr, 95)))
+        return out
+
+
+LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
+          "ERROR": DiagnosticStatus.ERROR, "STALE": DiagnosticStatus.STALE}
+
+
+def _level_byte(level: Any) -> bytes:
+    if isinstance(level, bytes):
+        return level
+    if isinstance(level, str):
+        level = LEVELS[level.upper()]
+    return bytes([int.from_bytes(level, "little") if isinstance(level, bytes) else int(level)])
+
+
+def diagnostics_msg(
+    stamp: Any,
+    name: str,
+    hardware_id: str,
+    level: Any,
+    message: str,
+    values: Mapping[str, Any],
+) -> DiagnosticArray:
+    """A ``DiagnosticArray`` with one status; values are formatted as strings in given order."""
+    status = DiagnosticStatus()
+    status.level = _level_byte(level)
+    status.name = name
+    status.hardware_id = hardware_id
+    status.message = message
+    status.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [status]
+    return array
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

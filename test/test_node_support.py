@@ -1,0 +1,278 @@
+"""Shared helpers of the node tests (no tests here): run the installed node, talk to it.
+
+The node runs as its own process (the installed ``lib/sam3d_ros/sam3d_node``, its own DDS
+participant); the test process publishes camera frames and prompts and records every output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sam3d_ros.msg import BoxPrompt, Prompt, ReconstructedObjectArray
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from sam3d_ros.conventions import metres_to_depth16, metres_to_depth32
+from sam3d_ros.conversions import numpy_to_image
+
+NODE_EXE = Path(sys.prefix) / "lib" / "sam3d_ros" / "sam3d_node"
+FRAME_ID = "camera_color_optical_frame"
+
+
+def node_command(ros_args: Sequence[str]) -> List[str]:
+    """The command line of the installed node executable with ``--ros-args``."""
+    assert NODE_EXE.is_file(), f"{NODE_EXE} is not installed (run tools/bootstrap.sh)"
+    return [sys.executable, str(NODE_EXE), "--ros-args", *ros_args]
+
+
+class NodeProcess:
+    """The node in its own process; its log lines are collected in :attr:`lines`."""
+
+    def __init__(self, ros_args: Sequence[str], env: Optional[Dict[str, str]] = None):
+        full_env = dict(os.environ)
+        full_env.update({"PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
+                         "RCUTILS_COLORIZED_OUTPUT": "0"})
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            node_command(ros_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=full_env)
+        self.lines: List[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 30.0, start: int = 0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(text in line for line in self.lines[start:]):
+                    return True
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                with self._lock:
+                    return any(text in line for line in self.lines[start:])
+            time.sleep(0.05)
+        return False
+
+    def line_count(self) -> int:
+        with self._lock:
+            return len(self.lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT, as Ctrl-C / launch does
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running_node(params: Optional[Dict[str, Any]] = None, extra: Sequence[str] = (),
+                 ready: str = "active: processing"):
+    args: List[str] = []
+    for key, value in (params or {}).items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        args += ["-p", f"{key}:={value}"]
+    node = NodeProcess([*args, *extra])
+    try:
+        if ready:
+            assert node.wait_for_line(ready, 60.0), f"node did not start:\n{node.log()}"
+        yield node
+    finally:
+        node.stop()
+
+
+class Recorder:
+    """A test-side node that publishes camera frames / prompts and records every output."""
+
+    def __init__(self, name: str = "sam3d_test_peer", node_ns: str = "/sam3d"):
+        self.node = Node(name)
+        self.lock = threading.Lock()
+        self.msgs: Dict[str, List[Any]] = {}
+        self.arrival: Dict[str, List[float]] = {}
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.node.create_publisher(Image, "image", reliable)
+        self.pub_depth = self.node.create_publisher(Image, "depth", reliable)
+        self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", reliable)
+        self.pub_prompt = self.node.create_publisher(
+            Prompt, "prompt",
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        for key, msg_type, topic in (
+            ("objects", ReconstructedObjectArray, f"{node_ns}/objects"),
+            ("detections", Detection3DArray, f"{node_ns}/detections"),
+            ("markers", MarkerArray, f"{node_ns}/markers"),
+            ("points", PointCloud2, f"{node_ns}/points"),
+            ("debug_image", Image, f"{node_ns}/debug_image"),
+            ("tf", TFMessage, "/tf"),
+            ("diagnostics", DiagnosticArray, "/diagnostics"),
+        ):
+            self.msgs[key] = []
+            self.arrival[key] = []
+            self.node.create_subscription(
+                msg_type, topic, lambda m, k=key: self._record(k, m),
+                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _record(self, key: str, msg: Any) -> None:
+        with self.lock:
+            self.msgs[key].append(msg)
+            self.arrival[key].append(time.monotonic())
+
+    def get(self, key: str) -> List[Any]:
+        with self.lock:
+            return list(self.msgs[key])
+
+    def count(self, key: str) -> int:
+        with self.lock:
+            return len(self.msgs[key])
+
+    def clear(self) -> None:
+        with self.lock:
+            for key in self.msgs:
+                self.msgs[key].clear()
+                self.arrival[key].clear()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+    # ---------------------------------------------------------------- waiting
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def wait_subscribed(self, timeout: float = 20.0) -> bool:
+        """Until the node subscribes to the three camera topics."""
+        return self.wait(lambda: all(p.get_subscription_count() > 0 for p in
+                                     (self.pub_image, self.pub_depth, self.pub_info)), timeout)
+
+    def diag_values(self, msg: DiagnosticArray) -> Dict[str, str]:
+        return {kv.key: kv.value for kv in msg.status[0].values}
+
+    def wait_diag(self, predicate: Callable[[DiagnosticArray], bool], start: int = 0,
+                  timeout: float = 20.0) -> Optional[DiagnosticArray]:
+        found: List[DiagnosticArray] = []
+
+        def check() -> bool:
+            for msg in self.get("diagnostics")[start:]:
+                if msg.status and predicate(msg):
+                    found.append(msg)
+                    return True
+            return False
+
+        self.wait(check, timeout)
+        return found[0] if found else None
+
+    # ---------------------------------------------------------------- publishing
+
+    def stamp(self):
+        return self.node.get_clock().now().to_msg()
+
+    def publish_frame(self, rgb: np.ndarray, depth_m: Optional[np.ndarray], info: CameraInfo,
+                      stamp=None, frame_id: str = FRAME_ID, depth_encoding: str = "16UC1",
+                      rgb_encoding: str = "rgb8", skip: Iterable[str] = ()) -> Header:
+        header = Header(stamp=stamp or self.stamp(), frame_id=frame_id)
+        if "image" not in skip:
+            data = rgb
+            if rgb_encoding == "bgr8":
+                data = rgb[:, :, ::-1].copy()
+            elif rgb_encoding == "mono8":
+                data = rgb.mean(axis=2).astype(np.uint8)
+            self.pub_image.publish(numpy_to_image(np.ascontiguousarray(data), rgb_encoding,
+                                                  header))
+        if depth_m is not None and "depth" not in skip:
+            if depth_encoding == "16UC1":
+                depth = numpy_to_image(metres_to_depth16(depth_m), "16UC1", header)
+            else:
+                depth = numpy_to_image(metres_to_depth32(depth_m), "32FC1", header)
+            self.pub_depth.publish(depth)
+        if "camera_info" not in skip:
+            info.header = header
+            self.pub_info.publish(info)
+        return header
+
+
+def camera_info(intr, width: Optional[int] = None, height: Optional[int] = None) -> CameraInfo:
+    """CameraInfo with K and P of pinhole intrinsics (``sam3d_ros.types.CameraIntrinsics``)."""
+    msg = CameraInfo()
+    msg.width = int(width or intr.width)
+    msg.height = int(height or intr.height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [intr.fx, 0.0, intr.cx, 0.0, intr.fy, intr.cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [intr.fx, 0.0, intr.cx, 0.0, 0.0, intr.fy, intr.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def box_prompt(scene, pad: int = 4, object_ids: bool = True) -> Prompt:
+    """A Prompt with one box per ground-truth object (object_id = GT id when asked)."""
+    msg = Prompt()
+    for b in scene.box_prompts(pad):
+        msg.boxes.append(BoxPrompt(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max,
+                                   label=1, object_id=b.object_id if object_ids else -1))
+    return msg
+
+
+_SCENES: Dict[tuple, Any] = {}
+
+
+def scene(seed: int = 1, width: int = 320, height: int = 240, n_objects: int = 3):
+    """A cached synthetic tabletop scene."""
+    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+
+    key = (seed, width, height, n_objects)
+    if key not in _SCENES:
+        _SCENES[key] = make_tabletop_scene(seed, n_objects=n_objects, width=width, height=height)
+    return _SCENES[key]
+
+
+@contextlib.contextmanager
+def ros_context():
+    rclpy.init()
+    try:
+        yield
+    finally:
+        rclpy.try_shutdown()
