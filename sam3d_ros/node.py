@@ -502,7 +502,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("max_rate_hz", 0.0, "cap on continuously processed frames per second; 0 = as "
               "fast as the backend allows", range=(0.0, 1000.0)),
     ParamSpec("sync_slop_s", 0.02, "largest stamp difference of a synchronised image / depth / "
-              "camera_info set, seconds", range=(0.0, 10.0)),
+              "camera_info set, seconds", range=(0.0, 10.0), when="activate"),
     ParamSpec("camera_qos_reliability", "best_effort", "reliability of the camera "
               "subscriptions (best_effort = sensor data QoS)",
               choices=("best_effort", "reliable"), when="activate"),
@@ -511,7 +511,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("tf_prefix", "sam3d_object_", "TF child frame of object <id> is <tf_prefix><id>"),
     ParamSpec("publish_tf", True, "publish one /tf transform per object"),
     ParamSpec("track_gate_m", 0.05, "largest centre distance (m) at which an object keeps the "
-              "id of an object of the previous frames", range=(0.0, 10.0)),
+              "id of an object of the previous frames", range=(0.0, 10.0), when="configure"),
     ParamSpec("track_max_age", 3, "frames an unseen object's id is remembered",
               range=(1, 100000), when="configure"),
     ParamSpec("write_artifacts", False, "write GLB/PLY/zip artifacts for every processed "
