@@ -961,19 +961,26 @@ class Sam3dNode(LifecycleNode):
             self._set_error("internal", f"{exc.__class__.__name__}: {exc}")
             self.get_logger().error(f"processing failed: {traceback.format_exc()}")
 
-    def _ros_field(self, exc: InputError, query_kind: str = "", prefix: str = "") -> InputError:
+    def _ros_field(self, exc: InputError, query_kind: str = "", prefix: str = "",
+                   uris: bool = False) -> InputError:
+        """Name the ROS field (topic or goal field) behind a core error's hosted field name."""
         name = exc.field
+        if uris:  # a goal with image_uri / pointmap_uri / mask_uris
+            for hosted, ros in (("image_url", "image_uri"), ("pointmap_url", "pointmap_uri"),
+                                ("mask_urls", "mask_uris")):
+                if name.startswith(hosted):
+                    return InputError(ros + name[len(hosted):], exc.reason)
         if name.startswith("mask_urls"):
             name = name.replace("mask_urls", f"{prefix}prompt.masks" if query_kind == "masks"
-                                else "objects", 1)
+                                else f"{prefix}objects", 1)
         elif name.startswith(("box_prompts", "point_prompts")):
             name = rename_field(name, f"{prefix}prompt")
         elif name == "prompt":
             name = f"{prefix}prompt.text"
-        elif name == "image_url" and not prefix:
-            name = "image"
-        elif name == "pointmap_url" and not prefix:
-            name = "depth"
+        elif name == "image_url":
+            name = f"{prefix}image"
+        elif name == "pointmap_url":
+            name = f"{prefix}depth"
         return InputError(name, exc.reason)
 
     def _assign_ids(
@@ -1127,7 +1134,7 @@ class Sam3dNode(LifecycleNode):
         except Cancelled:
             raise
         except InputError as exc:
-            err = self._ros_field(exc, query_kind, "" if goal.image_uri else "goal.")
+            err = self._ros_field(exc, query_kind, "goal.", uris=bool(goal.image_uri))
             self._input_error(err)
             result.error = f"{err.field}: {err.reason}"
         except Sam3dError as exc:
