@@ -801,8 +801,9 @@ class Sam3dNode(LifecycleNode):
         for index, (topic, msg_type) in enumerate(
             (("image", Image), ("depth", Image), ("camera_info", CameraInfo))
         ):
+            resolved = self.resolve_topic_name(topic)
             events = SubscriptionEventCallbacks(
-                incompatible_qos=lambda info, t=topic: self._on_incompatible_qos(t, info))
+                incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info))
             sub = self.create_subscription(
                 msg_type, topic, lambda msg, i=index: self._on_camera(i, msg), qos,
                 callback_group=self._cb_group, event_callbacks=events)
@@ -831,8 +832,8 @@ class Sam3dNode(LifecycleNode):
                 f"{self._p('camera_qos_reliability')}; no messages will arrive. Set "
                 "camera_qos_reliability:=best_effort")
         if info is not None:
-            policy = getattr(info, "last_policy_kind", "")
-            text = (f"QoS mismatch on {topic}: incompatible publisher (policy {policy}); we "
+            policy = str(getattr(info, "last_policy_kind", "")).rsplit("POLICY_", 1)[-1].lower()
+            text = (f"QoS mismatch on {topic}: incompatible publisher ({policy}); we "
                     f"subscribe with reliability={self._p('camera_qos_reliability')}, "
                     f"depth={self._p('camera_qos_depth')}. Set camera_qos_reliability to "
                     "match the publisher")
