@@ -15,9 +15,9 @@ from typing import Dict, List
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
+from node_harness import NodeProcess, ros_context
 from rcl_interfaces.srv import GetParameters
 from rclpy.node import Node
-from test_node_support import NodeProcess, ros_context
 
 # A venv prefix is an ament prefix too (tools/test.sh sets this; a bare pytest run may not).
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)

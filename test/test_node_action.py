@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
-from sam3d_ros.action import Reconstruct
-from test_node_support import (
+from node_harness import (
     FRAME_ID,
     Recorder,
     box_prompt,
@@ -20,6 +18,8 @@ from test_node_support import (
     running_node,
     scene,
 )
+from rclpy.action import ActionClient
+from sam3d_ros.action import Reconstruct
 
 from sam3d_ros.conventions import metres_to_depth16
 from sam3d_ros.conversions import numpy_to_image

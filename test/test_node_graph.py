@@ -8,8 +8,7 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from sam3d_ros.msg import Prompt
-from test_node_support import (
+from node_harness import (
     FRAME_ID,
     Recorder,
     box_prompt,
@@ -18,6 +17,7 @@ from test_node_support import (
     running_node,
     scene,
 )
+from sam3d_ros.msg import Prompt
 from visualization_msgs.msg import Marker
 
 from sam3d_ros.conventions import metres_to_depth16
@@ -234,9 +234,15 @@ def test_30hz_input_keeps_only_the_latest_frame(env):
     # the GIL; those frames were stale anyway)
     assert received >= n / 2 and dropped > 0 and processed < received / 2, values
     assert processed + dropped <= received
-    # A FIFO would fall further behind with every frame (3 s of input, a few processed); the
-    # latest-frame slot keeps the age at about one processing time (+ transport, under load).
-    assert max(ages) < 2.0 and float(np.median(ages)) < 1.2, (ages, values)
+    # A FIFO falls further behind with every frame (age ≈ frames × processing time − 3 s); the
+    # latest-frame slot keeps the age within about two processing times (the frame waited at
+    # most one while the previous one was processed) plus transport. Relative to the node's own
+    # processing time so that a loaded machine (slower everywhere) doesn't change the verdict.
+    processing_s = float(values["latency_receive_to_publish_ms_p95"]) / 1000.0
+    assert max(ages) < 2.0 * processing_s + 0.5, (ages, processing_s, values)
+    fifo_age_s = n * (processing_s - period)
+    if fifo_age_s > 1.0:  # only meaningful when processing is much slower than the input
+        assert max(ages) < 0.5 * fifo_age_s, (ages, fifo_age_s)
     assert float(values["input_rate_hz"]) > 10.0, values
 
 

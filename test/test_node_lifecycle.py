@@ -8,9 +8,9 @@ import pytest
 import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from node_harness import Recorder, box_prompt, camera_info, ros_context, running_node, scene
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from test_node_support import Recorder, box_prompt, camera_info, ros_context, running_node, scene
 from visualization_msgs.msg import Marker
 
 
