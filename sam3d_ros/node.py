@@ -490,9 +490,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("reconstruction_backend", "embedded", "reconstruction backend",
               choices=("embedded", "sam3d_objects"), when="configure"),
     ParamSpec("sam3_checkpoint", "", "local SAM 3 checkpoint directory (sam3 backend); empty = "
-              "$SAM3_CHECKPOINT", when="configure"),
+              "$SAM3D_ROS_SAM3_CHECKPOINT", when="configure"),
     ParamSpec("sam3d_pipeline_config", "", "SAM 3D Objects pipeline config (sam3d_objects "
-              "backend)", when="configure"),
+              "backend); empty = $SAM3D_OBJECTS_CONFIG", when="configure"),
     ParamSpec("device", "auto", "torch device of the model backends: auto, cpu, cuda, cuda:N",
               when="configure"),
     ParamSpec("default_seed", DEFAULT_SEED, "seed when neither goal nor prompt gives one",
@@ -720,40 +720,30 @@ class Sam3dNode(LifecycleNode):
 
     # ---------------------------------------------------------------- backends
 
-    def _backend_options(self, name: str, cls: Any) -> Dict[str, Any]:
-        import inspect
-
-        wanted = {
-            "checkpoint": self._p("sam3_checkpoint") or None,
-            "device": self._p("device"),
-            "pipeline_config": self._p("sam3d_pipeline_config") or None,
-            "config": self._p("sam3d_pipeline_config") or None,
+    def _backend_options(self) -> Dict[str, Dict[str, Any]]:
+        """Node parameters as keyword options of each backend, by registry name."""
+        return {
+            "embedded": {},
+            "sam3": {
+                "checkpoint": self._p("sam3_checkpoint") or None,
+                "device": self._p("device"),
+            },
+            "sam3d_objects": {"pipeline_config": self._p("sam3d_pipeline_config") or None},
         }
-        try:
-            accepted = inspect.signature(cls).parameters
-        except (TypeError, ValueError):
-            return {}
-        return {k: v for k, v in wanted.items() if k in accepted and v is not None}
 
     def _build_engine(self) -> Any:
-        import importlib
-
-        from .backends import RECONSTRUCTORS, SEGMENTERS
+        from .backends import make_reconstructor, make_segmenter
         from .engine import Engine
 
-        built = []
-        for kind, table in (("segmentation", SEGMENTERS), ("reconstruction", RECONSTRUCTORS)):
-            name = self._p(f"{kind}_backend")
-            if name not in table:
-                raise InputError(f"{kind}_backend",
-                                 f"unknown backend {name!r}; choose one of {sorted(table)}")
-            module_name, class_name = table[name]
-            cls = getattr(importlib.import_module(module_name), class_name)
-            built.append(cls(**self._backend_options(name, cls)))
+        options = self._backend_options()
+        segmentation = self._p("segmentation_backend")
+        reconstruction = self._p("reconstruction_backend")
+        segmenter = make_segmenter(segmentation, **options.get(segmentation, {}))
+        reconstructor = make_reconstructor(reconstruction, **options.get(reconstruction, {}))
         roots = [r for r in self._p("allowed_input_roots") if r]
-        options = InputOptions(allow_http=self._p("allow_http"),
-                               allowed_roots=roots or None)
-        engine = Engine(built[0], built[1], input_options=options)
+        input_options = InputOptions(allow_http=self._p("allow_http"),
+                                     allowed_roots=roots or None)
+        engine = Engine(segmenter, reconstructor, input_options=input_options)
         self._engine = engine
         self._load_backends()
         return engine
