@@ -1,26 +1,39 @@
 """Accuracy and time of the embedded reconstruction on synthetic tabletop scenes (GT masks).
 
 python benchmarks/embedded_reconstruction_accuracy.py [n_scenes] [key=value options...]
+
+Options ``regime=default|robot-head`` (camera regime, as ``bench_core.py --regime``),
+``seed=N`` (first scene seed, default 1000), ``verbose=true`` (one line per object) and
+``cache=false`` (render every scene again); every other ``key=value`` is passed to
+``EmbeddedReconstructor`` (``a,b`` gives a tuple of floats). Scenes come from the same ``.npz``
+scene cache as ``bench_core.py`` (plain arrays, read with ``allow_pickle=False``).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import load_scenes  # noqa: E402
 
 from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor  # noqa: E402
 from sam3d_ros.conventions import canonical_to_camera  # noqa: E402
 from sam3d_ros.synthetic.metrics import mean_scores, score_mesh, visible_only_baseline  # noqa: E402
-from sam3d_ros.synthetic.scenes import make_tabletop_scene  # noqa: E402
 from sam3d_ros.types import ObjectMask  # noqa: E402
 
 
 def _parse(v: str):
+    if "," in v:
+        return tuple(float(x) for x in v.split(","))
     for cast in (int, float):
         try:
             return cast(v)
@@ -32,15 +45,22 @@ def _parse(v: str):
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     opts = dict(a.split("=", 1) for a in sys.argv[2:])
-    cache = opts.pop("cache", None)
+    use_cache = bool(_parse(opts.pop("cache", "true")))
     verbose = bool(_parse(opts.pop("verbose", "false")))
+    args = argparse.Namespace(
+        regime=opts.pop("regime", "default"),
+        seed=int(opts.pop("seed", "1000")),
+        scenes=n,
+        objects=3,
+        width=640,
+        height=480,
+        pitch=None,
+        distance=None,
+        no_cache=not use_cache,
+        cache_dir=os.path.join(tempfile.gettempdir(), "sam3d_bench_scenes"),
+    )
     rec = EmbeddedReconstructor(**{k: _parse(v) for k, v in opts.items()})
-    if cache:
-        import pickle
-
-        scenes = pickle.load(open(cache, "rb"))[:n]
-    else:
-        scenes = [make_tabletop_scene(seed=s) for s in range(n)]
+    scenes = load_scenes(args)
     scores, base, times = [], [], []
     for sc in scenes:
         masks = [ObjectMask(o.object_id, o.visible_mask) for o in sc.objects]

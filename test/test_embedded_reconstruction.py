@@ -387,3 +387,34 @@ def test_min_area_rectangle_recovers_a_rotated_rectangle():
     assert np.allclose(ext, [0.08, 0.03], atol=0.003)
     assert abs(abs(axes[0] @ rot[:, 0]) - 1) < 1e-3
     assert np.isclose(np.linalg.det(axes), 1.0)
+
+
+def test_low_view_grows_the_hidden_back():
+    # Seen side-on (10° elevation, 1 m away) a cylinder shows only its front half: the
+    # footprint grows farther behind the silhouette than from above, so the completed object
+    # reaches back towards the hidden half and its centre lands closer to the true one (the
+    # top is a few pixels high here: the hidden half is not bounded by anything observed).
+    cyl = ("cyl", (np.array([0.0, 0.0, 0.0]), 0.035, 0.08))
+    pose = _camera_pose(distance=1.0, pitch_deg=10.0, yaw_deg=0.0)
+    frame, masks = _render([cyl], pose, noise=0.0015)
+    gt = _gt_mesh(*cyl)
+    gt.apply_transform(np.linalg.inv(pose))
+    centre = _world_to_cam(pose, gt_centre_world(cyl))
+    results = {}
+    for name, rec in (
+        ("low", EmbeddedReconstructor()),
+        ("fixed", EmbeddedReconstructor(back_extension_low=0.003)),
+    ):
+        (r,) = rec.reconstruct(frame, [ObjectMask(1, masks[0])], 0)
+        v_cam = canonical_to_camera(
+            r.mesh.vertices.astype(np.float64), r.rotation, r.translation, r.scale
+        )
+        m = trimesh.Trimesh(r.mesh.vertices, r.mesh.faces, process=False)
+        assert m.is_watertight and m.volume > 0
+        results[name] = (
+            np.linalg.norm(r.translation - centre),
+            _fscore(v_cam, r.mesh.faces, gt, 0.005),
+        )
+    # (centre error m, F@5mm): about (0.020, 0.45) against (0.027, 0.42) with the fixed 3 mm.
+    assert results["low"][0] < results["fixed"][0] - 0.004, results
+    assert results["low"][1] > results["fixed"][1], results
