@@ -147,8 +147,13 @@ class Recorder:
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def _record(self, key: str, msg: Any) -> None:
         with self.lock:
@@ -170,6 +175,9 @@ class Recorder:
                 self.arrival[key].clear()
 
     def close(self) -> None:
+        # Stop spinning before the executor and node go, or the spin thread trips over them.
+        self._stop.set()
+        self.thread.join(timeout=5.0)
         self.executor.shutdown()
         self.node.destroy_node()
 
