@@ -246,10 +246,11 @@ def test_every_parameter_is_in_the_yaml_and_the_docs():
     assert list(params) == [p.name for p in PARAMS]
     for p in PARAMS:
         assert params[p.name] == p.default, p.name
-    docs = (ROOT / "docs" / "node.md").read_text()
+    docs = (ROOT / "README.md").read_text()
     for p in PARAMS:
         assert f"`{p.name}`" in docs, p.name
     for topic in ("~/objects", "~/detections", "~/markers", "~/points", "~/debug_image", "/tf",
                   "/diagnostics", "~/reconstruct", "`image`", "`depth`", "`camera_info`",
                   "`prompt`"):
         assert topic in docs, topic
+        assert topic in (ROOT / "docs" / "node.md").read_text(), topic
