@@ -26,8 +26,9 @@ pip_in() {  # pip_in VENV ARGS...
     || { grep -v 'is ignored: it is neither' "$venv.pip.log" | tail -n 40 >&2; return 1; }
 }
 
-# Hash of the given files' contents (and names), for the "already installed" stamps.
-stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+# Hash of the given files' contents without comments and blank lines, for the "already
+# installed" stamps (editing a comment must not rebuild a venv).
+stamp_of() { sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$@" | sha256sum | cut -d' ' -f1; }
 
 ensure_venv() {  # ensure_venv DIR STAMP_TEXT INSTALL_FUNCTION
   local venv="$1" want="$2" installer="$3"
