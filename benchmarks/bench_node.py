@@ -28,7 +28,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
-from test_node_support import (  # noqa: E402
+from node_harness import (  # noqa: E402
     Recorder,
     box_prompt,
     camera_info,
