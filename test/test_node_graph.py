@@ -226,8 +226,11 @@ def test_30hz_input_keeps_only_the_latest_frame(env):
     # latest-frame slot keeps the age within about two processing times (the frame waited at
     # most one while the previous one was processed) plus transport. Relative to the node's own
     # processing time so that a loaded machine (slower everywhere) doesn't change the verdict.
+    # The node measures stamp → /tf itself; the ages seen here add this process's own delays
+    # (it deserialises every output while publishing at 30 Hz), so they get the FIFO bound only.
     processing_s = float(values["latency_receive_to_publish_ms_p95"]) / 1000.0
-    assert max(ages) < 2.0 * processing_s + 0.5, (ages, processing_s, values)
+    node_age_s = float(values["latency_frame_to_tf_ms_p95"]) / 1000.0
+    assert node_age_s < 2.0 * processing_s + 0.5, (node_age_s, processing_s, values)
     fifo_age_s = n * (processing_s - period)
     if fifo_age_s > 1.0:  # only meaningful when processing is much slower than the input
         assert max(ages) < 0.5 * fifo_age_s, (ages, fifo_age_s)
