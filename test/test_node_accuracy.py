@@ -18,15 +18,19 @@ def test_tf_translation_within_1cm_of_the_truth():
         try:
             assert rec.wait_subscribed(), node.log()
             rec.pub_prompt.publish(box_prompt(sc))
-            # Re-publish until a frame comes back: the prompt must have reached the node first.
+            # The prompt and the frames travel on different topics: re-publish the frame until
+            # the node has applied the prompt (its object ids, not automatic segmentation's).
+            want = sorted(f"{PREFIX}{o.object_id}" for o in sc.objects)
             tf = None
-            for _ in range(5):
+            for _ in range(10):
                 header = rec.publish_frame(sc.frame.rgb, sc.depth_m, camera_info(sc.intrinsics))
-                if rec.wait(lambda h=header: any(
+                if not rec.wait(lambda h=header: any(
                         m.transforms and m.transforms[0].header.stamp == h.stamp
                         for m in rec.get("tf")), 15.0):
-                    tf = next(m for m in rec.get("tf")
-                              if m.transforms and m.transforms[0].header.stamp == header.stamp)
+                    continue
+                tf = next(m for m in rec.get("tf")
+                          if m.transforms and m.transforms[0].header.stamp == header.stamp)
+                if sorted(t.child_frame_id for t in tf.transforms) == want:
                     break
             assert tf is not None, node.log()[-3000:]
         finally:

@@ -41,6 +41,7 @@ def env():
         try:
             assert rec.wait_subscribed(), node.log()
             rec.pub_prompt.publish(box_prompt(sc))
+            time.sleep(0.5)  # as after every prompt change below: the prompt lands first
             yield sc, node, rec
         finally:
             rec.close()
