@@ -6,6 +6,23 @@ domain id derived from the process id unless the runner already chose one (tools
 
 import os
 
+import pytest
+
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+@pytest.fixture
+def ros_node():
+    """A fresh rclpy context with one plain node for a test that talks to another process."""
+    import rclpy  # here, not at module level: core-only test runs have no rclpy
+    from rclpy.node import Node
+
+    rclpy.init()
+    node = Node("sam3d_test_client")
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()

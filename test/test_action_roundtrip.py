@@ -6,18 +6,8 @@ import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
-from rclpy.node import Node
 from ros_process import ros_peer
 from sam3d_ros.action import Reconstruct
-
-
-@pytest.fixture
-def client_node():
-    rclpy.init()
-    node = Node("sam3d_test_action_client")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
 
 
 def spin_until(node, predicate, timeout):
@@ -38,23 +28,23 @@ def send(node, client, seed, feedback_log):
     return handle
 
 
-def test_queue_feedback_cancel_and_result(client_node):
+def test_queue_feedback_cancel_and_result(ros_node):
     with ros_peer("action_server"):
-        client = ActionClient(client_node, Reconstruct, "reconstruct")
+        client = ActionClient(ros_node, Reconstruct, "reconstruct")
         assert client.wait_for_server(timeout_sec=30.0), "action server did not come up"
 
         fb_a, fb_b, fb_c = [], [], []
-        handle_a = send(client_node, client, 7, fb_a)
-        handle_b = send(client_node, client, 8, fb_b)
-        handle_c = send(client_node, client, 9, fb_c)
+        handle_a = send(ros_node, client, 7, fb_a)
+        handle_b = send(ros_node, client, 8, fb_b)
+        handle_c = send(ros_node, client, 9, fb_c)
 
         # C waits behind A and B: it is told its queue position, then cancelled while queued.
-        assert spin_until(client_node, lambda: any(f.queue_position == 2 for f in fb_c), 10.0)
+        assert spin_until(ros_node, lambda: any(f.queue_position == 2 for f in fb_c), 10.0)
         cancel_c = handle_c.cancel_goal_async()
         # B is cancelled once it has started (queue position 0, first stage reported).
-        assert spin_until(client_node, lambda: any(f.queue_position == 1 for f in fb_b), 10.0)
+        assert spin_until(ros_node, lambda: any(f.queue_position == 1 for f in fb_b), 10.0)
         assert spin_until(
-            client_node, lambda: any(f.queue_position == 0 for f in fb_b), 10.0
+            ros_node, lambda: any(f.queue_position == 0 for f in fb_b), 10.0
         ), "B never started"
         cancel_b = handle_b.cancel_goal_async()
 
@@ -62,7 +52,7 @@ def test_queue_feedback_cancel_and_result(client_node):
         result_b = handle_b.get_result_async()
         result_c = handle_c.get_result_async()
         assert spin_until(
-            client_node,
+            ros_node,
             lambda: result_a.done() and result_b.done() and result_c.done() and cancel_b.done()
             and cancel_c.done(),
             30.0,

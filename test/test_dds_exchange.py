@@ -4,32 +4,22 @@ import time
 
 import pytest
 import rclpy
-from rclpy.node import Node
 from ros_peer import known_objects, known_tf
 from ros_process import ros_peer
 from sam3d_ros.msg import ReconstructedObjectArray
 from tf2_msgs.msg import TFMessage
 
 
-@pytest.fixture
-def node():
-    rclpy.init()
-    test_node = Node("sam3d_test_listener")
-    yield test_node
-    test_node.destroy_node()
-    rclpy.shutdown()
-
-
-def test_objects_and_tf_cross_process_boundary(node):
+def test_objects_and_tf_cross_process_boundary(ros_node):
     received = {}
-    node.create_subscription(
+    ros_node.create_subscription(
         ReconstructedObjectArray, "objects", lambda m: received.setdefault("objects", m), 10
     )
-    node.create_subscription(TFMessage, "/tf", lambda m: received.setdefault("tf", m), 10)
+    ros_node.create_subscription(TFMessage, "/tf", lambda m: received.setdefault("tf", m), 10)
     with ros_peer("publisher"):
         deadline = time.monotonic() + 30.0
         while len(received) < 2 and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
+            rclpy.spin_once(ros_node, timeout_sec=0.1)
     assert set(received) == {"objects", "tf"}, "no message from the peer process within 30 s"
 
     got, want = received["objects"], known_objects()
