@@ -1,3 +1,12 @@
+# Remove the INTERFACE_INCLUDE_DIRECTORIES entries of one target that match a regex.
+function(_sam3d_drop_interface_includes target regex)
+  get_target_property(_includes ${target} INTERFACE_INCLUDE_DIRECTORIES)
+  if(_includes)
+    list(FILTER _includes EXCLUDE REGEX "${regex}")
+    set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_includes}")
+  endif()
+endfunction()
+
 # The ROS 2 PyPI wheels export CMake targets whose INTERFACE_INCLUDE_DIRECTORIES name the wheel
 # build machine's /opt/python/... tree, which does not exist here, and CMake's generate step
 # fails on it. Remove those entries from every imported target. On a normal ROS install no
@@ -5,11 +14,7 @@
 function(_sam3d_drop_opt_python_includes dir)
   get_property(_targets DIRECTORY "${dir}" PROPERTY IMPORTED_TARGETS)
   foreach(_target IN LISTS _targets)
-    get_target_property(_includes ${_target} INTERFACE_INCLUDE_DIRECTORIES)
-    if(_includes)
-      list(FILTER _includes EXCLUDE REGEX "^/opt/python/")
-      set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_includes}")
-    endif()
+    _sam3d_drop_interface_includes(${_target} "^/opt/python/")
   endforeach()
   get_property(_subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
   foreach(_subdir IN LISTS _subdirs)
@@ -23,14 +28,6 @@ _sam3d_drop_opt_python_includes("${CMAKE_CURRENT_SOURCE_DIR}")
 # refuses to export a path inside the source tree unless the install prefix holds it too (as it
 # does for the bootstrap, not for `colcon build` into ./install). Only the typesupport library
 # itself compiles against numpy, so the interface entry can go.
-function(sam3d_drop_source_tree_interface_includes target)
-  if(NOT TARGET ${target})
-    return()
-  endif()
-  get_target_property(_includes ${target} INTERFACE_INCLUDE_DIRECTORIES)
-  if(_includes)
-    list(FILTER _includes EXCLUDE REGEX "^${CMAKE_SOURCE_DIR}/")
-    set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_includes}")
-  endif()
-endfunction()
-sam3d_drop_source_tree_interface_includes(${PROJECT_NAME}__rosidl_generator_py)
+if(TARGET ${PROJECT_NAME}__rosidl_generator_py)
+  _sam3d_drop_interface_includes(${PROJECT_NAME}__rosidl_generator_py "^${CMAKE_SOURCE_DIR}/")
+endif()
