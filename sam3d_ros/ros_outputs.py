@@ -386,16 +386,10 @@ def mesh_marker(
     ``max_triangles`` > 0 keeps an evenly spaced subset of the triangles (a preview for RViz;
     the full mesh is in ``~/objects``).
     """
-    marker = Marker()
-    marker.header = header
-    marker.ns = MESH_NS
-    marker.id = int(obj.object_id)
-    marker.type = Marker.TRIANGLE_LIST
-    marker.action = Marker.ADD
+    marker = _marker(header, MESH_NS, obj.object_id, Marker.ADD, Marker.TRIANGLE_LIST, lifetime_s)
     marker.pose = object_pose(obj)
     marker.scale = Vector3(x=1.0, y=1.0, z=1.0)
     marker.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-    marker.lifetime = _duration(lifetime_s)
     faces = _decimate_faces(np.asarray(obj.mesh.faces, dtype=np.int64).reshape(-1, 3),
                             int(max_triangles))
     corners = faces.reshape(-1)
@@ -409,12 +403,8 @@ def label_marker(
     header: Header, obj: ObjectReconstruction, lifetime_s: float = 0.0
 ) -> Marker:
     """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box (camera −y)."""
-    marker = Marker()
-    marker.header = header
-    marker.ns = LABEL_NS
-    marker.id = int(obj.object_id)
-    marker.type = Marker.TEXT_VIEW_FACING
-    marker.action = Marker.ADD
+    marker = _marker(header, LABEL_NS, obj.object_id, Marker.ADD, Marker.TEXT_VIEW_FACING,
+                     lifetime_s)
     size = object_size(obj)
     t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
     above = t + np.array([0.0, -(0.5 * float(np.max(size)) + 0.03), 0.0])
@@ -423,8 +413,16 @@ def label_marker(
     r, g, b = object_color(obj.object_id)
     marker.color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
     marker.text = object_text(obj)
-    marker.lifetime = _duration(lifetime_s)
     return marker
+
+
+def _marker(
+    header: Header, ns: str, marker_id: int, action: int, marker_type: int = 0,
+    lifetime_s: float = 0.0,
+) -> Marker:
+    """A marker addressed by (ns, id) = (namespace, object id)."""
+    return Marker(header=header, ns=ns, id=int(marker_id), type=marker_type, action=action,
+                  lifetime=_duration(lifetime_s))
 
 
 def object_text(obj: ObjectReconstruction) -> str:
@@ -453,12 +451,7 @@ def markers_msg(
         msg.markers.append(label_marker(header, obj, lifetime_s))
     for gone in sorted(set(int(i) for i in previous_ids) - current):
         for ns in (MESH_NS, LABEL_NS):
-            marker = Marker()
-            marker.header = header
-            marker.ns = ns
-            marker.id = gone
-            marker.action = Marker.DELETE
-            msg.markers.append(marker)
+            msg.markers.append(_marker(header, ns, gone, Marker.DELETE))
     return msg
 
 
