@@ -3,7 +3,7 @@
 The ROS 2 package is built with colcon / ament_cmake from ``CMakeLists.txt`` and ``package.xml``;
 this file is only for people who want ``sam3d-reconstruct`` and the Python API without ROS::
 
-    pip install .                 # core: numpy, scipy, pillow
+    pip install .                 # core: numpy, scipy, pillow, OpenCV (headless)
     pip install .[synthetic]      # pybullet scenes for tests and benchmarks
     pip install .[dev]            # tests and lint
 
@@ -38,6 +38,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "pillow>=10",
+        "opencv-python-headless>=4.8",
     ],
     extras_require={
         "synthetic": ["pybullet>=3.2", "trimesh>=4"],

@@ -211,6 +211,19 @@ def backproject(depth_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray
     return points
 
 
+def backproject_pixels(
+    rows: np.ndarray, cols: np.ndarray, depth_m: np.ndarray, intrinsics: CameraIntrinsics
+) -> np.ndarray:
+    """Back-project pixels ``(row, col)`` with depths (metres) to N×3 optical-frame points.
+
+    The same pinhole model as :func:`backproject`, for a sparse set of pixels.
+    """
+    z = np.asarray(depth_m, dtype=np.float64)
+    x = (np.asarray(cols, dtype=np.float64) - intrinsics.cx) * z / intrinsics.fx
+    y = (np.asarray(rows, dtype=np.float64) - intrinsics.cy) * z / intrinsics.fy
+    return np.stack([x, y, z], axis=-1)
+
+
 def project(points: np.ndarray, intrinsics: CameraIntrinsics) -> Tuple[np.ndarray, np.ndarray]:
     """Project optical-frame points to pixel coordinates.
 

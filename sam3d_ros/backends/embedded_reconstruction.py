@@ -54,7 +54,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..conventions import camera_to_canonical, intrinsics_from_pointmap, matrix_to_quat
+from ..conventions import (
+    backproject_pixels,
+    camera_to_canonical,
+    intrinsics_from_pointmap,
+    matrix_to_quat,
+)
+from ..depth_hygiene import object_depth
 from ..errors import InputError
 from ..types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectMask, ObjectReconstruction
 from .plane import Plane, fit_support_plane
@@ -100,6 +106,9 @@ class EmbeddedReconstructor:
             between which the growth goes from ``back_extension_low`` to ``back_extension``.
         smooth_iterations: Taubin smoothing iterations.
         snap: move vertices onto the observed points along their normals.
+        fill_silhouette: lift the mask pixels whose depth is missing or belongs to something
+            else at the depth of the nearest reliable pixel (covers the colour silhouette where
+            colour and depth are misregistered).
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -127,6 +136,7 @@ class EmbeddedReconstructor:
         low_view_deg: Tuple[float, float] = (5.0, 35.0),
         smooth_iterations: int = 1,
         snap: bool = True,
+        fill_silhouette: bool = True,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
@@ -151,6 +161,7 @@ class EmbeddedReconstructor:
         self.low_view_deg = (float(low_view_deg[0]), float(low_view_deg[1]))
         self.smooth_iterations = int(smooth_iterations)
         self.snap = bool(snap)
+        self.fill_silhouette = bool(fill_silhouette)
         self.min_points = int(min_points)
         self.max_visible_gaussians = int(max_visible_gaussians)
         self.opacity = float(opacity)
@@ -218,9 +229,11 @@ class EmbeddedReconstructor:
             min(int(cols[-1]) + margin + 1, w),
         )
         ctx = _FrameContext(points, valid, frame.rgb, k, roi, union, plane)
+        # Hygiene of every object first: the depth each one disowns is unknown to all carving.
+        cleaned = [self._clean_points(ctx, arr) for arr in mask_arrays]
         out = []
         for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
-            out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed)))
+            out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed), cleaned[i]))
         return out
 
     # ----------------------------------------------------------------------------------------
@@ -234,10 +247,11 @@ class EmbeddedReconstructor:
         mask: np.ndarray,
         index: int,
         seed: int,
+        cleaned: Tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> ObjectReconstruction:
         field = f"mask_urls[{index}]"
-        pts, pix = self._clean_points(ctx, mask)
-        if pts.shape[0] < self.min_points:
+        pts, pix, measured = cleaned
+        if measured.sum() < self.min_points:
             raise InputError(
                 field,
                 f"object {obj.object_id}: only {pts.shape[0]} usable depth points in the mask "
@@ -249,9 +263,10 @@ class EmbeddedReconstructor:
         if floor == 0.0:  # resting on the plane: drop the table pixels in the mask
             keep = q[:, 2] > self.table_clearance
             if keep.sum() >= self.min_points:
-                q, pts, pix = q[keep], pts[keep], pix[keep]
-        q, pts, pix = self._main_cluster(q, pts, pix)
-        if pts.shape[0] < self.min_points:
+                q, pts, pix, measured = q[keep], pts[keep], pix[keep], measured[keep]
+        keep = self._main_cluster(q)
+        q, pts, pix, measured = q[keep], pts[keep], pix[keep], measured[keep]
+        if measured.sum() < self.min_points:
             raise InputError(field, f"object {obj.object_id}: too few points after cleaning")
 
         ref = q
@@ -315,35 +330,25 @@ class EmbeddedReconstructor:
     # steps
 
     def _clean_points(self, ctx: "_FrameContext", mask: np.ndarray):
-        """Lift the eroded mask, without flying pixels; returns (N×3 points, N×2 (row, col))."""
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        r0, r1 = max(rows[0] - 2, 0), min(rows[-1] + 3, mask.shape[0])
-        c0, c1 = max(cols[0] - 2, 0), min(cols[-1] + 3, mask.shape[1])
-        m = mask[r0:r1, c0:c1]
-        valid = ctx.valid[r0:r1, c0:c1]
-        z = np.where(valid, ctx.points[r0:r1, c0:c1, 2], np.inf)
-        core = m
-        if self.erode_px > 0:
-            eroded = ndimage.binary_erosion(m, iterations=self.erode_px)
-            if (eroded & valid).sum() >= max(self.min_points, 0.3 * (m & valid).sum()):
-                core = eroded
-        # Flying pixels: a much farther 4-neighbour (NaN counts as far) near the mask border.
-        jump = np.zeros(m.shape, dtype=bool)
-        zp = np.pad(z, 1, constant_values=np.inf)
-        zc = zp[1:-1, 1:-1]
-        thr = np.maximum(self.edge_jump, self.edge_relative * np.where(valid, zc, 0.0))
-        for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
-            nb = zp[dr : dr + m.shape[0], dc : dc + m.shape[1]]
-            with np.errstate(invalid="ignore"):
-                jump |= np.abs(nb - zc) > thr
-        border = m & ~ndimage.binary_erosion(m, iterations=self.erode_px + 2)
-        keep = core & valid & ~(jump & border)
-        if keep.sum() < self.min_points:
-            keep = m & valid
-        rr, cc = np.nonzero(keep)
-        pts = ctx.points[rr + r0, cc + c0].astype(np.float64)
-        return pts, np.stack([rr + r0, cc + c0], axis=1)
+        """The object's depth points after hygiene (:func:`~sam3d_ros.depth_hygiene.object_depth`).
+
+        Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
+        from the nearest measured pixel).
+        """
+        od = object_depth(
+            ctx.points,
+            mask,
+            ctx.plane,
+            jump_abs=self.edge_jump,
+            jump_rel=self.edge_relative,
+            edge_px=self.erode_px,
+            fill=self.fill_silhouette,
+        )
+        ctx.forget_depth(od.filled | (mask & ~od.reliable))
+        sel = od.reliable | od.filled
+        rr, cc = np.nonzero(sel)
+        pts = backproject_pixels(rr, cc, od.depth[rr, cc], ctx.k)
+        return pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc]
 
     def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane], ctx=None):
         """Rotation (columns a, b, up), origin and the floor height the object stands on.
@@ -383,25 +388,25 @@ class EmbeddedReconstructor:
         up = up if up @ cam_up >= 0 else -up
         return _frame_from_up(up, centroid), centroid, None
 
-    def _main_cluster(self, q: np.ndarray, pts: np.ndarray, pix: np.ndarray):
-        """Drop small clusters far from the object (statistical outliers, segmentation leaks)."""
+    def _main_cluster(self, q: np.ndarray) -> np.ndarray:
+        """Which points to keep: small clusters far from the object go (outliers, leaks)."""
+        everything = np.ones(q.shape[0], dtype=bool)
         cell = 2.0 * self.voxel_size
         key = np.floor((q - q.min(axis=0)) / cell).astype(np.int64)
         dims = key.max(axis=0) + 1
         if np.prod(dims) > 4_000_000:
-            return q, pts, pix
+            return everything
         grid = np.zeros(dims, dtype=bool)
         grid[tuple(key.T)] = True
         # Clusters 2 cells apart still join (thin parts with missing depth between them).
         grid_d = ndimage.binary_dilation(grid, structure=np.ones((3, 3, 3), bool))
         labels, n = ndimage.label(grid_d, structure=np.ones((3, 3, 3), bool))
         if n <= 1:
-            return q, pts, pix
+            return everything
         lab = labels[tuple(key.T)]
         counts = np.bincount(lab, minlength=n + 1)
         big = counts >= max(0.1 * counts.max(), 2 * self.min_points)
-        keep = big[lab]
-        return q[keep], pts[keep], pix[keep]
+        return big[lab]
 
     def _mirror(self, q, ctx, frame_rot, origin, gravity) -> np.ndarray:
         """Mirror-symmetric copy of the points, minus what lands in observed free space."""
@@ -598,9 +603,12 @@ class _FrameContext:
         # Conservative observed depth: the nearest of the 3×3 neighbourhood; an invalid pixel
         # (0) makes its neighbourhood unknown, so nothing is carved there.
         self.depth_min = ndimage.minimum_filter(z, size=3)
+        self._forgotten = False
         # Noise allowance: a Kinect-like axial sigma, 1.2 mm + 1.9 mm/m² (z − 0.4 m)².
         self.sigma = 0.0012 + 0.0019 * np.square(np.maximum(self.depth_min - 0.4, 0.0))
         self.table_height = 0.002
+        self.plane = plane
+        self._z = z
         self.table = None
         if plane is not None:
             # Pixels that see the bare table: whatever lies on their rays above it is empty.
@@ -608,6 +616,25 @@ class _FrameContext:
                 dist = np.abs(pts @ plane.normal.astype(np.float32) + np.float32(plane.offset))
                 table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
             self.table = ndimage.binary_erosion(table, iterations=1)
+
+    def forget_depth(self, selection: np.ndarray) -> None:
+        """Treat the depth of the ``selection`` pixels (H×W) as unknown in free-space tests.
+
+        Depth hygiene found that those mask pixels do not carry the object's depth (background
+        seen through misregistration, flying pixels): carving in front of it would cut the
+        object itself.
+        """
+        r0, r1, c0, c1 = self.roi
+        sel = selection[r0:r1, c0:c1]
+        if sel.any():
+            self._z[sel] = 0.0
+            self._forgotten = True
+
+    def _refresh(self) -> None:
+        if self._forgotten:
+            self.depth_min = ndimage.minimum_filter(self._z, size=3)
+            self.sigma = 0.0012 + 0.0019 * np.square(np.maximum(self.depth_min - 0.4, 0.0))
+            self._forgotten = False
 
     def pixel_of(self, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest pixel (row, col) of camera points and whether it lies in the image."""
@@ -632,6 +659,7 @@ class _FrameContext:
         that projects onto a pixel seeing the bare table is empty even when it is close to the
         table along the ray (grazing rays make the depth test weak near the table).
         """
+        self._refresh()
         r, c, inside = self.pixel_of(p)
         r0, r1, c0, c1 = self.roi
         inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
