@@ -14,8 +14,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .sensor import shift_image  # noqa: F401 (re-exported for the measurement script)
-
 JUMP_ABS = 0.02
 """A depth step is a discontinuity when larger than this (metres)..."""
 JUMP_REL = 0.02
