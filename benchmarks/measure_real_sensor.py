@@ -75,7 +75,7 @@ def report(name: str, frames: Sequence[ss.RGBDFrame], verbose: bool) -> Dict[str
               f"({mx:+.1f}, {my:+.1f}) px, |shift| median "
               f"{s['mask_shift_abs_median_px']:.1f} px (at 640 px width)")
         if verbose:
-            print(f"    per-mask shifts (native px): {s['mask_shifts']}")
+            print(f"    per-mask shifts (px at 640 px width): {s['mask_shifts']}")
     gs = np.array(list(s["gradient_shifts"].values()), dtype=float)
     mags = np.hypot(gs[:, 0], gs[:, 1])
     # Secondary: colour edges also come from shadows and texture (biased by up to 4 px on

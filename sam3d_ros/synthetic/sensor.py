@@ -130,8 +130,9 @@ class SensorNoise:
         * 47 % of the valid pixels midway across a > 8 cm depth jump lie between its two sides
           (mixed) -> ``edge_mix``; 22 % of the valid pixels 1-3 px inside the colour-drawn (M2T2)
           masks lie > 2 cm + 2 % behind the object's interior, 8.9 % are holes -> the lower
-          ``edge_dropout``; those masks match the depth silhouette best when shifted by 2.1 px
-          (median, at 640 px width) -> ``misregistration_px``.
+          ``edge_dropout``; those masks match the depth silhouette best when shifted by 2.9 px
+          (median of 12 masks, spread 1-7 px, at 640 px width) -> ``misregistration_px`` 2, on
+          the low side (the same estimate reads 2.2 px on scenes with this preset).
 
         The same script on 5 robot-head scenes with this preset (``--synthetic 5``): dark holes
         11.1 %, far side left 72 %, baseline 0.052 m, mixed 57 %, ring far 17 % / holes 13 %,
