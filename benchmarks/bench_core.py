@@ -20,10 +20,18 @@ Scene regimes (``--regime``, :data:`sam3d_ros.synthetic.scenes.SCENE_REGIMES`): 
 side-on, calibrated so the visible-only baseline is near the issue's F@1cm 0.78 / F@5mm 0.65 /
 Chamfer 0.53 cm). ``--pitch`` / ``--distance`` override the regime's camera ranges.
 
+Sensor (``--sensor``): ``default`` is the :class:`SensorNoise` every earlier figure used;
+``realsense`` is :meth:`SensorNoise.realsense` (stereo shadows, mixed edge pixels, dark-surface
+holes, z^2 quantisation, 2 px colour-depth misregistration; measured on real frames by
+``benchmarks/measure_real_sensor.py``). ``--prompts imperfect`` (the default with ``realsense``)
+gives masks shifted / grown / shrunk by a few pixels and boxes with jittered sides
+(:class:`PromptNoise`); scoring still uses the exact ground-truth masks.
+
 Usage::
 
     python3 benchmarks/bench_core.py                 # 20 scenes x 3 objects, 640x480
     python3 benchmarks/bench_core.py --regime robot-head
+    python3 benchmarks/bench_core.py --regime robot-head --sensor realsense --scenes 10
     python3 benchmarks/bench_core.py --scenes 5 --json out.json
     python3 benchmarks/bench_core.py --modes ''      # visible-only baseline only
 """
@@ -55,8 +63,19 @@ from sam3d_ros.synthetic.scenes import (  # noqa: E402
     TablePlane,
     make_tabletop_scene,
 )
-from sam3d_ros.synthetic.sensor import SensorNoise  # noqa: E402
-from sam3d_ros.types import CameraIntrinsics, Frame  # noqa: E402
+from sam3d_ros.synthetic.sensor import (  # noqa: E402
+    PromptNoise,
+    SensorNoise,
+    jitter_box,
+    perturb_mask,
+)
+from sam3d_ros.types import (  # noqa: E402
+    BoxPrompt,
+    CameraIntrinsics,
+    Frame,
+    ObjectPrompt,
+    SegmentationQuery,
+)
 
 CACHE_VERSION = 6  # bump when the scene generator or the cache format changes
 
@@ -164,10 +183,42 @@ def scene_kwargs(args) -> Dict[str, Any]:
     return kwargs
 
 
+SENSORS = {"default": SensorNoise(), "realsense": SensorNoise.realsense()}
+
+
+def prompt_noise(args) -> PromptNoise:
+    """Prompt noise of the run: ``--prompts``, by default imperfect with the realistic sensor."""
+    kind = args.prompts or ("imperfect" if args.sensor == "realsense" else "exact")
+    return PromptNoise() if kind == "imperfect" else PromptNoise.none()
+
+
+def make_query(mode: str, scene: SyntheticScene, pad: int, prompts: PromptNoise):
+    """Box or mask query for a scene, perturbed per object (seeded by scene and object)."""
+    if prompts == PromptNoise.none():
+        return scene.box_query(pad) if mode == "box" else scene.mask_query()
+    size = (scene.frame.width, scene.frame.height)
+    if mode == "box":
+        objs = []
+        for b in scene.box_prompts(pad):
+            rng = np.random.default_rng([scene.seed, b.object_id, 0xB0C5])
+            x0, y0, x1, y1 = jitter_box((b.x_min, b.y_min, b.x_max, b.y_max), size, rng,
+                                        prompts.box_px)
+            objs.append(ObjectPrompt(object_id=b.object_id,
+                                     boxes=[BoxPrompt(x0, y0, x1, y1, object_id=b.object_id)]))
+        return SegmentationQuery(objects=objs)
+    masks = [
+        perturb_mask(o.visible_mask, np.random.default_rng([scene.seed, o.object_id, 0x3A5C]),
+                     prompts.shift_px, prompts.grow_px)
+        for o in scene.objects
+    ]
+    return SegmentationQuery(masks=masks)
+
+
 def load_scenes(args) -> List[SyntheticScene]:
     kwargs = scene_kwargs(args)
+    noise = SENSORS[args.sensor]
     key_items: List[Any] = [
-        CACHE_VERSION, args.objects, args.width, args.height, asdict(SensorNoise())
+        CACHE_VERSION, args.objects, args.width, args.height, asdict(noise)
     ]
     if kwargs:  # the default regime keeps its cache key
         key_items.append({k: list(v) for k, v in sorted(kwargs.items())})
@@ -187,7 +238,8 @@ def load_scenes(args) -> List[SyntheticScene]:
             except Exception:  # noqa: BLE001 (stale or partial file: render again)
                 scene = None
         if scene is None:
-            scene = make_tabletop_scene(seed, args.objects, args.width, args.height, **kwargs)
+            scene = make_tabletop_scene(seed, args.objects, args.width, args.height,
+                                        noise=noise, **kwargs)
             if path is not None:
                 save_scene(path, scene)
         scenes.append(scene)
@@ -255,7 +307,7 @@ def run_mode(mode: str, scenes, seg, rec, args) -> Dict[str, Any]:
     tmp_root = Path(tempfile.mkdtemp(prefix="bench_core_runs_"))
     try:
         for scene in scenes:
-            query = scene.box_query(args.pad) if mode == "box" else scene.mask_query()
+            query = make_query(mode, scene, args.pad, prompt_noise(args))
             try:
                 t0 = time.perf_counter()
                 masks = seg.segment(scene.frame, query)
@@ -327,7 +379,8 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def print_table(results: Dict[str, Any], header: Dict[str, Any]) -> None:
     print(
-        f"# regime {header['regime']} {header['scene_kwargs'] or ''}, "
+        f"# regime {header['regime']} {header['scene_kwargs'] or ''}, sensor {header['sensor']}, "
+        f"prompts {header['prompts']}, "
         f"{header['scenes']} scenes x {header['objects_per_scene']} objects, "
         f"{header['width']}x{header['height']}, render {header['render_s_mean']:.2f} s/scene "
         f"(mean, uncached)"
@@ -368,6 +421,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1000, help="first scene seed")
     p.add_argument("--regime", default="default", choices=sorted(SCENE_REGIMES),
                    help="camera regime of the scenes (see module docstring)")
+    p.add_argument("--sensor", default="default", choices=sorted(SENSORS),
+                   help="depth sensor model: default (earlier figures) or realsense (measured)")
+    p.add_argument("--prompts", choices=("exact", "imperfect"),
+                   help="prompt masks/boxes exact or a few px off (default: imperfect with "
+                        "--sensor realsense, else exact)")
     p.add_argument("--pitch", metavar="MIN,MAX", help="override: camera pitch range, degrees")
     p.add_argument("--distance", metavar="MIN,MAX", help="override: camera distance range, m")
     p.add_argument("--pad", type=int, default=4, help="box prompt padding, pixels")
@@ -389,6 +447,8 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
     header = {
         "regime": args.regime,
+        "sensor": args.sensor,
+        "prompts": "exact" if prompt_noise(args) == PromptNoise.none() else "imperfect",
         "scene_kwargs": scene_kwargs(args),
         "scenes": len(scenes),
         "objects_per_scene": args.objects,

@@ -534,7 +534,7 @@ def make_tabletop_scene(
     depth_clean[(seg < 0) | (depth_clean >= FAR_CLIP * 0.999)] = np.nan
     depth_clean = depth_clean.astype(np.float32)
     noise_rng = np.random.default_rng([int(seed), 0xD3E7])
-    depth_noisy = apply_depth_noise(depth_clean, noise, noise_rng)
+    depth_noisy = apply_depth_noise(depth_clean, noise, noise_rng, rgb=rgb_clean, fx=k.fx)
     points = depth_to_points(depth_noisy, k)
 
     instance = np.zeros((height, width), dtype=np.int32)
