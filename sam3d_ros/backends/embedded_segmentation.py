@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
+from .colour_depth_refine import refine_mask
 from .masks import pass_through_masks
 from .plane import Plane, fit_support_plane
 
@@ -76,6 +77,7 @@ class _FrameContext:
     z: np.ndarray
     valid: np.ndarray
     plane: Optional[Plane]
+    fx: Optional[float] = None
     cache: Dict[str, object] = field(default_factory=dict)
 
     @property
@@ -104,6 +106,9 @@ class EmbeddedSegmenter:
         attach_gap: point prompts and automatic mode: smaller regions touching the object in
             the image and within this 3D distance (metres) are parts of it.
         seed: RANSAC seed (results are deterministic for a given seed).
+        colour_refine: refine prompted masks on colour with depth-certain labels
+            (:mod:`~sam3d_ros.backends.colour_depth_refine`; real cameras' depth outlines are
+            shifted and smeared against the colour image).
     """
 
     name = "embedded"
@@ -125,7 +130,9 @@ class EmbeddedSegmenter:
         part_gap: float = 0.03,
         attach_gap: float = 0.025,
         seed: int = 0,
+        colour_refine: bool = True,
     ):
+        self.colour_refine = bool(colour_refine)
         self.plane_threshold = float(plane_threshold)
         self.support_band = float(support_band)
         self.jump_abs = float(jump_abs)
@@ -207,7 +214,8 @@ class EmbeddedSegmenter:
         if rgb.dtype != np.uint8:
             scale = 255.0 if rgb.dtype.kind == "f" and float(np.nanmax(rgb)) <= 1.0 else 1.0
             rgb = np.clip(np.nan_to_num(rgb.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-        return _FrameContext(rgb=rgb, points=pts, z=z, valid=valid, plane=plane)
+        fx = None if frame.intrinsics is None else float(frame.intrinsics.fx)
+        return _FrameContext(rgb=rgb, points=pts, z=z, valid=valid, plane=plane, fx=fx)
 
     def _window(self, ctx: _FrameContext, y0: int, y1: int, x0: int, x1: int) -> _Window:
         h, w = ctx.shape
@@ -419,6 +427,19 @@ class EmbeddedSegmenter:
             raise InputError(
                 "point_prompts" if prompt.points else "box_prompts",
                 f"object {oid} needs a foreground point or a box (only background prompts given)",
+            )
+        if self.colour_refine and mask.any():
+            box = None
+            if pos_boxes:
+                box = (
+                    min(r[0] for r in pos_boxes),
+                    min(r[1] for r in pos_boxes),
+                    max(r[2] for r in pos_boxes),
+                    max(r[3] for r in pos_boxes),
+                )
+            mask = refine_mask(
+                ctx.rgb, ctx.points, mask, ctx.plane, box=box, fg_points=fg_pts,
+                bg_points=bg_pts, fx=ctx.fx,
             )
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False

@@ -1,0 +1,112 @@
+"""Depth hygiene (:mod:`sam3d_ros.depth_hygiene`) on constructed edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from sam3d_ros.conventions import backproject
+from sam3d_ros.depth_hygiene import (
+    continuous_regions,
+    depth_edges,
+    grazing_pixels,
+    object_depth,
+)
+from sam3d_ros.types import CameraIntrinsics
+
+W, H = 160, 120
+K = CameraIntrinsics(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=W, height=H)
+
+
+def _object_on_background(z_obj=0.8, z_bg=1.3):
+    """A frontal square object at ``z_obj`` in front of a wall at ``z_bg``."""
+    depth = np.full((H, W), z_bg, dtype=np.float32)
+    obj = np.zeros((H, W), dtype=bool)
+    obj[40:80, 60:100] = True
+    depth[obj] = z_obj
+    return depth, obj
+
+
+def test_depth_edges_mark_both_sides_of_a_jump_and_only_there():
+    depth, obj = _object_on_background()
+    edges = depth_edges(depth)
+    ring = obj ^ ndimage.binary_erosion(obj)
+    outer = ndimage.binary_dilation(obj) ^ obj
+    assert edges[ring].all() and edges[outer].all()
+    assert not edges[ndimage.binary_erosion(obj, iterations=2)].any()
+    # Noise below the threshold and a hole are not edges.
+    noisy = depth + np.random.default_rng(0).normal(0, 0.002, depth.shape).astype(np.float32)
+    noisy[10, 10] = np.nan
+    assert not depth_edges(noisy)[~ndimage.binary_dilation(ring | outer)].any()
+
+
+def test_grazing_pixels_flag_slopes_beyond_the_angle_only():
+    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+    frontal = np.full((H, W), 1.0, dtype=np.float32)
+    # A plane turned 70 degrees away from the optical axis: z = 1 + tan(70°) · x.
+    with np.errstate(divide="ignore"):
+        turned = 1.0 / (1.0 - np.tan(np.radians(70)) * (u - K.cx) / K.fx)
+    turned[:, 120:] = np.nan
+    inner = (slice(10, -10), slice(10, -10))
+    for angle in (60.0, 80.0):
+        assert not grazing_pixels(backproject(frontal, K), angle)[inner].any()
+    pts = backproject(turned.astype(np.float32), K)
+    centre = (slice(10, -10), slice(76, 84))  # rays along the optical axis: 70 degrees there
+    assert grazing_pixels(pts, 60.0)[centre].all()
+    assert not grazing_pixels(pts, 80.0)[centre].any()
+
+
+def test_continuous_regions_split_at_jumps():
+    depth, obj = _object_on_background()
+    labels, n = continuous_regions(depth, np.ones((H, W), bool))
+    assert n == 2
+    assert len(np.unique(labels[obj])) == 1 and len(np.unique(labels[~obj])) == 1
+
+
+def test_a_mask_dilated_onto_the_background_keeps_only_the_objects_depth():
+    depth, obj = _object_on_background()
+    points = backproject(depth, K)
+    mask = ndimage.binary_dilation(obj, iterations=4)  # 4 px of wall inside the mask
+    od = object_depth(points, mask)
+    band = mask & ~obj
+    assert not od.reliable[band].any()
+    assert od.reliable[ndimage.binary_erosion(obj, iterations=2)].all()
+    # The wall pixels beyond the edge ring are filled at the object's depth: silhouette, never
+    # a fin (the ring itself is an edge: outline, neither depth nor fill).
+    beyond = band & ~ndimage.binary_dilation(obj)
+    assert od.filled[beyond].all()
+    assert np.allclose(od.depth[beyond], 0.8, atol=1e-6)
+
+
+def test_foreground_band_of_an_occluder_is_dropped():
+    depth, obj = _object_on_background()
+    occluder = np.zeros((H, W), bool)
+    occluder[40:80, 56:63] = True  # a pole in front, overlapping the mask's left edge
+    depth[occluder] = 0.5
+    od = object_depth(backproject(depth, K), obj)
+    assert not od.reliable[occluder & obj].any()
+    clear = ndimage.binary_erosion(obj, iterations=2) & ~ndimage.binary_dilation(occluder, iterations=3)
+    assert od.reliable[clear].all()
+
+
+def test_a_thick_front_part_within_the_objects_extent_joins():
+    # A bowl seen from above: its front wall is nearer than the inner surface, separated from it
+    # by a depth jump at the rim, and thick: both are the object.
+    depth = np.full((H, W), 1.3, dtype=np.float32)
+    mask = np.zeros((H, W), bool)
+    mask[40:90, 50:110] = True
+    depth[40:70, 50:110] = 0.95  # inner surface
+    depth[70:90, 50:110] = 0.85  # front wall, 10 cm nearer
+    od = object_depth(backproject(depth, K), mask)
+    assert od.reliable[42:68, 52:108].all() and od.reliable[72:88, 52:108].all()
+
+
+def test_support_pixels_are_not_the_object():
+    class Plane:  # the wall plays the support: z = 1.3 → n·p + d with n toward the camera
+        normal = np.array([0.0, 0.0, -1.0])
+        offset = 1.3
+
+    depth, obj = _object_on_background()
+    mask = ndimage.binary_dilation(obj, iterations=3)
+    od = object_depth(backproject(depth, K), mask, Plane())
+    assert not od.reliable[mask & ~obj].any()

@@ -1,0 +1,100 @@
+"""The embedded pipeline on real RealSense frames from ``../shared/real_rgbd``.
+
+The frames are read where they are (never copied into the repository). Without the folder these
+tests skip with the reason, unless ``SAM3D_REQUIRE_REAL_RGBD=1`` (set by ``tools/test.sh`` in CI),
+which makes a missing folder a failure.
+
+The floors are the figures of ``benchmarks/bench_real.py`` at the commit that added them, less a
+margin for platform differences: they catch regressions, the benchmark reports the level.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from real_data import require_real_rgbd
+from sam3d_ros.backends import make_reconstructor
+from sam3d_ros.engine import Engine
+from sam3d_ros.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
+from sam3d_ros.inputs import parse_request
+from sam3d_ros.types import ObjectMask
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+# (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
+FLOORS = {
+    ("m2t2", "boxes"): 0.75,
+    ("m2t2", "points"): 0.62,
+    ("m2t2", "masks"): 0.84,
+    ("dof6", "boxes"): 0.82,
+    ("dof6", "points"): 0.80,
+    ("dof6", "masks"): 0.84,
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    return require_real_rgbd()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(grasp_planner=None)
+
+
+def _ious(engine: Engine, frame_dir: Path, mode: str):
+    rf = load_real_frame(frame_dir)
+    request = rf.request(mode)
+    parsed = parse_request(request, frame_dir, engine.input_options)
+    out = engine.process(parsed.frame, parsed.query, parsed.seed)
+    ids = [int(Path(u).stem) for u in request["mask_urls"]] if mode == "masks" else None
+    union = np.zeros(rf.depth.shape, dtype=bool)
+    for m in rf.masks.values():
+        union |= m
+    ious = []
+    for obj in out.objects:
+        gid = ids[obj.object_id] if ids else obj.object_id
+        sil = silhouette(posed_vertices(obj), obj.mesh.faces, parsed.frame.intrinsics, union.shape)
+        ious.append(silhouette_iou(sil, rf.masks[gid], ignore=union & ~rf.masks[gid]))
+    return ious
+
+
+@pytest.mark.parametrize("group,mode", sorted(FLOORS))
+def test_silhouette_iou_floors(data_dir, engine, group, mode):
+    frames = sorted(d for d in data_dir.iterdir() if d.name.startswith(group + "_"))
+    assert frames, f"no {group}_* frames in {data_dir}"
+    ious = [iou for d in frames for iou in _ious(engine, d, mode)]
+    assert len(ious) == sum(len(load_real_frame(d).masks) for d in frames)
+    assert np.mean(ious) >= FLOORS[(group, mode)], ious
+
+
+def test_mask_dilated_onto_the_background_keeps_the_depth_extent(data_dir):
+    # The sugar box (dof6_7) with its mask, and with the mask grown 4 px onto the table and
+    # the wall behind: the object's extent along the viewing direction moves by < 1 cm.
+    rf = load_real_frame(data_dir / "dof6_7")
+    parsed = parse_request(rf.request("masks"), rf.path, Engine().input_options)
+    frame = parsed.frame
+    rec = make_reconstructor("embedded")
+    mask = rf.masks[1]
+    grown = ndimage.binary_dilation(mask, iterations=4)
+    depth_extent = []
+    for m in (mask, grown):
+        (obj,) = rec.reconstruct(frame, [ObjectMask(1, m)], 0)
+        v = posed_vertices(obj)
+        view = obj.translation / np.linalg.norm(obj.translation)
+        depth_extent.append(float(np.ptp(v @ view)))
+    assert abs(depth_extent[1] - depth_extent[0]) < 0.01, depth_extent
+
+
+def test_known_size_from_mask_and_box(data_dir, engine):
+    # The sugar box (4.5 × 9.2 × 17.6 cm): its largest side within 1.5 cm from mask and box.
+    for mode in ("masks", "boxes"):
+        rf = load_real_frame(data_dir / "dof6_7")
+        parsed = parse_request(rf.request(mode), rf.path, engine.input_options)
+        (obj,) = engine.process(parsed.frame, parsed.query, parsed.seed).objects
+        assert abs(float(np.max(obj.extents)) - 0.176) <= 0.015, (mode, obj.extents)
