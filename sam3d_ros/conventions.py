@@ -20,6 +20,9 @@ Conventions (REP 103 / 105 / 117 / 118):
 
       p_camera = R(q) @ (scale ⊙ p_canonical) + translation
 
+* **Grasp frame** — origin = midpoint between the two fingertip contacts, +z = approach (the
+  gripper moves along +z, fingers point along +z), +y = closing direction, +x = y × z; see
+  :func:`grasp_rotation` and :func:`grasp_to_end_effector`.
 * **Other axis conventions** — the PyTorch3D camera frame (+x left, +y up, +z forward) and the
   Y-up convention of glTF, both reached with the functions of the "axes" section below.
 
@@ -586,6 +589,90 @@ def transform_gaussians(
         colors=np.asarray(g.colors, dtype=np.float32).copy(),
         opacities=np.asarray(g.opacities, dtype=np.float32).copy(),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Grasp frame (parallel-jaw grasps, see sam3d_ros.backends.grasp_analytic)
+# --------------------------------------------------------------------------------------------
+# A grasp is a pose in the camera optical frame: origin = midpoint between the two fingertip
+# contact points; +z = approach (the gripper moves along +z towards the object, the fingers point
+# along +z); +y = closing direction (the line between the fingers); +x = y × z (right-handed).
+# ``width`` = the opening at contact (distance between the contacts).
+
+
+def _unit(v: np.ndarray, what: str) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    if not (np.all(np.isfinite(v)) and np.all(n > 1e-12)):
+        raise ValueError(f"{what} must be finite and non-zero")
+    return v / n
+
+
+def grasp_rotation(approach: ArrayLike, closing: ArrayLike) -> np.ndarray:
+    """Rotation matrix ``[x y z]`` (columns) of the grasp frame, ``(..., 3, 3)`` float64.
+
+    ``z`` = the unit ``approach``; ``y`` = ``closing`` made orthogonal to ``z`` (Gram-Schmidt,
+    so ``z`` wins when they are not exactly orthogonal); ``x = y × z``.
+
+    Raises:
+        ValueError: zero / non-finite vectors, or ``closing`` parallel to ``approach``.
+    """
+    z = _unit(np.asarray(approach, dtype=np.float64), "approach")
+    c = np.asarray(closing, dtype=np.float64)
+    y = _unit(c - np.sum(c * z, axis=-1, keepdims=True) * z, "closing (orthogonal to approach)")
+    x = np.cross(y, z)
+    return np.stack([x, y, z], axis=-1)
+
+
+def grasp_quaternion(approach: ArrayLike, closing: ArrayLike) -> np.ndarray:
+    """Unit ``[x, y, z, w]`` quaternion of :func:`grasp_rotation`."""
+    return matrix_to_quat(grasp_rotation(approach, closing))
+
+
+def grasp_axes(orientation_xyzw: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, z)`` axes of a grasp orientation: (finger-width, closing, approach) directions."""
+    r = quat_to_matrix(quat_normalize(orientation_xyzw))
+    return r[..., :, 0], r[..., :, 1], r[..., :, 2]
+
+
+def grasp_to_end_effector(
+    position: ArrayLike,
+    orientation_xyzw: ArrayLike,
+    tcp_offset: float,
+    ee_in_grasp_xyzw: ArrayLike = (0.0, 0.0, 0.0, 1.0),
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Pose of an end-effector link that puts the grasp frame at the given grasp pose.
+
+    The end-effector link sits ``tcp_offset`` metres behind the grasp origin along the approach
+    axis (for a Franka Hand the ``panda_hand`` link has the grasp frame's axes and
+    ``tcp_offset = 0.1034``): ``p_ee = p - tcp_offset · z``. ``ee_in_grasp_xyzw`` is the fixed
+    rotation of the link's axes in the grasp frame, for grippers whose link axes differ (e.g. a
+    gripper that closes along its x axis: a 90° turn about z). Works on ``(..., 3)`` /
+    ``(..., 4)`` arrays.
+
+    Returns:
+        ``(position, orientation_xyzw)`` of the end-effector link, same frame as the grasp.
+    """
+    q = quat_normalize(orientation_xyzw)
+    p = np.asarray(position, dtype=np.float64)
+    z = quat_to_matrix(q)[..., :, 2]
+    p_ee = p - float(tcp_offset) * z
+    q_ee = quat_canonical(quat_multiply(q, quat_normalize(ee_in_grasp_xyzw)))
+    return p_ee, q_ee
+
+
+def end_effector_to_grasp(
+    position: ArrayLike,
+    orientation_xyzw: ArrayLike,
+    tcp_offset: float,
+    ee_in_grasp_xyzw: ArrayLike = (0.0, 0.0, 0.0, 1.0),
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`grasp_to_end_effector`: the grasp pose of an end-effector pose."""
+    q_g = quat_canonical(
+        quat_multiply(quat_normalize(orientation_xyzw), quat_conjugate(
+            quat_normalize(ee_in_grasp_xyzw)))
+    )
+    z = quat_to_matrix(q_g)[..., :, 2]
+    return np.asarray(position, dtype=np.float64) + float(tcp_offset) * z, q_g
 
 
 # --------------------------------------------------------------------------------------------

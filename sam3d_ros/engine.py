@@ -1,16 +1,18 @@
-"""The reconstruction pipeline: request → load → segment → reconstruct → export.
+"""The reconstruction pipeline: request → load → segment → reconstruct → grasp → export.
 
 :class:`Engine` is what the CLI and the ROS node share. :meth:`Engine.run` takes a hosted request
 (dict or :class:`~sam3d_ros.inputs.ParsedRequest`) and, with an ``output_dir``, writes the run
 directory atomically through :func:`sam3d_ros.export.write_run` and returns the hosted result.
-:meth:`Engine.process` is the file-free part (segment + reconstruct) the ROS node calls on frames
-it built itself.
+:meth:`Engine.process` is the file-free part (segment + reconstruct + grasp) the ROS node calls on
+frames it built itself. The grasp stage (a :class:`~sam3d_ros.types.GraspPlanner`, ``"analytic"``
+by default, ``grasp_planner=None`` disables it) plans grasps on the reconstructed meshes; they go
+into :attr:`EngineResult.grasps` and each object's entry of the metadata.
 
 Progress: ``progress(stage, fraction, message)`` is called at the start and end of every stage;
 ``fraction`` is the overall progress in ``[0, 1]`` (load 0–0.1, segment 0.1–0.3,
-reconstruct 0.3–0.9, export 0.9–1). Cancellation: ``cancel()`` is polled before every stage and
-after the last one; when it returns true the run stops with :class:`~sam3d_ros.errors.Cancelled`
-and nothing is written.
+reconstruct 0.3–0.85, grasp 0.85–0.9, export 0.9–1). Cancellation: ``cancel()`` is polled
+before every stage and after the last one; when it returns true the run stops with
+:class:`~sam3d_ros.errors.Cancelled` and nothing is written.
 
 Determinism: before segmentation, Python's ``random``, NumPy's global RNG and (when already
 imported) torch are seeded from the request's seed, which is also handed to the backends. The seed
@@ -31,16 +33,24 @@ import numpy as np
 
 from .errors import BackendError, Cancelled, InputError, Sam3dError
 from .inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
-from .types import Frame, ObjectMask, ObjectReconstruction, SegmentationQuery, StageTimings
+from .types import (
+    Frame,
+    Grasp,
+    ObjectMask,
+    ObjectReconstruction,
+    SegmentationQuery,
+    StageTimings,
+)
 
 ProgressCallback = Callable[[str, float, str], None]
 CancelCallback = Callable[[], bool]
 
-STAGES = ("load", "segment", "reconstruct", "export")
+STAGES = ("load", "segment", "reconstruct", "grasp", "export")
 _SPANS = {
     "load": (0.0, 0.1),
     "segment": (0.1, 0.3),
-    "reconstruct": (0.3, 0.9),
+    "reconstruct": (0.3, 0.85),
+    "grasp": (0.85, 0.9),
     "export": (0.9, 1.0),
 }
 
@@ -55,10 +65,13 @@ class EngineResult:
         result: the hosted result dict (as in ``result.json``); ``None`` when nothing was written.
         objects: one reconstruction per mask, in mask order.
         masks: the segmented (or given) masks.
-        timings: seconds per stage that ran (``load``, ``segment``, ``reconstruct``, ``export``).
+        timings: seconds per stage that ran (``load``, ``segment``, ``reconstruct``, ``grasp``,
+            ``export``).
         run_dir: the written run directory, or ``None``.
         seed: the seed used.
         warnings: non-fatal remarks from input parsing.
+        grasps: per object (same order as ``objects``), its grasps best first, camera optical
+            frame; ``None`` when the engine has no grasp planner.
     """
 
     result: Optional[Dict[str, Any]]
@@ -68,6 +81,7 @@ class EngineResult:
     run_dir: Optional[Path] = None
     seed: int = DEFAULT_SEED
     warnings: List[str] = field(default_factory=list)
+    grasps: Optional[List[List[Grasp]]] = None
 
 
 def seed_everything(seed: int) -> None:
@@ -141,7 +155,7 @@ class _Stages:
 
 
 class Engine:
-    """Segment and reconstruct with the given backends (the embedded CPU ones by default).
+    """Segment, reconstruct and plan grasps with the given backends (embedded CPU by default).
 
     A backend is given as an instance or as a registry name (see :mod:`sam3d_ros.backends`);
     names are checked at once but built on first use, so a bad request fails before a heavy
@@ -153,15 +167,17 @@ class Engine:
         segmenter: Any = "embedded",
         reconstructor: Any = "embedded",
         input_options: Optional[InputOptions] = None,
+        grasp_planner: Any = "analytic",
     ):
-        """Build an engine; ``None`` backends mean ``"embedded"``."""
-        from .backends import RECONSTRUCTORS, SEGMENTERS
+        """Build an engine; ``None`` backends mean ``"embedded"``, ``grasp_planner=None`` none."""
+        from .backends import GRASP_PLANNERS, RECONSTRUCTORS, SEGMENTERS
 
         segmenter = "embedded" if segmenter is None else segmenter
         reconstructor = "embedded" if reconstructor is None else reconstructor
         for kind, value, table in (
             ("segmentation", segmenter, SEGMENTERS),
             ("reconstruction", reconstructor, RECONSTRUCTORS),
+            ("grasp", grasp_planner, GRASP_PLANNERS),
         ):
             if isinstance(value, str) and value not in table:
                 raise InputError(
@@ -169,6 +185,7 @@ class Engine:
                 )
         self._segmenter = segmenter
         self._reconstructor = reconstructor
+        self._grasp_planner = grasp_planner
         self.input_options = input_options or InputOptions()
 
     @property
@@ -188,6 +205,15 @@ class Engine:
 
             self._reconstructor = make_reconstructor(self._reconstructor)
         return self._reconstructor
+
+    @property
+    def grasp_planner(self) -> Any:
+        """The grasp planner (built from its name on first access), or ``None`` (disabled)."""
+        if isinstance(self._grasp_planner, str):
+            from .backends import make_grasp_planner
+
+            self._grasp_planner = make_grasp_planner(self._grasp_planner)
+        return self._grasp_planner
 
     def run(
         self,
@@ -243,7 +269,8 @@ class Engine:
             from .export import write_run
 
             return write_run(
-                output_dir, parsed.request, parsed.frame, outcome.objects, base_url=base_url
+                output_dir, parsed.request, parsed.frame, outcome.objects, base_url=base_url,
+                grasps=outcome.grasps,
             )
 
         outcome.result = stages.run("export", f"writing {output_dir}", write)
@@ -259,7 +286,7 @@ class Engine:
         cancel: Optional[CancelCallback] = None,
         timings: Optional[StageTimings] = None,
     ) -> EngineResult:
-        """Segment and reconstruct one frame; writes nothing (``result`` is ``None``)."""
+        """Segment, reconstruct and plan grasps on one frame; writes nothing (no ``result``)."""
         timings = {} if timings is None else timings
         stages = _Stages(timings, progress, cancel)
         seed_everything(seed)
@@ -289,8 +316,22 @@ class Engine:
             return objects
 
         objects = stages.run("reconstruct", f"reconstructing {len(masks)} object(s)", reconstruct)
+        grasps = None
+        if self.grasp_planner is not None:
+
+            def grasp() -> List[List[Grasp]]:
+                planned = list(self.grasp_planner.plan(frame, objects, seed))
+                if len(planned) != len(objects):
+                    raise BackendError(
+                        f"grasp planner {self.grasp_planner.name!r} returned {len(planned)} "
+                        f"grasp lists for {len(objects)} objects"
+                    )
+                return [list(g) for g in planned]
+
+            grasps = stages.run("grasp", f"planning grasps on {len(objects)} object(s)", grasp)
         stages.check_cancel("the end of processing")
-        return EngineResult(result=None, objects=objects, masks=masks, timings=timings, seed=seed)
+        return EngineResult(result=None, objects=objects, masks=masks, timings=timings, seed=seed,
+                            grasps=grasps)
 
 
 def _describe(query: SegmentationQuery) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__
 from . import conventions as cv
 from .errors import InputError
-from .types import Frame, Gaussians, ObjectReconstruction
+from .types import Frame, Gaussians, Grasp, ObjectReconstruction
 
 CONTENT_TYPE_GLB = "model/gltf-binary"
 CONTENT_TYPE_PLY = "application/octet-stream"
@@ -427,15 +427,29 @@ def _camera_pose(frame: Optional[Frame]) -> np.ndarray:
     return pose
 
 
-def object_metadata(obj: ObjectReconstruction, camera_pose: np.ndarray) -> Dict[str, Any]:
+def grasp_entries(grasps: Sequence[Grasp]) -> List[Dict[str, Any]]:
+    """The grasp contract: ``[{"position", "orientation", "width", "score", ...}]``, best first.
+
+    Camera optical frame; see :class:`sam3d_ros.types.Grasp` for the grasp frame. Extra keys:
+    ``contacts`` and ``contacts_observed``.
+    """
+    return [g.to_dict() for g in grasps]
+
+
+def object_metadata(
+    obj: ObjectReconstruction, camera_pose: np.ndarray, grasps: Optional[Sequence[Grasp]] = None
+) -> Dict[str, Any]:
     """Hosted ``ObjectMetadata`` of one object (lists of lists, as the hosted schema types them).
 
     Keys: ``object_index``, ``scale`` ``[[sx, sy, sz]]``, ``rotation`` ``[[x, y, z, w]]`` (unit),
     ``translation`` ``[[tx, ty, tz]]`` (metres, optical frame), ``camera_pose`` (4×4
-    camera-to-world), plus ``object_id``, ``label`` and ``score``.
+    camera-to-world), plus ``object_id``, ``label`` and ``score``, and ``grasps``
+    (:func:`grasp_entries`) when grasps were planned.
     """
     q, t, s = _pose(obj)
+    extra = {} if grasps is None else {"grasps": grasp_entries(grasps)}
     return {
+        **extra,
         "object_index": int(obj.object_index),
         "object_id": int(obj.object_id),
         "label": str(obj.label),
@@ -501,6 +515,7 @@ def write_run(
     objects: Sequence[ObjectReconstruction],
     *,
     base_url: Optional[str] = None,
+    grasps: Optional[Sequence[Sequence[Grasp]]] = None,
 ) -> Dict[str, Any]:
     """Write a complete run directory atomically and return the hosted result dict.
 
@@ -519,6 +534,8 @@ def write_run(
         objects: reconstructions in the frame contract, with distinct ``object_id`` values.
         base_url: when given, file URLs are ``base_url + "/" + relative path``; otherwise
             absolute ``file://`` URIs of the final location.
+        grasps: per object (same order), its grasps; written as ``"grasps"`` in each object's
+            metadata (``result["metadata"]`` and ``metadata.json["objects"]``). ``None`` = no key.
 
     Returns:
         ``{"gaussian_splat", "model_glb", "metadata", "individual_splats", "individual_glbs",
@@ -553,7 +570,10 @@ def write_run(
         files[glb_rel] = glb_chunks([object_glb_mesh(obj, "canonical")])
         files[ply_rel] = _ply_chunks(rows)
         per_object.append((glb_rel, ply_rel))
-    meta_list = [object_metadata(o, pose) for o in objects]
+    if grasps is not None and len(grasps) != len(objects):
+        raise ValueError(f"{len(grasps)} grasp lists for {len(objects)} objects")
+    meta_list = [object_metadata(o, pose, None if grasps is None else grasps[i])
+                 for i, o in enumerate(objects)]
     files[METADATA_JSON] = [json_bytes(_metadata_document(frame, pose, objects, meta_list,
                                                           per_object))]
     files[REQUEST_JSON] = [json_bytes(dict(request))]
@@ -649,6 +669,8 @@ def _metadata_document(
             "combined_files": "camera optical frame",
             "individual_files": "canonical object frame",
             "camera_pose": "4x4 camera-to-world",
+            "grasps": "camera optical frame; origin = midpoint of the fingertip contacts, "
+                      "+z = approach, +y = closing, +x = y x z; width = opening at contact",
         },
         "camera": camera,
         "objects": docs,

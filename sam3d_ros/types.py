@@ -197,5 +197,74 @@ class ReconstructionBackend(Protocol):
         ...
 
 
+@dataclass
+class Grasp:
+    """One parallel-jaw grasp, in the camera optical frame (the grasp contract).
+
+    Grasp frame (see :func:`sam3d_ros.conventions.grasp_rotation`): origin = midpoint between the
+    two fingertip contact points; +z = approach (the gripper moves along +z towards the object,
+    fingers point along +z); +y = closing direction (the line between the fingers); +x = y × z.
+
+    Attributes:
+        position: (3,) grasp origin, metres.
+        orientation: (4,) unit quaternion ``[x, y, z, w]`` of the grasp frame.
+        width: opening at contact (distance between the two contacts), metres.
+        score: quality in ``[0, 1]``, higher is better.
+        object_id: the object grasped.
+        contacts: (2, 3) the two contact points (at ``position ∓ width/2 · y``).
+        contacts_observed: (2,) bool, whether each contact lies on observed (measured) surface
+            rather than on the completed (hidden) part of the shape.
+    """
+
+    position: np.ndarray
+    orientation: np.ndarray
+    width: float
+    score: float
+    object_id: int = -1
+    contacts: Optional[np.ndarray] = None
+    contacts_observed: Optional[np.ndarray] = None
+
+    def to_dict(self) -> Dict[str, object]:
+        """The contract entry ``{"position", "orientation", "width", "score"}`` plus extras.
+
+        Extras: ``contacts`` ([[x, y, z], [x, y, z]]) and ``contacts_observed`` ([bool, bool]).
+        """
+        out: Dict[str, object] = {
+            "position": [float(v) for v in np.asarray(self.position).reshape(3)],
+            "orientation": [float(v) for v in np.asarray(self.orientation).reshape(4)],
+            "width": float(self.width),
+            "score": float(self.score),
+        }
+        if self.contacts is not None:
+            out["contacts"] = [[float(v) for v in row]
+                               for row in np.asarray(self.contacts).reshape(2, 3)]
+        if self.contacts_observed is not None:
+            out["contacts_observed"] = [bool(v) for v in np.asarray(self.contacts_observed)]
+        return out
+
+
+@runtime_checkable
+class GraspPlanner(Protocol):
+    """Turns reconstructed objects (closed meshes in the frame contract) into grasps."""
+
+    name: str
+
+    def plan(
+        self,
+        frame: Frame,
+        objects: Sequence[ObjectReconstruction],
+        seed: int,
+        support_plane: Optional[object] = None,
+    ) -> List[List[Grasp]]:
+        """Return, per object (same order), its grasps best first, in the camera optical frame.
+
+        ``support_plane`` is anything with a unit ``normal`` (pointing to the camera side) and
+        an ``offset`` (``normal · p + offset = 0``), e.g. :class:`sam3d_ros.backends.plane.Plane`;
+        ``None`` lets the planner fit it from ``frame.points``.
+        """
+        ...
+
+
 StageTimings = Dict[str, float]
-"""Seconds spent per pipeline stage (``load``, ``segment``, ``reconstruct``, ``export``)."""
+"""Seconds spent per pipeline stage (``load``, ``segment``, ``reconstruct``, ``grasp``,
+``export``)."""

@@ -360,3 +360,37 @@ def test_quat_left_matrix_equals_multiply():
     a = random_quats(rng, 1)[0]
     b = random_quats(rng, 20)
     np.testing.assert_allclose(b @ cv.quat_left_matrix(a).T, cv.quat_multiply(a, b), atol=1e-12)
+
+
+# ---------------------------------------------------------------- grasp frame
+
+
+def test_grasp_rotation_axes():
+    r = cv.grasp_rotation([0, 0, 2.0], [0, 3.0, 0.5])  # closing made orthogonal to approach
+    np.testing.assert_allclose(r, np.eye(3), atol=1e-12)
+    rng = np.random.default_rng(0)
+    a, c = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    r = cv.grasp_rotation(a, c)
+    np.testing.assert_allclose(r[..., 2], a / np.linalg.norm(a, axis=1, keepdims=True),
+                               atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.cross(r[..., 1], r[..., 2]), r[..., 0], atol=1e-12)
+    q = cv.grasp_quaternion(a, c)
+    np.testing.assert_allclose(cv.quat_to_matrix(q), r, atol=1e-9)
+    with pytest.raises(ValueError):
+        cv.grasp_rotation([0, 0, 1.0], [0, 0, 2.0])
+
+
+def test_end_effector_pose_round_trip():
+    q = cv.grasp_quaternion([0, 0, 1.0], [1.0, 0, 0])  # approach down the optical axis
+    p_ee, q_ee = cv.grasp_to_end_effector([0.1, 0.2, 0.5], q, 0.1034)
+    np.testing.assert_allclose(p_ee, [0.1, 0.2, 0.5 - 0.1034], atol=1e-12)  # behind, along -z
+    np.testing.assert_allclose(cv.quat_to_matrix(q_ee), cv.quat_to_matrix(q), atol=1e-12)
+    # a link that closes along its own x: 90° about z; its x axis is then the grasp's y axis
+    turn = [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]
+    p2, q2 = cv.grasp_to_end_effector([0.1, 0.2, 0.5], q, 0.05, turn)
+    np.testing.assert_allclose(cv.quat_to_matrix(q2)[:, 0], cv.quat_to_matrix(q)[:, 1],
+                               atol=1e-12)
+    back_p, back_q = cv.end_effector_to_grasp(p2, q2, 0.05, turn)
+    np.testing.assert_allclose(back_p, [0.1, 0.2, 0.5], atol=1e-12)
+    np.testing.assert_allclose(cv.quat_to_matrix(back_q), cv.quat_to_matrix(q), atol=1e-12)

@@ -135,11 +135,11 @@ def test_run_writes_hosted_result(tmp_path):
     assert set(res.result) == RESULT_KEYS
     assert json.loads((out / "result.json").read_text()) == res.result
     assert [m["object_index"] for m in res.result["metadata"]] == [0]
-    assert list(res.timings) == ["load", "segment", "reconstruct", "export"]
+    assert list(res.timings) == ["load", "segment", "reconstruct", "grasp", "export"]
     assert all(v >= 0 for v in res.timings.values())
     stages = [c[0] for c in calls]
     assert stages == ["load", "load", "segment", "segment", "reconstruct", "reconstruct",
-                      "export", "export"]  # fmt: skip
+                      "grasp", "grasp", "export", "export"]  # fmt: skip
     fractions = [c[1] for c in calls]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
 
@@ -159,7 +159,8 @@ def test_process_without_files():
     res = Engine(seg, rec).process(frame, SegmentationQuery(), seed=11)
     assert res.result is None and len(res.objects) == 1
     assert rec.seeds == [11]
-    assert set(res.timings) == {"segment", "reconstruct"}
+    assert set(res.timings) == {"segment", "reconstruct", "grasp"}
+    assert res.grasps is not None and len(res.grasps) == len(res.objects)
 
 
 def test_default_seed_is_42():

@@ -1,7 +1,8 @@
 """Backend registry: names → factories, imported lazily so heavy packages load only when used.
 
-Two small protocols (see :mod:`sam3d_ros.types`): ``SegmentationBackend`` and
-``ReconstructionBackend``. ``embedded`` backends are CPU-only, need no weights and are the default.
+Three small protocols (see :mod:`sam3d_ros.types`): ``SegmentationBackend``,
+``ReconstructionBackend`` and ``GraspPlanner``. ``embedded`` backends are CPU-only, need no weights
+and are the default; the default grasp planner is ``analytic`` (numpy/scipy only).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ RECONSTRUCTORS: Dict[str, Tuple[str, str]] = {
     ),
 }
 
+GRASP_PLANNERS: Dict[str, Tuple[str, str]] = {
+    "analytic": ("sam3d_ros.backends.grasp_analytic", "AnalyticGraspPlanner"),
+}
+
 
 def _make(table: Dict[str, Tuple[str, str]], kind: str, name: str, options: Dict[str, Any]):
     if name not in table:
@@ -43,3 +48,8 @@ def make_segmenter(name: str = "embedded", **options: Any):
 def make_reconstructor(name: str = "embedded", **options: Any):
     """Build the reconstruction backend called ``name`` with its keyword options."""
     return _make(RECONSTRUCTORS, "reconstruction", name, options)
+
+
+def make_grasp_planner(name: str = "analytic", **options: Any):
+    """Build the grasp planner called ``name`` with its keyword options."""
+    return _make(GRASP_PLANNERS, "grasp", name, options)
