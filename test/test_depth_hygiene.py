@@ -85,7 +85,8 @@ def test_foreground_band_of_an_occluder_is_dropped():
     depth[occluder] = 0.5
     od = object_depth(backproject(depth, K), obj)
     assert not od.reliable[occluder & obj].any()
-    clear = ndimage.binary_erosion(obj, iterations=2) & ~ndimage.binary_dilation(occluder, iterations=3)
+    clear = ndimage.binary_erosion(obj, iterations=2)
+    clear &= ~ndimage.binary_dilation(occluder, iterations=3)
     assert od.reliable[clear].all()
 
 

@@ -10,21 +10,18 @@ margin for platform differences: they catch regressions, the benchmark reports t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from real_data import require_real_rgbd
 from scipy import ndimage
 
-from real_data import require_real_rgbd
 from sam3d_ros.backends import make_reconstructor
 from sam3d_ros.engine import Engine
 from sam3d_ros.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
 from sam3d_ros.inputs import parse_request
 from sam3d_ros.types import ObjectMask
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
 FLOORS = {
