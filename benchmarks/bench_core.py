@@ -250,15 +250,29 @@ def load_scenes(args) -> List[SyntheticScene]:
 # backends
 
 
+def _options(pairs) -> Dict[str, Any]:
+    """``["key=value", ...]`` → keyword arguments (values read as Python literals)."""
+    import ast
+
+    out: Dict[str, Any] = {}
+    for pair in pairs or ():
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def make_backends(args):
     try:
         from sam3d_ros.backends import make_reconstructor, make_segmenter
 
-        seg = make_segmenter(args.segmenter)
+        seg = make_segmenter(args.segmenter, **_options(args.seg_opt))
     except Exception as exc:  # noqa: BLE001 (report and degrade)
         return None, None, f"segmenter {args.segmenter!r} not available: {exc!r}"
     try:
-        rec = make_reconstructor(args.reconstructor)
+        rec = make_reconstructor(args.reconstructor, **_options(args.rec_opt))
     except Exception as exc:  # noqa: BLE001
         return seg, None, f"reconstructor {args.reconstructor!r} not available: {exc!r}"
     return seg, rec, None
@@ -433,6 +447,10 @@ def main(argv=None) -> int:
                    help="comma list of box, mask ('' = visible-only baseline only)")
     p.add_argument("--segmenter", default="embedded")
     p.add_argument("--reconstructor", default="embedded")
+    p.add_argument("--seg-opt", action="append", metavar="KEY=VALUE",
+                   help="segmenter option (repeatable), e.g. colour_refine=False")
+    p.add_argument("--rec-opt", action="append", metavar="KEY=VALUE",
+                   help="reconstructor option (repeatable), e.g. primitives=False")
     p.add_argument(
         "--cache-dir", default=os.path.join(tempfile.gettempdir(), "sam3d_bench_scenes")
     )

@@ -79,40 +79,73 @@ def depth_edges(
     return edge
 
 
-def grazing_pixels(
-    points: np.ndarray, max_angle_deg: float = 88.0, window: int = 5, step: int = 2
-) -> np.ndarray:
-    """Bool mask of pixels whose surface is seen at a grazing angle (or cannot be judged).
+def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
+    """``a`` read at ``(row + dy, col + dx)``; ``fill`` outside."""
+    h, w = a.shape[:2]
+    out = np.full_like(a, fill)
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[yd, xd] = a[ys, xs]
+    return out
 
-    The normal comes from the pointmap smoothed over ``window``×``window`` valid pixels
-    (normalised box filter) and differenced ``step`` pixels apart; a pixel whose normal makes
-    more than ``max_angle_deg`` with its viewing ray is grazing. Stereo depth there is not a
-    surface but a smear: the bleeding ramps between an object and its background, and flying
-    pixels, are such slopes, and lifting them grows fins along the viewing rays. Real faces
-    seen that obliquely carry little shape, so little is lost.
+
+def grazing_pixels(
+    points: np.ndarray,
+    max_angle_deg: float = 80.0,
+    window: int = 5,
+    step: int = 2,
+    jump_abs: float = 0.01,
+    jump_rel: float = 0.02,
+) -> np.ndarray:
+    """Bool mask of pixels whose surface is seen at a grazing angle.
+
+    The normal comes from the pointmap smoothed over the ``window``×``window`` neighbours on the
+    same surface (closer in depth than a jump, :func:`jump_threshold`) and differenced ``step``
+    pixels apart (one-sided next to an edge); a pixel whose normal makes more than
+    ``max_angle_deg`` with its viewing ray is grazing. Stereo depth there is not a surface but a
+    smear: the bleeding ramps between an object and its background are such slopes, and lifting
+    them grows fins along the viewing rays. Smoothing only within a surface keeps the limbs of
+    round objects (a cylinder's side is grazing only in its outermost pixel); pixels whose
+    normal cannot be estimated (isolated, or edges on all sides) are left to
+    :func:`depth_edges`.
     """
     p = np.asarray(points, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(p).all(axis=2) & (p[:, :, 2] > 0)
-    w = ndimage.uniform_filter(valid.astype(np.float32), size=window, mode="constant")
-    smooth = np.empty_like(p)
-    for d in range(3):
-        smooth[:, :, d] = ndimage.uniform_filter(
-            np.where(valid, p[:, :, d], 0.0).astype(np.float32), size=window, mode="constant"
-        )
+    z = np.where(valid, p[:, :, 2], np.nan).astype(np.float32)
+    thr = jump_threshold(z, jump_abs, jump_rel).astype(np.float32)
+    pv0 = np.where(valid[:, :, None], p, 0.0).astype(np.float32)
+    acc = np.zeros_like(pv0)
+    cnt = np.zeros(z.shape, dtype=np.float32)
+    r = window // 2
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            zn = _shifted(z, dy, dx, np.nan)
+            with np.errstate(invalid="ignore"):
+                same = np.abs(zn - z) <= thr  # False for invalid pixels (NaN)
+            acc += np.where(same[:, :, None], _shifted(pv0, dy, dx, 0.0), 0.0)
+            cnt += same
     with np.errstate(invalid="ignore", divide="ignore"):
-        smooth /= w[:, :, None]
-    pu = np.full_like(p, np.nan)
-    pv = np.full_like(p, np.nan)
-    pu[:, step:-step] = smooth[:, 2 * step :] - smooth[:, : -2 * step]
-    pv[step:-step] = smooth[2 * step :] - smooth[: -2 * step]
-    n = np.cross(pu, pv)
+        smooth = acc / cnt[:, :, None]
+
+    def derivative(dy: int, dx: int) -> np.ndarray:
+        plus, minus = _shifted(smooth, dy, dx, np.nan), _shifted(smooth, -dy, -dx, np.nan)
+        zp, zm = _shifted(z, dy, dx, np.nan), _shifted(z, -dy, -dx, np.nan)
+        with np.errstate(invalid="ignore"):
+            ok_p = np.abs(zp - z) <= step * thr
+            ok_m = np.abs(zm - z) <= step * thr
+        d = np.full_like(smooth, np.nan)
+        both = ok_p & ok_m
+        d[both] = (plus - minus)[both]
+        d[ok_p & ~ok_m] = (plus - smooth)[ok_p & ~ok_m] * 2.0
+        d[ok_m & ~ok_p] = (smooth - minus)[ok_m & ~ok_p] * 2.0
+        return d
+
+    n = np.cross(derivative(0, step), derivative(step, 0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.abs((n * p).sum(axis=2)) / (
-            np.linalg.norm(n, axis=2) * np.linalg.norm(p, axis=2)
-        )
-        ok = cos >= np.cos(np.radians(max_angle_deg))
-    return valid & ~ok
+        cos = np.abs((n * p).sum(axis=2)) / (np.linalg.norm(n, axis=2) * np.linalg.norm(p, axis=2))
+        steep = cos < np.cos(np.radians(max_angle_deg))  # False where unknown (NaN)
+    return valid & steep
 
 
 def continuous_regions(
@@ -181,7 +214,8 @@ def object_depth(
     jump_abs: float = 0.01,
     jump_rel: float = 0.02,
     edge_px: int = 1,
-    max_angle_deg: float = 88.0,
+    erode_px: int = 1,
+    max_angle_deg: float = 80.0,
     plane_clearance: float = 0.004,
     depth_extent: float = 1.0,
     depth_margin: float = 0.03,
@@ -195,7 +229,8 @@ def object_depth(
         plane: optional support plane (:class:`~sam3d_ros.backends.plane.Plane`); pixels less
             than ``plane_clearance`` above it (or below it) are not the object.
         jump_abs, jump_rel: depth-jump threshold ``max(jump_abs, jump_rel · z)``.
-        edge_px: pixels dropped on each side of a depth edge.
+        edge_px: pixels dropped on each side of a depth edge on the mask's outline.
+        erode_px: the mask's outermost pixels dropped (mixed colour and depth).
         max_angle_deg: pixels whose surface normal is farther than this from the viewing ray
             are dropped (:func:`grazing_pixels`); 90 keeps them.
         plane_clearance: metres above the support plane that still count as the support.
@@ -224,10 +259,22 @@ def object_depth(
     z = np.where(valid, z, np.nan).astype(np.float32)
 
     cand = m & valid
+    if erode_px > 0:
+        # The mask's outermost pixels mix object and background colour (and depth).
+        eroded = ndimage.binary_erosion(m, iterations=erode_px)
+        if (eroded & valid).sum() >= 0.3 * cand.sum():
+            cand &= eroded
     if edge_px > 0:
-        cand &= ~depth_edges(z, jump_abs, jump_rel, width=edge_px)
+        # Mixed pixels sit on the object's outline; inside it, a jump separates two faces of the
+        # object (self-occlusion) whose pixels are good, and the pieces below keep them apart.
+        outline = m & ~ndimage.binary_erosion(m, iterations=edge_px + 2)
+        # Next to a hole counts too: sensors drop most edge pixels, and the survivors beside
+        # the holes are the mixed ones.
+        edge = depth_edges(z, jump_abs, jump_rel, width=edge_px)
+        edge |= ndimage.binary_dilation(~valid, iterations=edge_px)
+        cand &= ~(edge & outline)
     if max_angle_deg < 90.0:
-        grazing = grazing_pixels(pts, max_angle_deg)
+        grazing = grazing_pixels(pts, max_angle_deg, jump_abs=jump_abs, jump_rel=jump_rel)
         # A small object seen far away may be all slope at this resolution: keep it then.
         if (cand & ~grazing).sum() >= 0.3 * cand.sum():
             cand &= ~grazing
@@ -262,9 +309,10 @@ def object_depth(
         return depth_extent * max(width, min(tall, 2.0 * width)) + depth_margin
 
     # Other pieces join the surface when their depth lies within its band (parts seen across
-    # holes and texture dropouts), or when they are thick (not a band along the mask's edge,
-    # which is what misregistration and bleeding leave) and within the object's plausible
-    # extent (a bowl's front wall in front of its inner wall, a mug's inside behind its rim).
+    # holes and texture dropouts, a mug's inside behind its rim), or when they are in front of
+    # it, thick (not a band along the mask's edge, which is what misregistration and bleeding
+    # leave) and within the object's plausible extent (a bowl's front wall in front of its
+    # inner wall). A separate piece behind the band is background seen past the object.
     join = np.zeros(n + 1, dtype=bool)
     join[best] = True
     if n > 1:
@@ -292,9 +340,8 @@ def object_depth(
     filled = np.zeros((h, w), dtype=bool)
     if fill and keep.any():
         # Fill where the depth was missing or belonged to something else (misregistered
-        # background, an occluder), not where it was an edge, a slope or the support: those
-        # pixels do lie on the object's outline, and filling them on clean depth grows the
-        # object by about a centimetre.
+        # background, an occluder); not mixed outline pixels, slopes or the support: filling
+        # those grows objects by 0.5–1 cm on clean depth.
         todo = m & ~keep & (~valid | (labels > 0))
         if todo.any():
             _, (ir, ic) = ndimage.distance_transform_edt(~keep, return_indices=True)

@@ -71,9 +71,10 @@ def test_a_mask_dilated_onto_the_background_keeps_only_the_objects_depth():
     band = mask & ~obj
     assert not od.reliable[band].any()
     assert od.reliable[ndimage.binary_erosion(obj, iterations=2)].all()
-    # The wall pixels beyond the edge ring are filled at the object's depth: silhouette, never
-    # a fin (the ring itself is an edge: outline, neither depth nor fill).
-    beyond = band & ~ndimage.binary_dilation(obj)
+    # The wall pixels between the object's edge ring and the mask's own outermost ring are
+    # filled at the object's depth: silhouette, never a fin (both rings are mixed pixels:
+    # neither depth nor fill).
+    beyond = band & ~ndimage.binary_dilation(obj) & ndimage.binary_erosion(mask)
     assert od.filled[beyond].all()
     assert np.allclose(od.depth[beyond], 0.8, atol=1e-6)
 

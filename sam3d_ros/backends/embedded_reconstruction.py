@@ -66,8 +66,10 @@ from ..types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectMask, Object
 from .plane import Plane, fit_support_plane
 from .shape_completion import (
     fill_height_map,
+    footprint_samples,
     make_well_composed,
     min_area_rectangle,
+    support_footprint,
     surface_nets,
     taubin_smooth,
     vertex_normals,
@@ -109,6 +111,11 @@ class EmbeddedReconstructor:
         fill_silhouette: lift the mask pixels whose depth is missing or belongs to something
             else at the depth of the nearest reliable pixel (covers the colour silhouette where
             colour and depth are misregistered).
+        primitives: complete an object whose visible side faces lie on a box's or an upright
+            cylinder's outline (:func:`~sam3d_ros.backends.shape_completion.support_footprint`)
+            as that primitive, instead of growing the footprint behind its silhouette.
+        grazing_deg: depth pixels whose surface is seen more obliquely than this are smears,
+            not surface (:func:`~sam3d_ros.depth_hygiene.grazing_pixels`); 90 keeps them.
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -137,6 +144,8 @@ class EmbeddedReconstructor:
         smooth_iterations: int = 1,
         snap: bool = True,
         fill_silhouette: bool = True,
+        primitives: bool = True,
+        grazing_deg: float = 80.0,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
@@ -162,6 +171,8 @@ class EmbeddedReconstructor:
         self.smooth_iterations = int(smooth_iterations)
         self.snap = bool(snap)
         self.fill_silhouette = bool(fill_silhouette)
+        self.primitives = bool(primitives)
+        self.grazing_deg = float(grazing_deg)
         self.min_points = int(min_points)
         self.max_visible_gaussians = int(max_visible_gaussians)
         self.opacity = float(opacity)
@@ -286,6 +297,10 @@ class EmbeddedReconstructor:
         back = float(
             np.interp(elevation, [lo_deg, hi_deg], [self.back_extension_low, self.back_extension])
         )
+        if self.primitives and floor is not None and gravity:
+            fit = support_footprint(q[measured])
+            if fit is not None:
+                ref, back = self._complete_primitive(ref, q[measured], fit), 0.0
         verts, faces = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
 
         # Pose: gravity-aligned box of the completed surface.
@@ -341,10 +356,11 @@ class EmbeddedReconstructor:
             ctx.plane,
             jump_abs=self.edge_jump,
             jump_rel=self.edge_relative,
-            edge_px=self.erode_px,
+            erode_px=self.erode_px,
             fill=self.fill_silhouette,
+            max_angle_deg=self.grazing_deg,
         )
-        ctx.forget_depth(od.filled | (mask & ~od.reliable))
+        ctx.forget_depth(od.filled)
         sel = od.reliable | od.filled
         rr, cc = np.nonzero(sel)
         pts = backproject_pixels(rr, cc, od.depth[rr, cc], ctx.k)
@@ -387,6 +403,24 @@ class EmbeddedReconstructor:
         up = vecs[:, int(np.argmax(np.abs(vecs.T @ cam_up)))]
         up = up if up @ cam_up >= 0 else -up
         return _frame_from_up(up, centroid), centroid, None
+
+    def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit) -> np.ndarray:
+        """Points of a box or cylinder that the visible surface measured (gravity frame).
+
+        The visible faces fix the footprint (:func:`support_footprint`); its top is filled at
+        the measured top height, and points outside it (smears the hygiene let through) go.
+        """
+        kind, centre, shape, ext = fit
+        xy = ref[:, :2]
+        if kind == "cylinder":
+            outside = np.linalg.norm(xy - centre, axis=1) - shape[0]
+        else:
+            outside = np.max(np.abs((xy - centre) @ shape.T) - ext / 2, axis=1)
+        kept = ref[outside <= 0.005]
+        top = float(np.percentile(measured[:, 2], 98))
+        cap = footprint_samples(fit, self.voxel_size)
+        cap = np.c_[cap, np.full(len(cap), top)]
+        return np.concatenate([kept, cap])
 
     def _main_cluster(self, q: np.ndarray) -> np.ndarray:
         """Which points to keep: small clusters far from the object go (outliers, leaks)."""

@@ -6,7 +6,7 @@ the axes of whatever frame the caller voxelised in; this module knows nothing ab
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -249,3 +249,77 @@ def fill_height_map(top: np.ndarray, filled: np.ndarray, close_size: int = 3):
     out = top.copy()
     out[new] = top[ii[new], jj[new]]
     return out, fp
+
+
+def fit_circle(xy: np.ndarray) -> Tuple[np.ndarray, float, float]:
+    """Least-squares circle through 2D points (Kåsa's algebraic fit).
+
+    Returns ``(centre (2,), radius, rms distance of the points to the circle)``.
+    """
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    a = np.c_[2.0 * pts, np.ones(len(pts))]
+    b = (pts**2).sum(axis=1)
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    centre = sol[:2]
+    radius = float(np.sqrt(max(sol[2] + centre @ centre, 0.0)))
+    rms = float(np.sqrt(np.mean((np.linalg.norm(pts - centre, axis=1) - radius) ** 2)))
+    return centre, radius, rms
+
+
+def support_footprint(
+    points: np.ndarray,
+    top_band: float = 0.012,
+    box_tolerance: float = 0.004,
+    circle_tolerance: float = 0.003,
+    min_side: float = 0.02,
+    max_radius: float = 0.15,
+) -> Optional[Tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Fit a box or an upright cylinder to the visible points of an object (gravity frame).
+
+    ``points`` are N×3 ``(a, b, height)``. The side points (below the top band) must lie on the
+    fitted footprint's outline: on the edges of the minimum-area rectangle of all the points
+    (median distance ≤ ``box_tolerance``, 90 % within three times it), or on a circle (RMS ≤
+    ``circle_tolerance``, seen over at least 100° of arc). A single visible face fits a
+    degenerate rectangle: rectangles thinner than ``min_side`` are refused, since the hidden
+    depth is then not measured.
+
+    Returns ``None`` or ``(kind, centre, axes_or_radius, extents)``: ``("box", centre (2,), axes
+    (2×2 rows), extents (2,))`` or ``("cylinder", centre (2,), [radius], [2 radius, 2 radius])``.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape[0] < 50:
+        return None
+    h = pts[:, 2]
+    top = float(np.percentile(h, 98))
+    side = h < top - top_band
+    if side.sum() < 30 or top < 2 * top_band:
+        return None
+    xy = pts[:, :2]
+    centre, radius, rms = fit_circle(xy[side])
+    if rms <= circle_tolerance and min_side / 2 <= radius <= max_radius:
+        ang = np.arctan2(*(xy[side] - centre).T[::-1])
+        hist = np.histogram(ang, bins=36, range=(-np.pi, np.pi))[0]
+        if (hist > 0).sum() * 10 >= 100:
+            return "cylinder", centre, np.array([radius]), np.array([2 * radius, 2 * radius])
+    c, axes, ext = min_area_rectangle(xy)
+    if ext.min() < min_side:
+        return None
+    local = (xy[side] - c) @ axes.T
+    inside = np.min(ext / 2 - np.abs(local), axis=1)
+    if np.median(inside) <= box_tolerance and np.percentile(inside, 90) <= 3 * box_tolerance:
+        return "box", c, axes, ext
+    return None
+
+
+def footprint_samples(fit, spacing: float) -> np.ndarray:
+    """Points (M×2) on a grid of ``spacing`` covering a :func:`support_footprint` fit."""
+    kind, centre, shape, ext = fit
+    n = np.maximum(np.ceil(ext / spacing).astype(int), 1) + 1
+    u = np.linspace(-ext[0] / 2, ext[0] / 2, n[0])
+    v = np.linspace(-ext[1] / 2, ext[1] / 2, n[1])
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    local = np.stack([uu.ravel(), vv.ravel()], axis=1)
+    if kind == "cylinder":
+        local = local[np.linalg.norm(local, axis=1) <= shape[0]]
+        return centre + local
+    return centre + local @ shape
