@@ -92,6 +92,12 @@ def refine_mask(
 
     gc = np.full(m.shape, cv2.GC_PR_BGD, dtype=np.uint8)
     gc[m | c] = cv2.GC_PR_FGD
+    if box is not None:
+        # Inside a box, pixels without depth (dark, shiny, transparent surfaces) are left to
+        # colour from the object's side: depth could not have found them.
+        inside = np.zeros(m.shape, dtype=bool)
+        inside[box[1] - y0 : box[3] + 1 - y0, box[0] - x0 : box[2] + 1 - x0] = True
+        gc[inside & ~valid] = cv2.GC_PR_FGD
     # The inner core of the reliable surface is the object for sure; erode deep enough that
     # a misregistered band along the edge (about 1 % of the width) stays uncertain.
     inner = ndimage.distance_transform_edt(np.pad(c, 1))[1:-1, 1:-1]
