@@ -92,7 +92,7 @@ def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
 def grazing_pixels(
     points: np.ndarray,
     max_angle_deg: float = 80.0,
-    window: int = 5,
+    window: int = 3,
     step: int = 2,
     jump_abs: float = 0.01,
     jump_rel: float = 0.02,

@@ -47,6 +47,7 @@ def refine_mask(
     max_object_size: float = 0.35,
     support_band: float = 0.005,
     iterations: int = 4,
+    max_side: int = 96,
 ) -> np.ndarray:
     """Refine ``mask`` (H×W bool, from depth) on colour with depth-certain labels.
 
@@ -61,6 +62,9 @@ def refine_mask(
         max_object_size: a click's object extends at most this far (metres) from the click.
         support_band: pixels lower than this above the plane are the support.
         iterations: GrabCut iterations.
+        max_side: the colour models are learnt on the crop shrunk to at most this many pixels
+            a side (GrabCut's cost grows with the pixel count), then one graph cut labels the
+            full-resolution crop with them.
 
     Returns:
         The refined mask; ``mask`` itself when refinement cannot run (no OpenCV, too few
@@ -70,7 +74,8 @@ def refine_mask(
     if cv2 is None or mask.sum() < 30:
         return mask
     h, w = mask.shape
-    od = object_depth(points, mask, plane)
+    # No slope test here: the core only needs to be the object, not a clean surface.
+    od = object_depth(points, mask, plane, max_angle_deg=90.0)
     if od.count < 20:
         return mask
     core = od.reliable
@@ -155,12 +160,9 @@ def refine_mask(
             cv2.circle(gc, (x - x0, y - y0), 3, int(cv2.GC_FGD), -1)
     if not (gc == cv2.GC_FGD).any() or not np.isin(gc, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
         return mask
-    bgd = np.zeros((1, 65), np.float64)
-    fgd = np.zeros((1, 65), np.float64)
     img = np.ascontiguousarray(np.asarray(rgb)[sl][:, :, :3][:, :, ::-1], dtype=np.uint8)
     try:
-        cv2.setRNGSeed(0)  # GrabCut's colour-model initialisation draws random numbers
-        cv2.grabCut(img, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        gc = _grabcut(img, gc, iterations, max_side)
     except cv2.error:
         return mask
     fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
@@ -177,3 +179,36 @@ def refine_mask(
     out_mask = np.zeros((h, w), dtype=bool)
     out_mask[sl] = fg
     return out_mask
+
+
+def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int) -> np.ndarray:
+    """GrabCut labels of ``img`` from the initial labels ``gc`` (OpenCV's GC_* values).
+
+    Large crops: the colour models are learnt on a shrunk copy, then a single graph cut with
+    the models frozen labels the full resolution (the boundary keeps full-resolution
+    accuracy at about a third of the cost).
+    """
+    bgd = np.zeros((1, 65), np.float64)
+    fgd = np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's colour-model initialisation draws random numbers
+    h, w = gc.shape
+    factor = max(h, w) / float(max_side)
+    if factor <= 1.5:
+        cv2.grabCut(img, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        return gc
+    size = (max(2, int(round(w / factor))), max(2, int(round(h / factor))))
+    small_img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    small_gc = cv2.resize(gc, size, interpolation=cv2.INTER_NEAREST)
+    if not (small_gc == cv2.GC_FGD).any() or not np.isin(small_gc, (0, 2)).any():
+        cv2.grabCut(img, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        return gc
+    cv2.grabCut(small_img, small_gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    # Start the full-resolution cut from the shrunk result where the labels were uncertain.
+    up = cv2.resize(small_gc, (w, h), interpolation=cv2.INTER_NEAREST)
+    uncertain = (gc == cv2.GC_PR_FGD) | (gc == cv2.GC_PR_BGD)
+    gc[uncertain] = np.where(
+        (up[uncertain] == cv2.GC_FGD) | (up[uncertain] == cv2.GC_PR_FGD),
+        cv2.GC_PR_FGD, cv2.GC_PR_BGD,
+    )
+    cv2.grabCut(img, gc, None, bgd, fgd, 1, cv2.GC_EVAL_FREEZE_MODEL)
+    return gc
