@@ -54,6 +54,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import conventions
+from ..depth_hygiene import object_depth
 from ..errors import BackendError, BackendUnavailableError, InputError
 from ..types import (
     CameraIntrinsics,
@@ -317,7 +318,8 @@ def align_to_depth(
     ``k = spread_depth / spread_mesh``, ``d = centroid_depth − k · centroid_mesh`` — and the mesh
     is re-rendered, until it converges. A scale about the camera centre leaves the silhouette
     unchanged and scales every point, so depth fixes it; a wrong size in the image changes the
-    rendered footprint, so the silhouette fixes it.
+    rendered footprint, so the silhouette fixes it. The depth points are the mask's reliable
+    ones (:func:`~sam3d_ros.depth_hygiene.object_depth`).
 
     Args:
         vertices: V×3 posed mesh vertices, optical frame (metres).
@@ -351,14 +353,23 @@ def align_to_depth(
     size = float(np.ptp(surf, axis=0).max()) if len(surf) else 0.0
     if size <= 0:
         return result
-    data = pts[in_mask & valid]
+    # The object's own depth (:mod:`~sam3d_ros.depth_hygiene`): a real mask's edge carries
+    # background depth and smears that would pull the scale and offset. The outline is kept
+    # (no erosion): the rendered surface is compared pixel for pixel with the same set.
+    reliable = object_depth(
+        np.asarray(points), np.asarray(mask, bool), erode_px=0, edge_px=0
+    ).reliable.reshape(-1)
+    if reliable.sum() < min_points:
+        reliable = in_mask & valid
+    data = pts[reliable]
     z_med = float(np.median(data[:, 2]))
     scene_z = np.where(valid, pts[:, 2], np.inf)
 
     def rendered(cur: np.ndarray, scale: float) -> np.ndarray:
         pix, vis = visible_surface(cur, k)
         occluded = ~in_mask[pix] & (scene_z[pix] < vis[:, 2] - occlusion_margin)
-        return vis[~occluded]
+        # Inside the mask, compare like with like: only where the depth was kept.
+        return vis[~occluded & (~in_mask[pix] | reliable[pix])]
 
     def median_distance(vis: np.ndarray) -> float:
         return float(np.median(cKDTree(vis).query(data)[0]))
