@@ -45,6 +45,7 @@ from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithP
 from visualization_msgs.msg import Marker, MarkerArray
 
 from . import conventions as cv
+from .depth_hygiene import object_depth
 from .msg import (
     ArtifactFile,
     Artifacts,
@@ -472,10 +473,12 @@ def object_points(
     rgb: np.ndarray,
     objects: Sequence[ObjectReconstruction],
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The valid 3D points of every object's mask: (N×3 float32, N×3 uint8, N int32 index).
+    """The object's own depth points of every mask: (N×3 float32, N×3 uint8, N int32 index).
 
-    The index is the object's position in ``objects`` (its ``object_index`` in the array). A
-    pixel in two masks is given to the first object.
+    "Own" as :func:`~sam3d_ros.depth_hygiene.object_depth` decides: a mask's edge pixels that
+    carry background depth, flying pixels and smears are not published as the object. The
+    index is the object's position in ``objects`` (its ``object_index`` in the array). A pixel
+    in two masks is given to the first object.
     """
     if points is None or not objects:
         return (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
@@ -484,7 +487,7 @@ def object_points(
     valid = np.isfinite(points).all(axis=2)
     xyz, col, idx = [], [], []
     for i, obj in enumerate(objects):
-        mask = np.asarray(obj.mask, dtype=bool) & valid & ~taken
+        mask = object_depth(points, np.asarray(obj.mask, dtype=bool)).reliable & valid & ~taken
         taken |= mask
         xyz.append(points[mask].astype(np.float32))
         col.append(np.asarray(rgb)[mask].astype(np.uint8))

@@ -127,16 +127,21 @@ def test_markers_mesh_label_and_deletes():
 def test_points_of_masks_with_object_index():
     objs = [cube_object(5, 0), cube_object(9, 1)]
     objs[1].mask[:] = False
-    objs[1].mask[0:5, 0:4] = True
-    points = cv.backproject(np.full((48, 64), 1.0, np.float32), K)
-    points[20, 30] = np.nan  # invalid depth pixel: skipped
+    objs[1].mask[0:8, 0:8] = True
+    depth = np.full((48, 64), 1.0, np.float32)
+    depth[20:30, 36:40] = 2.5  # the right band of object 0's mask sees the background
+    points = cv.backproject(depth, K)
+    points[24, 32] = np.nan  # invalid depth pixel: skipped
     rgb = np.zeros((48, 64, 3), np.uint8)
     rgb[..., 1] = 77
     cloud = pointcloud2_to_arrays(out.points_msg(HEADER, points, rgb, objs))
     index = np.asarray(cloud.object_index)
-    assert np.sum(index == 0) == 99 and np.sum(index == 1) == 20
+    xyz = np.asarray(cloud.xyz)
+    # Only the objects' own depth: no background band, no invalid pixel, every object present.
+    assert np.sum(index == 0) > 20 and np.sum(index == 1) > 20
+    assert np.allclose(xyz[:, 2], 1.0)
+    assert np.all(np.isfinite(xyz))
     assert np.all(np.asarray(cloud.rgb)[:, 1] == 77)
-    assert np.allclose(np.asarray(cloud.xyz)[:, 2], 1.0)
 
 
 def test_debug_image_draws_masks_boxes_axes_and_label():
