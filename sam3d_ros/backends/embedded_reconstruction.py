@@ -276,6 +276,8 @@ class EmbeddedReconstructor:
             if keep.sum() >= self.min_points:
                 q, pts, pix, measured = q[keep], pts[keep], pix[keep], measured[keep]
         keep = self._main_cluster(q)
+        if floor == 0.0:
+            keep &= self._under_the_body(q)
         q, pts, pix, measured = q[keep], pts[keep], pix[keep], measured[keep]
         if measured.sum() < self.min_points:
             raise InputError(field, f"object {obj.object_id}: too few points after cleaning")
@@ -421,6 +423,34 @@ class EmbeddedReconstructor:
         cap = footprint_samples(fit, self.voxel_size)
         cap = np.c_[cap, np.full(len(cap), top)]
         return np.concatenate([kept, cap])
+
+    def _under_the_body(self, q: np.ndarray, low: float = 0.3, reach: float = 0.02):
+        """Which points to keep: low points must lie near the footprint of the object's body.
+
+        An object standing on the support has its low parts under or beside its upper body;
+        low points far from it (more than ``reach`` in plan) are the support's depth smeared
+        into the mask (stereo bleeding along the table behind the object). Objects lower than
+        4 cm (cables, plates) are left alone.
+        """
+        from scipy.spatial import cKDTree
+
+        everything = np.ones(q.shape[0], dtype=bool)
+        top = float(np.percentile(q[:, 2], 98))
+        if top < 0.04:
+            return everything
+        body = q[:, 2] >= low * top
+        lows = ~body
+        if body.sum() < self.min_points or not lows.any():
+            return everything
+        cell = max(self.voxel_size, 0.003)
+        # One body point per cell keeps the tree small.
+        _, first = np.unique(np.floor(q[body, :2] / cell).astype(np.int64), axis=0,
+                             return_index=True)
+        tree = cKDTree(q[body, :2][first])
+        dist, _ = tree.query(q[lows, :2], distance_upper_bound=reach + cell)
+        keep = everything.copy()
+        keep[np.flatnonzero(lows)[~np.isfinite(dist)]] = False
+        return keep
 
     def _main_cluster(self, q: np.ndarray) -> np.ndarray:
         """Which points to keep: small clusters far from the object go (outliers, leaks)."""

@@ -54,7 +54,7 @@ def min_area_rectangle(xy: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     return centre, axes, ext
 
 
-def make_well_composed(occ: np.ndarray, max_iterations: int = 4) -> np.ndarray:
+def make_well_composed(occ: np.ndarray, max_iterations: int = 32) -> np.ndarray:
     """Fill the voxels that make 2×2 "checkerboard" faces, so surface nets stay manifold.
 
     A face of four voxel centres with only the diagonal pair occupied makes the dual surface
