@@ -19,6 +19,7 @@ gripper around the grasp frame (the fingers at the contacts), whatever the offse
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -243,6 +244,7 @@ class GraspOutputs:
         self.poses_pub = poses_pub
         self.markers_pub = markers_pub
         self._marker_count = 0
+        self._lock = threading.Lock()  # the worker and goal threads both publish
 
     @property
     def publishers(self) -> Tuple[Any, Any, Any]:
@@ -263,19 +265,21 @@ class GraspOutputs:
             self.grasps_pub.publish(grasp_array_msg(header, objects, grasps, tcp_offset))
         if _subscribed(self.poses_pub):
             self.poses_pub.publish(grasp_pose_array_msg(header, objects, grasps, tcp_offset))
-        # The count is kept even without subscribers, so a late RViz gets correct DELETEs.
-        markers, count = grasp_markers_msg(header, objects, grasps, gripper, self._marker_count,
-                                           max_markers)
-        self._marker_count = count
-        if _subscribed(self.markers_pub):
-            self.markers_pub.publish(markers)
+        with self._lock:
+            # The count is kept even without subscribers, so a late RViz gets correct DELETEs.
+            markers, count = grasp_markers_msg(header, objects, grasps, gripper,
+                                               self._marker_count, max_markers)
+            self._marker_count = count
+            if _subscribed(self.markers_pub):
+                self.markers_pub.publish(markers)
 
     def clear_markers(self, header: Header) -> None:
         """DELETEALL on the marker topic (deactivation)."""
-        if self._marker_count:
-            marker = Marker(header=header, action=Marker.DELETEALL)
-            self.markers_pub.publish(MarkerArray(markers=[marker]))
-            self._marker_count = 0
+        with self._lock:
+            if self._marker_count:
+                marker = Marker(header=header, action=Marker.DELETEALL)
+                self.markers_pub.publish(MarkerArray(markers=[marker]))
+                self._marker_count = 0
 
 
 def _subscribed(pub: Any) -> bool:
