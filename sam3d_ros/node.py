@@ -40,6 +40,8 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from moveit_msgs.msg import CollisionObject
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -63,9 +65,11 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from . import conventions as cv
+from . import ros_grasps
 from . import ros_outputs as out
 from .action import Reconstruct
 from .action_queue import QueuedActionServer
+from .backends.grasp_analytic import GripperModel
 from .errors import Cancelled, InputError, Sam3dError
 from .inputs import (
     DEFAULT_SEED,
@@ -76,7 +80,8 @@ from .inputs import (
     parse_point_prompts,
     parse_request,
 )
-from .msg import Prompt, ReconstructedObjectArray
+from .moveit_scene import CollisionPublisher, SceneOptions
+from .msg import GraspArray, Prompt, ReconstructedObjectArray
 from .tracking import ObjectTracker
 from .types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
 
@@ -87,6 +92,7 @@ except ImportError:  # pragma: no cover - Humble
 
 NODE_NAME = "sam3d"
 _BIG = 2**31 - 1
+_GRIPPER = GripperModel()  # defaults of the gripper parameters (a Franka Hand)
 _RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
 
 
@@ -522,6 +528,44 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "oldest; 0 = keep all", range=(0, 1000000)),
     ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (evenly subsampled "
               "preview); 0 = all", range=(0, 10000000)),
+    ParamSpec("grasp_planner", "analytic", "grasp planner; none = no grasp stage and no grasp "
+              "outputs", choices=("analytic", "none"), when="configure"),
+    ParamSpec("grasp_top_k", 10, "grasps kept per object, best first", range=(1, 1000),
+              when="configure"),
+    ParamSpec("grasp_approach", "from_above", "preferred approach direction: from_above "
+              "(against the support-plane normal), camera (along the viewing direction) or a "
+              "vector 'x,y,z' in the camera optical frame", when="configure"),
+    ParamSpec("gripper_max_opening", _GRIPPER.max_opening, "gripper stroke (largest opening "
+              "between the fingers), metres", range=(0.001, 1.0), when="configure"),
+    ParamSpec("gripper_finger_length", _GRIPPER.finger_length, "finger length from the hand "
+              "body to the fingertip, metres", range=(0.001, 1.0), when="configure"),
+    ParamSpec("gripper_finger_width", _GRIPPER.finger_width, "finger size along the grasp x "
+              "axis, metres", range=(0.001, 1.0), when="configure"),
+    ParamSpec("gripper_finger_thickness", _GRIPPER.finger_thickness, "finger size along the "
+              "closing (y) axis, metres", range=(0.001, 1.0), when="configure"),
+    ParamSpec("gripper_palm_depth", _GRIPPER.palm_depth, "hand body size along the grasp x "
+              "axis, metres", range=(0.001, 2.0), when="configure"),
+    ParamSpec("gripper_palm_width", _GRIPPER.palm_width, "hand body size along the closing (y) "
+              "axis, metres", range=(0.001, 2.0), when="configure"),
+    ParamSpec("gripper_palm_height", _GRIPPER.palm_height, "hand body size along the approach "
+              "(z) axis, from the end-effector link to the fingers, metres", range=(0.001, 2.0),
+              when="configure"),
+    ParamSpec("tcp_offset_m", 0.0, "published grasp poses (~/grasps, ~/grasp_poses, "
+              "subframes) are moved this far back along the grasp -z: the pose of your "
+              "end-effector link (Franka panda_hand: 0.1034); 0 = the grasp frame",
+              range=(0.0, 2.0)),
+    ParamSpec("publish_grasps", True, "publish ~/grasps, ~/grasp_poses and ~/grasp_markers"),
+    ParamSpec("grasp_marker_max", 50, "at most this many gripper markers (every object's best "
+              "grasp first, then the second best, ...); 0 = all", range=(0, 1000000)),
+    ParamSpec("publish_collision_objects", True, "publish moveit_msgs/CollisionObject "
+              "ADD/MOVE/REMOVE on /collision_object for MoveIt's planning scene"),
+    ParamSpec("collision_support_plane", False, "also add the fitted support plane as a thin "
+              "box <tf_prefix>support_plane"),
+    ParamSpec("collision_max_triangles", 2000, "triangles per collision mesh (closed, "
+              "decimated); 0 = all", range=(0, 10000000)),
+    ParamSpec("collision_grasp_subframes", 3, "subframes grasp_0..grasp_<n-1> (the best "
+              "grasps, relative to the object) per collision object; 0 = none",
+              range=(0, 1000)),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.05, 60.0),
               when="configure"),
     ParamSpec("input_timeout_s", 2.0, "no synchronised frame for this long while active gives "
@@ -583,6 +627,8 @@ class Sam3dNode(LifecycleNode):
         self._pub_debug: Any = None
         self._pub_tf: Any = None
         self._pub_diag: Any = None
+        self._grasp_out: Optional[ros_grasps.GraspOutputs] = None
+        self._collision: Optional[CollisionPublisher] = None
         self._sub_prompt: Any = None
         self._camera_subs: List[Any] = []
         self._action: Optional[QueuedActionServer] = None
@@ -598,6 +644,8 @@ class Sam3dNode(LifecycleNode):
         self._latest: Optional[CameraMessages] = None
         self._last_size: Optional[Tuple[int, int]] = None
         self._marker_ids: List[int] = []
+        self._tracked_ids: List[int] = []
+        self._frame_id = ""
         self._warned_once: set = set()
         self._warn_times: Dict[str, float] = {}
         self._diag_lock = threading.Lock()
@@ -611,6 +659,12 @@ class Sam3dNode(LifecycleNode):
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
         specs = {s.name: s for s in PARAMS}
         for param in params:
+            if param.name == "grasp_approach":
+                try:
+                    ros_grasps.parse_approach(param.value)
+                except InputError as exc:
+                    return SetParametersResult(successful=False,
+                                               reason=f"{exc.field}: {exc.reason}")
             spec = specs.get(param.name)
             if spec is None or not spec.choices:
                 continue
@@ -645,6 +699,16 @@ class Sam3dNode(LifecycleNode):
         self._pub_debug = self.create_lifecycle_publisher(Image, "~/debug_image", reliable)
         self._pub_tf = self.create_lifecycle_publisher(
             TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self._grasp_out = ros_grasps.GraspOutputs(
+            self.create_lifecycle_publisher(GraspArray, "~/grasps", reliable),
+            self.create_lifecycle_publisher(PoseArray, "~/grasp_poses", reliable),
+            self.create_lifecycle_publisher(MarkerArray, "~/grasp_markers", reliable))
+        # MoveIt's planning scene monitor subscribes reliable + volatile (keep-last 1024):
+        # match it, with room for one operation per object of a few frames.
+        self._collision = CollisionPublisher(self.create_lifecycle_publisher(
+            CollisionObject, "/collision_object",
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)))
         if self._pub_diag is None:
             self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         prompt_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -688,6 +752,12 @@ class Sam3dNode(LifecycleNode):
             header = Header(stamp=self.get_clock().now().to_msg())
             self._pub_markers.publish(out.delete_all_markers(header))
             self._marker_ids = []
+        header = Header(stamp=self.get_clock().now().to_msg())
+        if self._grasp_out is not None:
+            self._grasp_out.clear_markers(header)
+        if self._collision is not None:
+            # The node stops maintaining them: take our objects out of MoveIt's scene.
+            self._collision.remove_all(Header(stamp=header.stamp, frame_id=self._frame_id))
         self._unload_backends()
         self._state = "inactive"
         return super().on_deactivate(state)
@@ -743,10 +813,30 @@ class Sam3dNode(LifecycleNode):
         roots = [r for r in self._p("allowed_input_roots") if r]
         input_options = InputOptions(allow_http=self._p("allow_http"),
                                      allowed_roots=roots or None)
-        engine = Engine(segmenter, reconstructor, input_options=input_options)
+        engine = Engine(segmenter, reconstructor, input_options=input_options,
+                        grasp_planner=self._build_grasp_planner())
         self._engine = engine
         self._load_backends()
         return engine
+
+    def _gripper(self) -> GripperModel:
+        return dataclasses.replace(
+            _GRIPPER, max_opening=self._p("gripper_max_opening"),
+            finger_length=self._p("gripper_finger_length"),
+            finger_width=self._p("gripper_finger_width"),
+            finger_thickness=self._p("gripper_finger_thickness"),
+            palm_depth=self._p("gripper_palm_depth"), palm_width=self._p("gripper_palm_width"),
+            palm_height=self._p("gripper_palm_height"))
+
+    def _build_grasp_planner(self) -> Any:
+        from .backends import make_grasp_planner
+
+        if self._p("grasp_planner") == "none":
+            return None
+        approach = ros_grasps.parse_approach(self._p("grasp_approach"))
+        return make_grasp_planner(self._p("grasp_planner"), gripper=self._gripper(),
+                                  top_k=int(self._p("grasp_top_k")),
+                                  preferred_approach=approach)
 
     def _load_backends(self) -> None:
         if self._engine is None:
@@ -940,9 +1030,10 @@ class Sam3dNode(LifecycleNode):
                            "stamp": stamp_seconds(cam.header), "seed": seed,
                            **prompt_request(prompt)}
                 t_export = time.monotonic()
-                result = self._write_run("frame", request, cam.frame, objects)
+                result = self._write_run("frame", request, cam.frame, objects, res.grasps)
                 timings["export"] = time.monotonic() - t_export
-            self._publish(cam, objects, timings, result, time.monotonic() - msgs.received)
+            self._publish(cam, objects, timings, result, time.monotonic() - msgs.received,
+                          res.grasps)
             with self._lock:
                 self._stats["processed"] += 1
                 self._processed_rate.tick()
@@ -988,8 +1079,10 @@ class Sam3dNode(LifecycleNode):
         with self._tracker_lock:
             if self._tracker is None:
                 ids = [int(o.object_id) for o in objects]
+                self._tracked_ids = list(ids)
             else:
                 ids = self._tracker.assign(centres, given)
+                self._tracked_ids = [t.object_id for t in self._tracker.tracks]
         return [dataclasses.replace(o, object_id=int(i), object_index=k)
                 for k, (o, i) in enumerate(zip(objects, ids, strict=True))]
 
@@ -1001,7 +1094,8 @@ class Sam3dNode(LifecycleNode):
         return Path(ros_home) / "sam3d_runs"
 
     def _write_run(self, kind: str, request: Dict[str, Any], frame: Frame,
-                   objects: Sequence[ObjectReconstruction]) -> Dict[str, Any]:
+                   objects: Sequence[ObjectReconstruction],
+                   grasps: Optional[Sequence[Sequence[Any]]] = None) -> Dict[str, Any]:
         from .export import write_run
 
         base = self._runs_dir()
@@ -1011,7 +1105,7 @@ class Sam3dNode(LifecycleNode):
         now = time.time()
         name = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
                 + f"_{int((now % 1) * 1e6):06d}_{counter}")
-        result = write_run(base / f"{kind}_{name}", request, frame, objects)
+        result = write_run(base / f"{kind}_{name}", request, frame, objects, grasps=grasps)
         prune_runs(base, int(self._p("max_runs_kept")))
         return result
 
@@ -1019,8 +1113,9 @@ class Sam3dNode(LifecycleNode):
 
     def _publish(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
                  timings: Dict[str, float], result: Optional[Dict[str, Any]],
-                 total_s: float) -> None:
+                 total_s: float, grasps: Optional[Sequence[Sequence[Any]]] = None) -> None:
         header = cam.header
+        self._frame_id = header.frame_id
         if not header.frame_id:
             self._warn_once("empty_frame_id",
                             "the image header has an empty frame_id; outputs and TF need one")
@@ -1051,6 +1146,37 @@ class Sam3dNode(LifecycleNode):
 
             img = out.debug_image(cam.frame.rgb, objects, cam.frame.intrinsics)
             self._pub_debug.publish(numpy_to_image(img, "rgb8", header))
+        self._publish_grasps(cam, objects, grasps)
+
+    def _publish_grasps(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
+                        grasps: Optional[Sequence[Sequence[Any]]]) -> None:
+        """~/grasps, ~/grasp_poses, ~/grasp_markers and /collision_object (last: the heaviest)."""
+        tcp = float(self._p("tcp_offset_m"))
+        if grasps is not None and self._grasp_out is not None and self._p("publish_grasps"):
+            self._grasp_out.publish(cam.header, objects, grasps, self._engine_gripper(), tcp,
+                                    int(self._p("grasp_marker_max")))
+        if self._collision is None:
+            return
+        if not self._p("publish_collision_objects"):
+            self._collision.remove_all(cam.header)  # switched off: take ours out of MoveIt
+            return
+        with self._tracker_lock:
+            tracked = list(self._tracked_ids)
+        options = SceneOptions(
+            prefix=self._p("tf_prefix"), max_triangles=int(self._p("collision_max_triangles")),
+            subframes=int(self._p("collision_grasp_subframes")), tcp_offset=tcp,
+            support_plane=bool(self._p("collision_support_plane")))
+
+        def plane() -> Any:
+            from .backends.grasp_analytic import AnalyticGraspPlanner
+
+            return AnalyticGraspPlanner.fit_plane(cam.frame, objects)
+
+        self._collision.publish(cam.header, objects, grasps, tracked, options, plane)
+
+    def _engine_gripper(self) -> GripperModel:
+        planner = self._engine.grasp_planner if self._engine is not None else None
+        return getattr(planner, "gripper", None) or self._gripper()
 
     # ---------------------------------------------------------------- action
 
@@ -1110,7 +1236,7 @@ class Sam3dNode(LifecycleNode):
             if goal.write_artifacts:
                 progress("export", 0.9, "writing artifacts")
                 t_export = time.monotonic()
-                hosted = self._write_run("goal", request, frame, objects)
+                hosted = self._write_run("goal", request, frame, objects, res.grasps)
                 timings["export"] = time.monotonic() - t_export
                 progress("export", 1.0, f"export done in {timings['export']:.2f} s")
             header = cam.header if cam is not None else Header(
@@ -1121,8 +1247,13 @@ class Sam3dNode(LifecycleNode):
                 header, objects, timings, self._engine.segmenter.name,
                 self._engine.reconstructor.name, hosted, frame.camera_pose, total)
             result.artifacts = out.artifacts_msg(hosted)
+            if res.grasps is not None:
+                result.grasps = ros_grasps.grasp_array_msg(header, objects, res.grasps,
+                                                           float(self._p("tcp_offset_m")))
+            else:
+                result.grasps.header = header
             if cam is not None:
-                self._publish(cam, objects, timings, hosted, total)
+                self._publish(cam, objects, timings, hosted, total, res.grasps)
             with self._lock:
                 self._stats["goals"] += 1
             progress("done", 1.0, f"{len(objects)} object(s) in {total:.2f} s")
@@ -1263,6 +1394,13 @@ class Sam3dNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
                 setattr(self, attr, None)
+        if self._grasp_out is not None:
+            for pub in self._grasp_out.publishers:
+                self.destroy_lifecycle_publisher(pub)
+            self._grasp_out = None
+        if self._collision is not None:
+            self.destroy_lifecycle_publisher(self._collision.publisher)
+            self._collision = None
         if self._sub_prompt is not None:
             self.destroy_subscription(self._sub_prompt)
             self._sub_prompt = None

@@ -18,10 +18,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from moveit_msgs.msg import CollisionObject
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sam3d_ros.msg import BoxPrompt, Prompt, ReconstructedObjectArray
+from sam3d_ros.msg import BoxPrompt, GraspArray, Prompt, ReconstructedObjectArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
@@ -118,7 +120,8 @@ def running_node(params: Optional[Dict[str, Any]] = None, extra: Sequence[str] =
 class Recorder:
     """A test-side node that publishes camera frames / prompts and records every output."""
 
-    def __init__(self, name: str = "sam3d_test_peer", node_ns: str = "/sam3d"):
+    def __init__(self, name: str = "sam3d_test_peer", node_ns: str = "/sam3d",
+                 grasp_topics: bool = False):
         self.node = Node(name)
         self.lock = threading.Lock()
         self.msgs: Dict[str, List[Any]] = {}
@@ -131,7 +134,7 @@ class Recorder:
             Prompt, "prompt",
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        for key, msg_type, topic in (
+        topics = [
             ("objects", ReconstructedObjectArray, f"{node_ns}/objects"),
             ("detections", Detection3DArray, f"{node_ns}/detections"),
             ("markers", MarkerArray, f"{node_ns}/markers"),
@@ -139,7 +142,15 @@ class Recorder:
             ("debug_image", Image, f"{node_ns}/debug_image"),
             ("tf", TFMessage, "/tf"),
             ("diagnostics", DiagnosticArray, "/diagnostics"),
-        ):
+        ]
+        if grasp_topics:  # opt-in: a /collision_object subscriber makes the node build them
+            topics += [
+                ("grasps", GraspArray, f"{node_ns}/grasps"),
+                ("grasp_poses", PoseArray, f"{node_ns}/grasp_poses"),
+                ("grasp_markers", MarkerArray, f"{node_ns}/grasp_markers"),
+                ("collision", CollisionObject, "/collision_object"),
+            ]
+        for key, msg_type, topic in topics:
             self.msgs[key] = []
             self.arrival[key] = []
             self.node.create_subscription(

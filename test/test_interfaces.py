@@ -30,6 +30,8 @@ def test_generated_and_handwritten_modules_share_the_installed_package():
         "Artifacts",
         "ReconstructedObject",
         "ReconstructedObjectArray",
+        "Grasp",
+        "GraspArray",
     ],
 )
 def test_message_round_trip(name):
@@ -54,18 +56,41 @@ def test_filled_prompt_round_trip_and_defaults():
     assert back.boxes[0].x_max == 30 and back.points[0].label == 0
 
 
+def test_filled_grasp_array_round_trip():
+    from geometry_msgs.msg import Point
+    from sam3d_ros.msg import Grasp, GraspArray
+
+    # float32 fields: values exact in float32, so the round trip compares equal
+    grasp = Grasp(object_id=4, rank=1, tcp_offset=0.125, width=0.0625, score=0.75)
+    grasp.pose.position.z = 0.7
+    grasp.contacts = [Point(x=-0.025), Point(x=0.025)]
+    grasp.contacts_observed = [True, False]
+    array = GraspArray(grasps=[grasp, Grasp()])
+    array.header.frame_id = "cam"
+    back = deserialize_message(serialize_message(array), GraspArray)
+    assert back == array
+    assert back.grasps[0].contacts[1].x == 0.025 and list(back.grasps[0].contacts_observed) == [
+        True, False]
+    assert len(Grasp().contacts) == 2  # fixed-size: always two contacts
+
+
 def test_action_goal_result_feedback():
     goal = generated_actions.Reconstruct.Goal()
     assert goal.use_latest_frame is True and goal.write_artifacts is True and goal.seed == -1
     result = generated_actions.Reconstruct.Result(error="box_prompts[0].x_max: less than x_min")
+    result.grasps.grasps = [generated_msgs.Grasp(object_id=2, width=0.03)]
     back = deserialize_message(serialize_message(result), generated_actions.Reconstruct.Result)
     assert back.error.startswith("box_prompts[0]")
+    assert back.grasps.grasps[0].object_id == 2
     feedback = generated_actions.Reconstruct.Feedback(stage="queued", queue_position=2)
     assert feedback.progress == 0.0
 
 
-# Upstream definitions (ros2/geometry2 tf2_msgs, ros-perception/vision_msgs 4.1.1): the pip-only
-# builds must match them field for field so messages interoperate with real robots.
+# Upstream definitions (ros2/geometry2 tf2_msgs, ros-perception/vision_msgs 4.1.1,
+# moveit/moveit_msgs 2.6.0 = commit 55f802fe3ac455123efcdba1037d3abf2c8e4dcb on the ros2 branch,
+# wg-perception/object_recognition_msgs 2.0.0 = commit 811fb385ec4c1919dce2b30334fe9f49639073fd
+# on the ros2 branch): the pip-only builds must match them field for field so messages
+# interoperate with real robots (and MoveIt).
 UPSTREAM_FIELDS = {
     ("tf2_msgs", "TFMessage"): {"transforms": "sequence<geometry_msgs/TransformStamped>"},
     ("vision_msgs", "Detection3DArray"): {
@@ -87,6 +112,26 @@ UPSTREAM_FIELDS = {
         "center": "geometry_msgs/Pose",
         "size": "geometry_msgs/Vector3",
     },
+    ("object_recognition_msgs", "ObjectType"): {"key": "string", "db": "string"},
+    ("moveit_msgs", "CollisionObject"): {
+        "header": "std_msgs/Header",
+        "pose": "geometry_msgs/Pose",
+        "id": "string",
+        "type": "object_recognition_msgs/ObjectType",
+        "primitives": "sequence<shape_msgs/SolidPrimitive>",
+        "primitive_poses": "sequence<geometry_msgs/Pose>",
+        "meshes": "sequence<shape_msgs/Mesh>",
+        "mesh_poses": "sequence<geometry_msgs/Pose>",
+        "planes": "sequence<shape_msgs/Plane>",
+        "plane_poses": "sequence<geometry_msgs/Pose>",
+        "subframe_names": "sequence<string>",
+        "subframe_poses": "sequence<geometry_msgs/Pose>",
+        "operation": "octet",
+    },
+}
+# Constants are part of the interface too (MoveIt switches on CollisionObject.operation).
+UPSTREAM_CONSTANTS = {
+    ("moveit_msgs", "CollisionObject"): {"ADD": 0, "REMOVE": 1, "APPEND": 2, "MOVE": 3},
 }
 
 
@@ -98,3 +143,14 @@ def test_third_party_interfaces_match_upstream(package, name):
     fields = cls.get_fields_and_field_types()
     assert list(fields.items()) == list(UPSTREAM_FIELDS[(package, name)].items())
     assert deserialize_message(serialize_message(cls()), cls) == cls()
+
+
+@pytest.mark.parametrize("package,name", sorted(UPSTREAM_CONSTANTS))
+def test_third_party_constants_match_upstream(package, name):
+    import importlib
+
+    cls = getattr(importlib.import_module(f"{package}.msg"), name)
+    for constant, value in UPSTREAM_CONSTANTS[(package, name)].items():
+        got = getattr(cls, constant)
+        number = int.from_bytes(got, "little") if isinstance(got, bytes) else got  # byte fields
+        assert number == value, (constant, got)

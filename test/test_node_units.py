@@ -251,6 +251,7 @@ def test_every_parameter_is_in_the_yaml_and_the_docs():
         assert f"`{p.name}`" in docs, p.name
     for topic in ("~/objects", "~/detections", "~/markers", "~/points", "~/debug_image", "/tf",
                   "/diagnostics", "~/reconstruct", "`image`", "`depth`", "`camera_info`",
-                  "`prompt`"):
+                  "`prompt`", "~/grasps", "~/grasp_poses", "~/grasp_markers",
+                  "/collision_object"):
         assert topic in docs, topic
         assert topic in (ROOT / "docs" / "node.md").read_text(), topic

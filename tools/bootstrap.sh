@@ -4,9 +4,10 @@
 #   tools/bootstrap.sh [jazzy|kilted|all|cli]
 #
 # * A ROS 2 distro is sourced (ROS_DISTRO set, colcon on PATH): colcon-build the package into
-#   ./install against it (rosdep provides tf2_msgs, vision_msgs, ...).
+#   ./install against it (rosdep provides tf2_msgs, vision_msgs, moveit_msgs, ...).
 # * Otherwise, per distro: a venv .venv/<distro> with the ROS 2 PyPI wheels and the project's
-#   test dependencies; tf2_msgs/vision_msgs (not on PyPI) and sam3d_ros built with CMake and
+#   test dependencies; tf2_msgs, vision_msgs, object_recognition_msgs and moveit_msgs (not on
+#   PyPI; pip_only_interfaces/) and sam3d_ros built with CMake and
 #   installed into the venv. `cli`: a venv .venv/cli with only the ROS-free core (editable).
 #
 # Idempotent: requirements are re-installed only when their files change (stamp = hash), and the
@@ -83,7 +84,8 @@ build_pip_distro() {
   source "$venv/bin/activate"
   export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
   local t0=$SECONDS
-  for pkg in tf2_msgs vision_msgs; do
+  # In dependency order: moveit_msgs needs object_recognition_msgs.
+  for pkg in tf2_msgs vision_msgs object_recognition_msgs moveit_msgs; do
     cmake_package "$venv" "$ROOT/pip_only_interfaces/$pkg" "$ROOT/build/$distro/$pkg"
   done
   cmake_package "$venv" "$ROOT" "$ROOT/build/$distro/sam3d_ros"
