@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +54,9 @@ from sam3d_ros.types import Gaussians, Grasp, Mesh, ObjectReconstruction  # noqa
 
 DT = 1.0 / 240.0
 GRIP_FORCE = 40.0  # N per finger (a Franka Hand holds 70 N continuous)
+DENSITY = 600.0  # kg/m^3: a filled box or bottle of household goods
+OBJECT_FRICTION = 0.5  # with the finger pads' 0.8: pybullet combines by product (0.4)
+FINGER_FRICTION = 0.8
 LIFT = 0.15
 SUCCESS_LIFT = 0.10
 
@@ -142,6 +146,14 @@ class GraspSim:
             pb.resetBasePositionAndOrientation(
                 body, world_from_com[:3, 3], cv.matrix_to_quat(world_from_com[:3, :3]),
                 physicsClientId=c)
+            # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp
+            # lift them: give each the mass of its mesh at a household density and a
+            # cardboard/plastic-on-rubber friction, so the test is the shape, not the glue.
+            volume = abs(float(trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces,
+                                               process=False).volume))
+            mass = float(np.clip(volume * DENSITY, 0.05, 2.0))
+            pb.changeDynamics(body, -1, mass=mass, lateralFriction=OBJECT_FRICTION,
+                              physicsClientId=c)
             self.bodies.append(body)
         self.hand, self.fixed = self._make_gripper()
         for _ in range(24):  # settle contacts (the poses come from a settled scene)
@@ -170,7 +182,7 @@ class GraspSim:
             linkParentIndices=[0, 0], linkJointTypes=[pb.JOINT_PRISMATIC] * 2,
             linkJointAxis=[[0, 1, 0], [0, -1, 0]], physicsClientId=c)
         for j in (0, 1):
-            pb.changeDynamics(hand, j, lateralFriction=1.0, spinningFriction=0.002,
+            pb.changeDynamics(hand, j, lateralFriction=FINGER_FRICTION, spinningFriction=0.002,
                               jointLowerLimit=0.0, jointUpperLimit=g.max_opening / 2,
                               physicsClientId=c)
         fixed = pb.createConstraint(hand, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0],
