@@ -47,10 +47,15 @@ def env(tmp_path_factory):
             rec.close()
 
 
+# Liveness bound of the harness, not a speed target: on a loaded 2-core machine goal acceptance
+# behind a running frame has taken over 10 s.
+ANSWER_S = 30.0
+
+
 def send(rec, client, goal):
     feedback = []
     future = client.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback))
-    assert rec.wait(future.done, 10.0)
+    assert rec.wait(future.done, ANSWER_S)
     handle = future.result()
     assert handle.accepted
     return handle, feedback
@@ -114,7 +119,7 @@ def test_queue_position_and_cancel(env):
     assert rec.wait(lambda: any(f.queue_position >= 1 for f in fb_c), 10.0)
     cancel_c = h_c.cancel_goal_async()
     res_a, res_b, res_c = (result_of(rec, h) for h in (h_a, h_b, h_c))
-    assert rec.wait(cancel_c.done, 10.0)
+    assert rec.wait(cancel_c.done, ANSWER_S)
     assert res_a.status == GoalStatus.STATUS_SUCCEEDED, res_a.result.error
     assert res_b.status == GoalStatus.STATUS_SUCCEEDED, res_b.result.error
     assert res_c.status == GoalStatus.STATUS_CANCELED
@@ -133,7 +138,7 @@ def test_cancel_while_running(env):
                                 for f in feedback), 10.0)
     cancel = handle.cancel_goal_async()
     res = result_of(rec, handle)
-    assert rec.wait(cancel.done, 10.0)
+    assert rec.wait(cancel.done, ANSWER_S)
     # Cancelled between stages, or it had already finished when the request arrived.
     assert res.status in (GoalStatus.STATUS_CANCELED, GoalStatus.STATUS_SUCCEEDED)
     if res.status == GoalStatus.STATUS_CANCELED:
