@@ -444,8 +444,9 @@ class EmbeddedReconstructor:
             return everything
         cell = max(self.voxel_size, 0.003)
         # One body point per cell keeps the tree small.
-        _, first = np.unique(np.floor(q[body, :2] / cell).astype(np.int64), axis=0,
-                             return_index=True)
+        ij = np.floor(q[body, :2] / cell).astype(np.int64)
+        ij -= ij.min(axis=0)
+        _, first = np.unique(ij[:, 0] * (int(ij[:, 1].max()) + 1) + ij[:, 1], return_index=True)
         tree = cKDTree(q[body, :2][first])
         dist, _ = tree.query(q[lows, :2], distance_upper_bound=reach + cell)
         keep = everything.copy()
