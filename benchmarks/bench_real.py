@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam3d_ros.backends.plane import fit_support_plane  # noqa: E402
 from sam3d_ros.engine import Engine  # noqa: E402
-from sam3d_ros.errors import InputError  # noqa: E402
+from sam3d_ros.errors import Sam3dError  # noqa: E402
 from sam3d_ros.evaluation import (  # noqa: E402
     load_real_frame,
     posed_vertices,
@@ -105,8 +105,10 @@ def evaluate_frame(engine: Engine, frame_dir: Path, modes=MODES) -> Dict[str, An
             continue
         try:
             parsed, outcome, seconds = run_request(engine, frame_dir, request)
-        except InputError as exc:
-            out["modes"][mode] = {"error": str(exc)}
+        except Sam3dError as exc:  # the frame's objects then count as IoU 0
+            out["modes"][mode] = {"error": str(exc), "objects": [
+                {"id": int(i), "iou": 0.0, "failed": True} for i in object_ids(request)
+                if i in rf.masks or mode == "masks"]}
             continue
         ids = object_ids(request)
         frame = parsed.frame
@@ -150,7 +152,7 @@ def evaluate_frame(engine: Engine, frame_dir: Path, modes=MODES) -> Dict[str, An
                 rows.append(dict(in_front=fig.in_front, depth_over_width=fig.depth_over_width,
                                  extent_ratio=fig.extent_ratio, watertight=fig.watertight))
             out["modes"]["auto"] = {"seconds": seconds, "objects": rows}
-        except InputError as exc:
+        except Sam3dError as exc:
             out["modes"]["auto"] = {"error": str(exc)}
     return out
 
@@ -172,19 +174,20 @@ def summarize(frames: List[Dict[str, Any]]) -> Dict[str, Any]:
             errors = sum("error" in f["modes"].get(mode, {}) for f in members)
             if not rows and not errors:
                 continue
+            ok = [o for o in rows if not o.get("failed")]
             secs = [f["modes"][mode]["seconds"] for f in members
                     if "seconds" in f["modes"].get(mode, {})]
             table[f"{group}/{mode}"] = {
                 "objects": len(rows),
                 "errors": errors,
                 "iou": _mean(o.get("iou") for o in rows),
-                "in_front_max": max((o["in_front"] for o in rows), default=float("nan")),
-                "in_front_mean": _mean(o["in_front"] for o in rows),
-                "depth_over_width_median": float(np.median([o["depth_over_width"] for o in rows]))
-                if rows else float("nan"),
-                "extent_ratio_median": float(np.median([o["extent_ratio"] for o in rows]))
-                if rows else float("nan"),
-                "watertight": _mean(float(o["watertight"]) for o in rows),
+                "in_front_max": max((o["in_front"] for o in ok), default=float("nan")),
+                "in_front_mean": _mean(o["in_front"] for o in ok),
+                "depth_over_width_median": float(np.median([o["depth_over_width"] for o in ok]))
+                if ok else float("nan"),
+                "extent_ratio_median": float(np.median([o["extent_ratio"] for o in ok]))
+                if ok else float("nan"),
+                "watertight": _mean(float(o["watertight"]) for o in ok),
                 "seconds_p50": float(np.median(secs)) if secs else float("nan"),
             }
     return table
@@ -252,7 +255,8 @@ def main(argv=None) -> int:
         d.name for d in data.iterdir() if (d / "rgb.png").exists()
     )
     modes = tuple(m for m in args.modes.split(",") if m)
-    engine = Engine()
+    # Segmentation + reconstruction only: grasp planning has its own benchmark.
+    engine = Engine(grasp_planner=None)
     frames = []
     for name in names:
         frames.append(evaluate_frame(engine, data / name, modes))

@@ -11,21 +11,25 @@ reconstruction must not trust:
   ground-truth mask lie > 3 cm behind the object;
 * **holes** on dark, shiny and transparent surfaces.
 
-Every consumer of "the object's depth points" (embedded reconstruction, the SAM 3D Objects depth
-alignment, point clouds, poses, grasps) goes through :func:`object_depth`:
+The consumers of "the object's depth points" go through :func:`object_depth`: the embedded
+reconstruction, the SAM 3D Objects depth alignment and the published point cloud (the grasp
+planner's "observed contact" test still reads the mask and the raw depth):
 
-1. pixels on a depth edge (a 4-neighbour jump larger than ``max(jump_abs, jump_rel · z)``) and
-   their ``edge_px`` neighbours are dropped, as are pixels on or below the support plane;
+1. the mask's outermost ``erode_px`` ring (mixed colour) is dropped; so are, within a few pixels
+   of the outline, pixels on a depth edge (a 4-neighbour jump larger than
+   ``max(jump_abs, jump_rel · z)``) or beside a hole; pixels seen at a grazing angle
+   (:func:`grazing_pixels`); pixels on or below the support plane;
 2. the remaining mask pixels are split into depth-continuous pieces (4-neighbours closer than the
    jump threshold); the piece that best covers the mask's *interior* (distance to the mask edge
    weighs each pixel, so a band of background depth along an edge never wins) is the object's
-   surface, and other pieces join it only when their depth lies within the surface's robust
-   depth band;
-3. pixels farther than the object's plausible depth extent from the surface's front (its
-   lateral size, by default: a rigid object is rarely much deeper than wide) are dropped: that is
-   where a smooth bleeding ramp would otherwise grow a fin along the viewing ray;
-4. the dropped and invalid mask pixels are filled with the depth of the nearest kept pixel
-   (``filled``): they extend the silhouette at the object's own depth and never along a ray.
+   surface; other pieces join it when their depth lies within the surface's robust depth band,
+   or when they are thick, in front of it and within its plausible extent (a bowl's front wall);
+3. a joined piece deeper than the object's plausible extent behind the surface's front (its
+   lateral size) is dropped; the surface piece itself is kept whole, however long it is along
+   the ray;
+4. mask pixels without depth, or whose depth belonged to another piece, are filled with the
+   depth of the nearest kept pixel (``filled``): they extend the silhouette at the object's own
+   depth and never along a ray.
 
 Everything is numpy/scipy on the mask's bounding box, deterministic, a few ms per object.
 """
@@ -290,6 +294,8 @@ def object_depth(
         return empty
 
     labels, n = continuous_regions(z, cand, jump_abs, jump_rel)
+    if n == 0:  # every candidate sits on a depth jump: no surface to trust
+        return empty
     # Distance to the mask edge weighs each pixel: a band of background depth along an edge
     # scores little, the interior surface much.
     inner = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
@@ -328,12 +334,14 @@ def object_depth(
         join[1:] |= same | (thick & near)
     keep = join[labels] & (labels > 0)
 
-    # Nothing deeper than the plausible extent behind the front: a smooth bleeding ramp ends
-    # there instead of growing a fin along the viewing ray.
-    front = float(np.percentile(z[keep], 2))
-    reach = reach_of(keep)
+    # Joined pieces reach no deeper than the plausible extent behind the surface's front (a
+    # piece of background that happens to lie in the band stops there). The surface itself
+    # is continuous: its depth is the object's, however long it is along the ray (smooth
+    # bleeding ramps are the slope test's and the support's business).
+    front = float(np.percentile(z[surface], 2))
+    reach = reach_of(surface)
     with np.errstate(invalid="ignore"):
-        keep &= z <= front + reach
+        keep &= surface | (z <= front + reach)
 
     reliable = np.zeros((h, w), dtype=bool)
     reliable[r0:r1, c0:c1] = keep

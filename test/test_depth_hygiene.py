@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from sam3d_ros.conventions import backproject
@@ -108,7 +109,32 @@ def test_support_pixels_are_not_the_object():
         normal = np.array([0.0, 0.0, -1.0])
         offset = 1.3
 
-    depth, obj = _object_on_background()
-    mask = ndimage.binary_dilation(obj, iterations=3)
-    od = object_depth(backproject(depth, K), mask, Plane())
-    assert not od.reliable[mask & ~obj].any()
+    # A thin object 1.5 cm proud of its support: no depth jump separates the two, only the
+    # support test does.
+    depth, obj = _object_on_background(z_obj=1.285, z_bg=1.3)
+    mask = ndimage.binary_dilation(obj, iterations=4)
+    band = mask & ~ndimage.binary_dilation(obj, iterations=2) & ndimage.binary_erosion(mask)
+    points = backproject(depth, K)
+    assert object_depth(points, mask).reliable[band].all()  # continuous: one surface
+    od = object_depth(points, mask, Plane())
+    assert not od.reliable[band].any()
+    assert od.reliable[ndimage.binary_erosion(obj, iterations=2)].all()
+
+
+def test_a_mask_whose_pixels_all_sit_on_jumps_has_no_reliable_depth():
+    # A dark object: no depth but two neighbouring pixels 10 cm apart.
+    depth = np.full((H, W), np.nan, dtype=np.float32)
+    depth[60, 80], depth[60, 81] = 0.8, 0.9
+    mask = np.zeros((H, W), bool)
+    mask[40:80, 60:100] = True
+    od = object_depth(backproject(depth, K), mask)
+    assert od.count == 0 and not od.filled.any()
+
+    from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor
+    from sam3d_ros.errors import InputError
+    from sam3d_ros.types import Frame, ObjectMask
+
+    rgb = np.zeros((H, W, 3), np.uint8)
+    frame = Frame(rgb=rgb, points=backproject(depth, K), intrinsics=K)
+    with pytest.raises(InputError, match="usable depth points"):
+        EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, mask)], 0)

@@ -423,3 +423,59 @@ def test_low_view_grows_the_hidden_back():
     # within a centimetre and the surface far better (about (0.006, 0.76)).
     assert results["cylinder"][0] < 0.01, results
     assert results["cylinder"][1] > results["low"][1] + 0.2, results
+
+
+def _side_and_top(outline_xy, height, n_rows=12, top_xy=None):
+    """Points (a, b, height) of vertical faces through ``outline_xy`` plus an optional top."""
+    hs = np.linspace(0.0, height * 0.85, n_rows)
+    side = np.concatenate([np.c_[outline_xy, np.full(len(outline_xy), h)] for h in hs])
+    if top_xy is None:
+        return side
+    return np.concatenate([side, np.c_[top_xy, np.full(len(top_xy), height)]])
+
+
+def test_support_footprint_recognises_a_cylinder_from_its_front_arc():
+    from sam3d_ros.backends.shape_completion import support_footprint
+
+    ang = np.linspace(-np.pi / 2, np.pi / 2, 60)  # the half facing the camera
+    arc = np.c_[0.2 - 0.035 * np.cos(ang), 0.05 + 0.035 * np.sin(ang)]
+    fit = support_footprint(_side_and_top(arc, 0.1))
+    assert fit is not None and fit[0] == "cylinder"
+    assert np.allclose(fit[1], [0.2, 0.05], atol=1e-3) and abs(fit[2][0] - 0.035) < 1e-3
+
+
+@pytest.mark.parametrize("side", [0.03, 0.06])
+def test_support_footprint_keeps_small_square_boxes_boxes(side):
+    # Two faces seen at a corner fit an arc too; the rectangle fits them better.
+    t = np.linspace(0.0, side, 30)
+    corner = np.r_[np.c_[t, np.zeros_like(t)], np.c_[np.zeros_like(t), t]]
+    g = np.linspace(0.0, side, 12)
+    top = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    fit = support_footprint_of(_side_and_top(corner, 0.08, top_xy=top))
+    assert fit is not None and fit[0] == "box"
+    assert np.allclose(np.sort(fit[3]), [side, side], atol=2e-3)
+
+
+def test_support_footprint_refuses_a_single_face_and_a_blob():
+    t = np.linspace(0.0, 0.1, 40)
+    face = np.c_[t, np.zeros_like(t)]  # one face, no top: its depth is not measured
+    assert support_footprint_of(_side_and_top(face, 0.1)) is None
+    rng = np.random.default_rng(0)
+    blob = np.c_[rng.uniform(0, 0.1, (600, 2)), rng.uniform(0, 0.08, 600)]
+    assert support_footprint_of(blob) is None
+
+
+def support_footprint_of(points):
+    from sam3d_ros.backends.shape_completion import support_footprint
+
+    return support_footprint(points)
+
+
+def test_a_long_object_pointing_away_keeps_its_length():
+    # 30 cm along the viewing direction, 5 cm wide: its depth is one continuous surface, not a
+    # smear to be cut at some plausible extent.
+    long_box = ("box", (np.array([0.0, 0.0, 0.025]), (0.30, 0.05, 0.05), 0.0))
+    pose = _camera_pose(distance=0.8, pitch_deg=30.0, yaw_deg=0.0)
+    frame, masks = _render([long_box], pose)
+    (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)
+    assert abs(float(np.max(r.extents)) - 0.30) < 0.02, r.extents

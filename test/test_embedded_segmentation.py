@@ -306,8 +306,9 @@ def test_background_point_splits_touching_objects(seg):
     assert r.mask[fy, fx] and not r.mask[by, bx]
     assert iou(r.mask, masks[0]) >= 0.9
     assert r.mask[masks[1]].mean() < 0.05
-    # Without the background click the clicked box is whole (its twin, of almost the same
-    # colour and depth, may come along: nothing in the image separates them).
+    # Without the background click the clicked box is whole. Its twin comes along: the
+    # colour refinement separates an object from the background, not two touching objects
+    # (not even of different colours: a known limit, see benchmarks/README.md).
     (alone,) = seg.segment(
         frame, SegmentationQuery(objects=[ObjectPrompt(3, points=[PointPrompt(fx, fy, 1, 3)])])
     )
@@ -446,3 +447,38 @@ def test_box_prompts_on_pybullet_tabletop(seg):
     ious = [iou(r.mask, o.visible_mask) for r, o in zip(result, scene.objects, strict=True)]
     assert len(result) == len(scene.objects)
     assert np.mean(ious) >= 0.9 and min(ious) >= 0.8, ious
+
+
+def test_clicks_far_from_the_object_and_background_clicks_with_a_box(seg):
+    frame, masks, _ = render_scene()
+    # Two foreground clicks on two different objects (one object id): no crash, the first
+    # object is in the mask.
+    x0, y0 = centre_pixel(masks[0])
+    x1, y1 = centre_pixel(masks[2])
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(
+        1, points=[PointPrompt(x0, y0, 1, 1), PointPrompt(x1, y1, 1, 1)])]))
+    assert r.mask[masks[0]].mean() > 0.9
+    # A box with a foreground click outside it.
+    ys, xs = np.nonzero(masks[1])
+    box = BoxPrompt(int(xs.min()) - 3, int(ys.min()) - 3, int(xs.max()) + 3, int(ys.max()) + 3, 2)
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(
+        2, boxes=[box], points=[PointPrompt(x0, y0, 1, 2)])]))
+    assert r.mask[masks[1]].mean() > 0.9
+
+
+def test_a_background_click_far_away_does_not_cut_what_depth_missed(seg):
+    # The right third of an object has no depth (dark, shiny): a box prompt recovers it by
+    # colour, and a background click far outside the box must not change that.
+    frame, masks, _ = render_scene()
+    ys, xs = np.nonzero(masks[0])
+    dark = masks[0] & (np.arange(W)[None, :] > xs.min() + 2 * np.ptp(xs) / 3)
+    pts = frame.points.copy()
+    pts[dark] = np.nan
+    frame = Frame(rgb=frame.rgb, points=pts, intrinsics=frame.intrinsics)
+    box = BoxPrompt(int(xs.min()) - 3, int(ys.min()) - 3, int(xs.max()) + 3, int(ys.max()) + 3, 4)
+    (alone,) = seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(4, boxes=[box])]))
+    far = PointPrompt(W - 5, H - 5, 0, 4)
+    (with_bg,) = seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(
+        4, boxes=[box], points=[far])]))
+    assert alone.mask[dark].mean() > 0.8
+    assert with_bg.mask[dark].mean() > 0.8

@@ -141,13 +141,18 @@ def refine_mask(
             max(0, box[1] - y0 - 2) : box[3] + 3 - y0, max(0, box[0] - x0 - 2) : box[2] + 3 - x0
         ] = False
         certain_bg |= out
-    if bg_points:
+    if bg_points and fg_points:
         # Outside the depth mask, whatever lies nearer a background click than a foreground
-        # one is background (background clicks split objects that colour cannot).
+        # one is background (background clicks split objects that colour cannot). Without a
+        # foreground click (a box prompt) only the background clicks' own disks are drawn.
         certain_bg |= ~m & (distance_to(bg_points) < distance_to(fg_points))
     if fg_points:
         # A click's object lies within a graspable size of the click.
-        zs = [z[y - y0, x - x0] for x, y in fg_points if valid[y - y0, x - x0]]
+        # Read from the whole image: a click may lie outside the crop (it snapped to a depth
+        # region elsewhere).
+        zs = [float(points[y, x, 2]) for x, y in fg_points
+              if 0 <= y < h and 0 <= x < w and np.isfinite(points[y, x, 2])
+              and points[y, x, 2] > 0]
         zr = float(np.median(zs)) if zs else float(np.median(zc))
         radius = (fx or float(w)) * max_object_size / max(zr, 1e-3)
         certain_bg |= distance_to(fg_points) > radius

@@ -265,8 +265,8 @@ class EmbeddedReconstructor:
         if measured.sum() < self.min_points:
             raise InputError(
                 field,
-                f"object {obj.object_id}: only {pts.shape[0]} usable depth points in the mask "
-                f"(need {self.min_points}); is the mask on the object and the depth valid?",
+                f"object {obj.object_id}: only {int(measured.sum())} usable depth points in the "
+                f"mask (need {self.min_points}); is the mask on the object and the depth valid?",
             )
         frame_rot, origin, floor = self._gravity_frame(pts, plane, ctx)
         gravity = plane is not None and floor is not None

@@ -570,10 +570,9 @@ class AnalyticGraspPlanner:
         points = np.asarray(frame.points)
         mask = np.asarray(obj.mask, dtype=bool)
         h, w = mask.shape
-        with np.errstate(invalid="ignore", divide="ignore"):
-            u = np.rint(k.fx * pts[:, 0] / pts[:, 2] + k.cx)
-            v = np.rint(k.fy * pts[:, 1] / pts[:, 2] + k.cy)
-        front = pts[:, 2] > 0
+        u, v = cv.project(pts, k)
+        u, v = np.rint(u), np.rint(v)
+        front = np.isfinite(u) & np.isfinite(v)
         # a 3×3 neighbourhood: contacts on the silhouette project onto its edge pixels
         for dv in (-1, 0, 1):
             for du in (-1, 0, 1):

@@ -295,18 +295,24 @@ def support_footprint(
     if side.sum() < 30 or top < 2 * top_band:
         return None
     xy = pts[:, :2]
+    c, axes, ext = min_area_rectangle(xy)
+    box_rms = np.inf
+    if ext.min() >= min_side:
+        local = (xy[side] - c) @ axes.T
+        inside = np.min(ext / 2 - np.abs(local), axis=1)
+        box_rms = float(np.sqrt(np.mean(np.maximum(inside, 0.0) ** 2)))
+        box_ok = (np.median(inside) <= box_tolerance
+                  and np.percentile(inside, 90) <= 3 * box_tolerance)
+    else:
+        box_ok = False
     centre, radius, rms = fit_circle(xy[side])
-    if rms <= circle_tolerance and min_side / 2 <= radius <= max_radius:
+    # Two faces of a small box seen at a corner also fit an arc: the better fit wins.
+    if rms <= circle_tolerance and min_side / 2 <= radius <= max_radius and rms < box_rms:
         ang = np.arctan2(*(xy[side] - centre).T[::-1])
         hist = np.histogram(ang, bins=36, range=(-np.pi, np.pi))[0]
         if (hist > 0).sum() * 10 >= 100:
             return "cylinder", centre, np.array([radius]), np.array([2 * radius, 2 * radius])
-    c, axes, ext = min_area_rectangle(xy)
-    if ext.min() < min_side:
-        return None
-    local = (xy[side] - c) @ axes.T
-    inside = np.min(ext / 2 - np.abs(local), axis=1)
-    if np.median(inside) <= box_tolerance and np.percentile(inside, 90) <= 3 * box_tolerance:
+    if box_ok:
         return "box", c, axes, ext
     return None
 
