@@ -306,13 +306,28 @@ def test_background_point_splits_touching_objects(seg):
     assert r.mask[fy, fx] and not r.mask[by, bx]
     assert iou(r.mask, masks[0]) >= 0.9
     assert r.mask[masks[1]].mean() < 0.05
-    # Without the background click the clicked box is whole. Its twin comes along: the
-    # colour refinement separates an object from the background, not two touching objects
-    # (not even of different colours: a known limit, see benchmarks/README.md).
+    # Without the background click the clicked box is whole (its twin, of almost the same
+    # colour and depth, may come along: nothing in the image separates them).
     (alone,) = seg.segment(
         frame, SegmentationQuery(objects=[ObjectPrompt(3, points=[PointPrompt(fx, fy, 1, 3)])])
     )
     assert alone.mask[masks[0]].mean() >= 0.95
+
+
+def test_one_click_on_touching_objects_of_different_colours_returns_one(seg):
+    # Touching at the same depth, one depth region: the colour boundary splits them.
+    objects = (
+        ("box", -0.04, 0.03, (0.08, 0.06, 0.08), (200, 40, 40)),
+        ("box", 0.04, 0.03, (0.08, 0.06, 0.08), (40, 160, 60)),
+    )
+    frame, masks, _ = render_scene(objects)
+    for i in (0, 1):
+        x, y = centre_pixel(masks[i])
+        (r,) = seg.segment(
+            frame, SegmentationQuery(objects=[ObjectPrompt(i, points=[PointPrompt(x, y, 1, i)])])
+        )
+        assert iou(r.mask, masks[i]) >= 0.9
+        assert r.mask[masks[1 - i]].mean() < 0.05
 
 
 def test_box_around_two_objects_returns_the_dominant_one(seg):

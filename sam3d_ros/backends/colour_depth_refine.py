@@ -48,6 +48,7 @@ def refine_mask(
     support_band: float = 0.005,
     iterations: int = 4,
     max_side: int = 96,
+    click_seed: float = 3.0,
 ) -> np.ndarray:
     """Refine ``mask`` (H×W bool, from depth) on colour with depth-certain labels.
 
@@ -62,6 +63,11 @@ def refine_mask(
         max_object_size: a click's object extends at most this far (metres) from the click.
         support_band: pixels lower than this above the plane are the support.
         iterations: GrabCut iterations.
+        click_seed: for clicks, the depth region farther from the clicks than this many times
+            its own half-thickness (largest distance to its edge) starts as probably
+            background, so that a touching neighbour of another colour is not in the initial
+            object colour model (measured: 2 splits touching boxes but loses multi-coloured
+            objects on dof6_*, 0.86 → 0.79; 3 keeps both).
         max_side: the colour models are learnt on the crop shrunk to at most this many pixels
             a side (GrabCut's cost grows with the pixel count), then one graph cut labels the
             full-resolution crop with them.
@@ -119,7 +125,12 @@ def refine_mask(
     if fg_points and box is None:
         # A click vouches only for its surroundings: the depth region under it may hold a
         # touching neighbour that colour is to split off.
-        sure &= distance_to(fg_points) <= max(6.0, 0.5 * float(inner.max()))
+        near_click = distance_to(fg_points) <= max(6.0, 0.5 * float(inner.max()))
+        sure &= near_click
+        # The colour models start from the click's surroundings: the rest of the depth region
+        # starts as probably background and joins when its colour says so.
+        far = (m | c) & (distance_to(fg_points) > max(12.0, click_seed * float(inner.max())))
+        gc[far] = cv2.GC_PR_BGD
     gc[sure] = cv2.GC_FGD
 
     certain_bg = np.zeros(m.shape, dtype=bool)
