@@ -546,8 +546,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "$ROS_HOME/sam3d_runs (ROS_HOME defaults to ~/.ros)"),
     ParamSpec("max_runs_kept", 20, "keep at most this many run directories, deleting the "
               "oldest; 0 = keep all", range=(0, 1000000)),
-    ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (evenly subsampled "
-              "preview); 0 = all", range=(0, 10000000)),
+    ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (preview decimated by "
+              "quadric edge collapse, closed meshes stay closed); 0 = all",
+              range=(0, 10000000)),
     ParamSpec("grasp_planner", "analytic", "grasp planner; none = no grasp stage and no grasp "
               "outputs", choices=("analytic", "none"), when="configure"),
     ParamSpec("grasp_top_k", 10, "grasps kept per object, best first", range=(1, 1000),
@@ -664,6 +665,7 @@ class Sam3dNode(LifecycleNode):
         self._latest: Optional[CameraMessages] = None
         self._last_size: Optional[Tuple[int, int]] = None
         self._marker_ids: List[int] = []
+        self._marker_cache = out.MarkerPreviewCache()
         self._tracked_ids: List[int] = []
         self._frame_id = ""
         self._warned_once: set = set()
@@ -772,6 +774,7 @@ class Sam3dNode(LifecycleNode):
             header = Header(stamp=self.get_clock().now().to_msg())
             self._pub_markers.publish(out.delete_all_markers(header))
             self._marker_ids = []
+        self._marker_cache.clear()
         header = Header(stamp=self.get_clock().now().to_msg())
         if self._grasp_out is not None:
             self._grasp_out.clear_markers(header)
@@ -1171,8 +1174,11 @@ class Sam3dNode(LifecycleNode):
             with self._lock:
                 previous, self._marker_ids = self._marker_ids, [o.object_id for o in objects]
             if _has_subscribers(self._pub_markers):
+                t_markers = time.monotonic()
                 self._pub_markers.publish(out.markers_msg(
-                    header, objects, previous, int(self._p("marker_max_triangles"))))
+                    header, objects, previous, int(self._p("marker_max_triangles")),
+                    cache=self._marker_cache))
+                self._latency.add("markers", time.monotonic() - t_markers)
         if _has_subscribers(self._pub_points):
             self._pub_points.publish(
                 out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
