@@ -152,6 +152,16 @@ def test_jpeg_legacy_formats():
 
 
 @pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_colour_agrees_with_rosbags_image(codec):
+    """An independent peer (rosbags-image, a test dependency) decodes the same message."""
+    rosbags_image = pytest.importorskip("rosbags.image")
+    rgb = colour_image()
+    m = png_msg(rgb[:, :, ::-1]) if codec == "png" else jpeg_msg(rgb)
+    theirs = rosbags_image.compressed_image_to_cvimage(m, "rgb8")
+    assert np.array_equal(cmp.rgb_from_compressed(m), theirs)
+
+
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
 def test_header_size_matches_an_independent_reader(codec):
     rgb = colour_image(200, 90)
     data = bytes((png_msg(rgb) if codec == "png" else jpeg_msg(rgb)).data)
