@@ -3,7 +3,11 @@
     .venv/jazzy/bin/python -P benchmarks/bench_conversions.py [--repeat 7] [--points 300000]
 
 Prints the median wall time of ``--repeat`` runs per case. Image: 640×480 rgb8 and 16UC1, to
-numpy and back. PointCloud2: xyz + rgb (+ object_index) packing and unpacking.
+numpy and back. PointCloud2: xyz + rgb (+ object_index) packing and unpacking. Compressed
+inputs (:mod:`sam3d_ros.compressed`): decoding a synthetic tabletop frame (pybullet render with
+sensor noise) at 640×480 and 1280×720 as image_transport's publishers send it with their
+default settings (JPEG quality 95, PNG level 3; compressedDepth PNG level 3, depth_max 10 m,
+depth_quantization 100), with the payload size; ``--no-compressed`` skips it.
 
 ros2-numpy 0.0.5 writes a non-interleaved PointCloud2 (the xyz block, then the rgb block) and
 reads ``rgb`` at the wrong offset, so its figures are for the same work, not for a correct
@@ -15,12 +19,16 @@ copies" row is what materialising the arrays costs. ros2-numpy's Image packer ca
 
 import argparse
 import statistics
+import struct
 import time
 
+import cv2
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
+from sam3d_ros import compressed
 from sam3d_ros import conversions as cv
+from sam3d_ros.conventions import metres_to_depth16
 
 try:  # the peer is a test dependency only
     import ros2_numpy
@@ -63,10 +71,62 @@ def bench_image(name, img, enc, repeat):
     row(f"Image 640x480 {name}: msg -> numpy (view)", ours, theirs)
 
 
+def _compressed(fmt, payload):
+    return CompressedImage(format=fmt, data=bytes(payload))
+
+
+def _encode(ext, pixels, params):
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(pixels), params)
+    assert ok
+    return buf.tobytes()
+
+
+def bench_compressed(width, height, repeat):
+    """Decode cost of image_transport's compressed colour and compressedDepth depth."""
+    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+
+    sc = make_tabletop_scene(3, n_objects=3, width=width, height=height)
+    bgr = sc.frame.rgb[:, :, ::-1]
+    size = (width, height)
+    jpeg = _compressed("rgb8; jpeg compressed bgr8",
+                       _encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]))
+    png = _compressed("rgb8; png compressed bgr8",
+                      _encode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+    # compressedDepth as compressed_depth_image_transport writes it: ConfigHeader + PNG.
+    mm = metres_to_depth16(sc.depth_m)
+    d16 = _compressed("16UC1; compressedDepth png", struct.pack("<iff", 0, 0.0, 0.0)
+                      + _encode(".png", mm, [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+    a, b = 100.0 * 101.0, 1.0 - 100.0 * 101.0 / 10.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(sc.depth_m < 10.0, a / sc.depth_m + b, 0)
+    d32 = _compressed("32FC1; compressedDepth png", struct.pack("<iff", 0, a, b)
+                      + _encode(".png", np.trunc(q).astype(np.uint16),
+                                [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+    raw_rgb = cv.numpy_to_image(sc.frame.rgb, "rgb8")
+    raw_depth = cv.numpy_to_image(mm, "16UC1")
+    name = f"{width}x{height}"
+    for label, fn, nbytes in (
+        ("raw rgb8 -> RGB", lambda: cv.rgb_from_image(raw_rgb), len(raw_rgb.data)),
+        ("JPEG q95 -> RGB", lambda: compressed.rgb_from_compressed(jpeg, expected_size=size),
+         len(jpeg.data)),
+        ("PNG -> RGB", lambda: compressed.rgb_from_compressed(png, expected_size=size),
+         len(png.data)),
+        ("raw 16UC1 -> metres", lambda: cv.depth_from_image(raw_depth), len(raw_depth.data)),
+        ("compressedDepth 16UC1 -> metres",
+         lambda: compressed.depth_from_compressed(d16, expected_size=size), len(d16.data)),
+        ("compressedDepth 32FC1 -> metres",
+         lambda: compressed.depth_from_compressed(d32, expected_size=size), len(d32.data)),
+    ):
+        ms = median_ms(fn, repeat)
+        print(f"{name} {label:<33} {ms:9.3f} ms   {nbytes / 1024:8.1f} KiB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--points", type=int, default=300_000)
+    parser.add_argument("--no-compressed", action="store_true",
+                        help="skip the compressed-input decoding figures")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     if ros2_numpy is None:
@@ -109,6 +169,10 @@ def main():
     cloud = cv.pointcloud2_from_arrays(None, xyz, colours, index)
     row(f"PointCloud2 {k} xyz+rgb+index: unpack (views)", median_ms(
         lambda: cv.pointcloud2_to_arrays(cloud), args.repeat))
+
+    if not args.no_compressed:
+        for width, height in ((640, 480), (1280, 720)):
+            bench_compressed(width, height, args.repeat)
 
 
 if __name__ == "__main__":

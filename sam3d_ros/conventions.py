@@ -178,6 +178,15 @@ def scale_intrinsics(intrinsics: CameraIntrinsics, width: int, height: int) -> C
     )
 
 
+def same_aspect(w1: int, h1: int, w2: int, h2: int, tol: float = 0.01) -> bool:
+    """True when ``w1 × h1`` and ``w2 × h2`` have the same aspect ratio within ``tol``.
+
+    Images of one camera at two resolutions (the only size differences
+    :func:`scale_intrinsics` may bridge).
+    """
+    return abs(w1 * h2 - w2 * h1) <= tol * max(w1 * h2, w2 * h1)
+
+
 def backproject(depth_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
     """Back-project a metric depth image to a pointmap in the camera optical frame.
 

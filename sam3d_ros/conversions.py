@@ -49,6 +49,7 @@ __all__ = [
     "IMAGE_ENCODINGS",
     "image_to_numpy",
     "rgb_from_image",
+    "rgb8_from_array",
     "depth_from_image",
     "mask_from_image",
     "numpy_to_image",
@@ -196,13 +197,23 @@ def rgb_from_image(msg: Image, field: str = "image") -> np.ndarray:
             f"{enc!r} is not a colour image encoding; use rgb8, bgr8, rgba8, bgra8 or mono8"
             + (" (8UC3/8UC4 have no channel order)" if enc in ("8UC3", "8UC4") else ""),
         )
-    img = image_to_numpy(msg, field)
+    return rgb8_from_array(image_to_numpy(msg, field), bgr=enc.startswith("bgr"))
+
+
+def rgb8_from_array(img: np.ndarray, bgr: bool) -> np.ndarray:
+    """H×W×3 ``uint8`` RGB of a decoded grey / colour pixel array (raw or compressed images).
+
+    ``img``: H×W (grey), H×W×2 (grey + alpha), H×W×3 or H×W×4 (colour + alpha; ``bgr`` says the
+    channel order), ``uint8`` or ``uint16`` (scaled to 8 bits: ``round(v / 257)``). Alpha is
+    dropped, grey is replicated.
+    """
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     out = np.empty(img.shape[:2] + (3,), dtype=np.uint8)
-    if img.ndim == 2:
-        sources = (img, img, img)
-    elif enc.startswith("bgr"):
+    if img.ndim == 2 or img.shape[2] <= 2:
+        grey = img if img.ndim == 2 else img[:, :, 0]
+        sources = (grey, grey, grey)
+    elif bgr:
         sources = (img[:, :, 2], img[:, :, 1], img[:, :, 0])
     else:
         sources = (img[:, :, 0], img[:, :, 1], img[:, :, 2])

@@ -9,8 +9,9 @@ each frame's objects into the operations that bring MoveIt's world up to date:
   object that exists): ``id`` = the TF child frame ``<tf_prefix><id>``, ``header.frame_id`` =
   the camera optical frame, ``pose`` = the object pose (the same as its TF frame), one mesh in
   the object frame (``mesh_poses`` = identity), closed and decimated to at most
-  ``max_triangles`` (:func:`decimate_closed`), and subframes ``grasp_0`` .. ``grasp_{n-1}``: the
-  object's best grasps relative to the object pose (MoveIt names them ``<id>/grasp_0`` ...).
+  ``max_triangles`` (:mod:`~sam3d_ros.mesh_decimation`), and subframes ``grasp_0`` ..
+  ``grasp_{n-1}``: the object's best grasps relative to the object pose (MoveIt names them
+  ``<id>/grasp_0`` ...).
 * **MOVE** when only the pose changed: the mesh MoveIt holds (in the object frame) still
   matches the new reconstruction in its object frame (within :data:`SHAPE_TOLERANCE_M` or the
   relative tolerance). Only
@@ -27,21 +28,26 @@ same ADD / MOVE rules.
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from geometry_msgs.msg import Pose
 from moveit_msgs.msg import CollisionObject
-from scipy.spatial import cKDTree
 from shape_msgs.msg import Mesh as MeshMsg
 from shape_msgs.msg import SolidPrimitive
 from std_msgs.msg import Header
 
 from . import conventions as cv
+from .mesh_decimation import (  # noqa: F401 - re-exported
+    SHAPE_TOLERANCE_M,
+    SHAPE_TOLERANCE_REL,
+    decimate_closed,
+    is_closed_manifold,
+    same_shape,
+)
 from .ros_grasps import published_pose
 from .ros_outputs import _points, _triangles, object_size, object_vertices_m, pose_msg
 from .types import Grasp, ObjectReconstruction
@@ -53,175 +59,9 @@ SUPPORT_MARGIN_M = 0.15
 """The box extends this far beyond the objects' footprint on the plane, every side."""
 SUPPORT_MIN_SIZE_M = 0.3
 
-SHAPE_TOLERANCE_M = 0.006
-SHAPE_TOLERANCE_REL = 0.06
-"""MOVE instead of ADD while the added mesh, in its object frame, lies within
-max(SHAPE_TOLERANCE_M, SHAPE_TOLERANCE_REL × largest extent) of the new one (90th percentile of
-the nearest-vertex distances, both ways). Two reconstructions of a still object 1.5 cm apart
-(the synthetic scene shifted by 6 px) differ by 2–5 mm."""
 MOVE_MIN_M = 0.001
 MOVE_MIN_DEG = 1.0
 """Pose changes below both are not sent (reconstruction jitter would flood MoveIt)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Closed-mesh decimation
-#
-# Measured on 25 embedded reconstructions (4–7 k triangles) plus an icosphere and a cylinder:
-# * fast-simplification 0.2.0 (quadric edge collapse, PyPI): closed 1/25 at 2000 triangles with
-#   its default aggressiveness, 23/26 at agg=1 — it leaves edges shared by four triangles;
-# * vertex clustering (own): closed only once it had collapsed the mesh to a tetrahedron;
-# * the edge collapse below (quadric error, collapse only when the link condition holds, no face
-#   flips): closed 26/26 at every cap from 2000 to 100; volume error mean 0.2 % / max 0.9 % at
-#   2000, 1 % / 2 % at 1000; 0.1–0.2 s for 5 k → 2 k triangles in Python (run only on ADD).
-
-
-def is_closed_manifold(faces: np.ndarray) -> bool:
-    """True when every edge is shared by exactly two triangles with opposite orientations."""
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    if len(f) < 4:
-        return False
-    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    n = int(f.max()) + 1
-    key = directed[:, 0] * n + directed[:, 1]
-    reverse = directed[:, 1] * n + directed[:, 0]
-    _, counts = np.unique(key, return_counts=True)
-    return bool(np.all(counts == 1) and np.isin(reverse, key).all())
-
-
-def _normal(p0, p1, p2) -> Tuple[float, float, float]:
-    ux, uy, uz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
-    vx, vy, vz = p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]
-    return (uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx)
-
-
-def _qcost_np(q: np.ndarray, p: np.ndarray) -> np.ndarray:
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    return (q[:, 0] * x * x + 2 * q[:, 1] * x * y + 2 * q[:, 2] * x * z + 2 * q[:, 3] * x
-            + q[:, 4] * y * y + 2 * q[:, 5] * y * z + 2 * q[:, 6] * y + q[:, 7] * z * z
-            + 2 * q[:, 8] * z + q[:, 9])
-
-
-def _qcost(q: Sequence[float], p: Sequence[float]) -> float:
-    x, y, z = p
-    return (q[0] * x * x + 2 * q[1] * x * y + 2 * q[2] * x * z + 2 * q[3] * x + q[4] * y * y
-            + 2 * q[5] * y * z + 2 * q[6] * y + q[7] * z * z + 2 * q[8] * z + q[9])
-
-
-def decimate_closed(
-    vertices: np.ndarray, faces: np.ndarray, max_triangles: int, min_normal_dot: float = 0.2,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Reduce a triangle mesh to at most ``max_triangles`` (0 = keep all), keeping it closed.
-
-    Edge collapses in order of quadric error (Garland & Heckbert; the new vertex is the better
-    of the two ends and their midpoint). An edge is collapsed only when the link condition holds
-    (the two ends share exactly the two opposite vertices), so a closed 2-manifold stays one,
-    and when no surrounding triangle would flip or degenerate (normal turns by less than
-    ``acos(min_normal_dot)``). Stops early (above the cap) when no edge can be collapsed or at
-    four triangles. Returns ``(vertices V'×3 float64, faces F'×3 int64)`` with unused vertices
-    dropped.
-    """
-    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    if max_triangles <= 0 or len(f) <= max_triangles:
-        return v.copy(), f.copy()
-    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    area2 = np.linalg.norm(n, axis=1, keepdims=True)
-    n = n / np.maximum(area2, 1e-300)
-    plane = np.hstack([n, -np.sum(n * v[f[:, 0]], axis=1, keepdims=True)])
-    iu = np.triu_indices(4)
-    face_q = plane[:, iu[0]] * plane[:, iu[1]] * area2  # upper triangle of the 4×4 quadric
-    vq = np.zeros((len(v), 10))
-    for j in range(10):
-        for k in range(3):
-            vq[:, j] += np.bincount(f[:, k], weights=face_q[:, j], minlength=len(v))
-
-    quadric = [tuple(row) for row in vq.tolist()]
-    pos = [tuple(p) for p in v.tolist()]
-    tris = f.tolist()
-    alive = [True] * len(tris)
-    vert_faces: List[Set[int]] = [set() for _ in range(len(pos))]
-    for i, (a, b, c) in enumerate(tris):
-        vert_faces[a].add(i)
-        vert_faces[b].add(i)
-        vert_faces[c].add(i)
-    version = [0] * len(pos)
-
-    def placement(a: int, b: int) -> Tuple[float, Tuple[float, float, float]]:
-        q = [x + y for x, y in zip(quadric[a], quadric[b], strict=True)]
-        pa, pb = pos[a], pos[b]
-        mid = ((pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2, (pa[2] + pb[2]) / 2)
-        best = (_qcost(q, mid), mid)
-        for cand in (pa, pb):
-            cost = _qcost(q, cand)
-            if cost < best[0]:
-                best = (cost, cand)
-        return best
-
-    def neighbours(x: int) -> Set[int]:
-        out: Set[int] = set()
-        for fi in vert_faces[x]:
-            out.update(tris[fi])
-        out.discard(x)
-        return out
-
-    edges = np.unique(np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]),
-                              axis=1), axis=0)
-    qe = vq[edges[:, 0]] + vq[edges[:, 1]]
-    pa, pb = v[edges[:, 0]], v[edges[:, 1]]
-    costs = np.min([_qcost_np(qe, p) for p in (pa, pb, 0.5 * (pa + pb))], axis=0)
-    zeros = [0] * len(edges)
-    heap = list(zip(costs.tolist(), edges[:, 0].tolist(), edges[:, 1].tolist(), zeros, zeros,
-                    strict=True))
-    heapq.heapify(heap)
-    n_alive = len(tris)
-    while n_alive > max_triangles and n_alive > 4 and heap:
-        _, a, b, va, vb = heapq.heappop(heap)
-        if version[a] != va or version[b] != vb or not vert_faces[a] or not vert_faces[b]:
-            continue  # stale entry: an end moved or was removed since it was queued
-        shared = vert_faces[a] & vert_faces[b]
-        if len(shared) != 2:
-            continue
-        opposite: Set[int] = set()
-        for fi in shared:
-            opposite.update(tris[fi])
-        opposite -= {a, b}
-        if (neighbours(a) & neighbours(b)) != opposite:
-            continue  # link condition: the collapse would pinch the surface
-        _, p = placement(a, b)
-        flips = False
-        for fi in (vert_faces[a] | vert_faces[b]) - shared:
-            tri = tris[fi]
-            n0 = _normal(*(pos[x] for x in tri))
-            n1 = _normal(*(p if x in (a, b) else pos[x] for x in tri))
-            dot = n0[0] * n1[0] + n0[1] * n1[1] + n0[2] * n1[2]
-            if dot <= min_normal_dot * math.sqrt((n0[0] ** 2 + n0[1] ** 2 + n0[2] ** 2)
-                                                 * (n1[0] ** 2 + n1[1] ** 2 + n1[2] ** 2)):
-                flips = True
-                break
-        if flips:
-            continue
-        pos[a] = p
-        quadric[a] = tuple(x + y for x, y in zip(quadric[a], quadric[b], strict=True))
-        version[a] += 1
-        version[b] += 1
-        for fi in shared:
-            alive[fi] = False
-            for x in tris[fi]:
-                vert_faces[x].discard(fi)
-            n_alive -= 1
-        for fi in vert_faces[b]:
-            tris[fi] = [a if x == b else x for x in tris[fi]]
-            vert_faces[a].add(fi)
-        vert_faces[b] = set()
-        for x in neighbours(a):
-            lo, hi = (a, x) if a < x else (x, a)
-            heapq.heappush(heap, (placement(lo, hi)[0], lo, hi, version[lo], version[hi]))
-    kept = np.array([t for t, ok in zip(tris, alive, strict=True) if ok], dtype=np.int64)
-    used = np.unique(kept)
-    remap = np.full(len(pos), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return np.asarray(pos, dtype=np.float64)[used], remap[kept]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,16 +183,6 @@ def _pose_changed(p0, q0, p1, q1) -> bool:
     dot = min(1.0, abs(float(np.dot(cv.quat_normalize(q0), cv.quat_normalize(q1)))))
     turned = math.degrees(2.0 * math.acos(dot)) > MOVE_MIN_DEG
     return moved or turned
-
-
-def same_shape(old_vertices: np.ndarray, new_vertices: np.ndarray, size: float) -> bool:
-    """Whether two vertex sets (same frame) describe the same surface within the tolerance."""
-    if len(old_vertices) == 0 or len(new_vertices) == 0:
-        return False
-    tol = max(SHAPE_TOLERANCE_M, SHAPE_TOLERANCE_REL * float(size))
-    d_old = cKDTree(new_vertices).query(old_vertices)[0]
-    d_new = cKDTree(old_vertices).query(new_vertices)[0]
-    return bool(np.percentile(d_old, 90) <= tol and np.percentile(d_new, 90) <= tol)
 
 
 class CollisionScene:

@@ -35,7 +35,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import rclpy
@@ -58,7 +58,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
@@ -102,10 +102,13 @@ _RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
 
 @dataclass
 class CameraMessages:
-    """One synchronised set of camera messages (raw, decoded only when processed)."""
+    """One synchronised set of camera messages, undecoded until processed.
 
-    image: Image
-    depth: Image
+    Each image is raw or compressed, as ``image_transport`` / ``depth_transport`` chose.
+    """
+
+    image: Union[Image, CompressedImage]
+    depth: Union[Image, CompressedImage]
     camera_info: CameraInfo
     received: float = field(default_factory=time.monotonic)
 
@@ -376,8 +379,8 @@ def prompt_request(msg: Optional[Prompt]) -> Dict[str, Any]:
 
 
 def build_camera_frame(
-    image: Image,
-    depth: Optional[Image],
+    image: Union[Image, CompressedImage],
+    depth: Optional[Union[Image, CompressedImage]],
     camera_info: CameraInfo,
     prefix: str = "",
     warn: Optional[Callable[[str, str], None]] = None,
@@ -388,20 +391,30 @@ def build_camera_frame(
       (:func:`~sam3d_ros.conventions.scale_intrinsics`);
     * a depth image of another size with the same aspect ratio is back-projected with its own
       (rescaled) intrinsics and resampled (nearest) onto the colour pixels;
-    * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug).
+    * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug);
+    * ``CompressedImage`` colour (JPEG/PNG) and ``compressedDepth`` depth are decoded by
+      :mod:`sam3d_ros.compressed`, their declared sizes checked against the CameraInfo and the
+      colour image before decoding.
 
     ``warn(key, message)`` receives non-fatal remarks (frame ids that differ).
 
     Raises:
         InputError: naming ``image``, ``depth`` or ``camera_info`` fields.
     """
+    from .compressed import depth_from_compressed, rgb_from_compressed
     from .conversions import depth_from_image, intrinsics_from_camera_info, rgb_from_image
 
-    rgb = rgb_from_image(image, f"{prefix}image")
+    if isinstance(image, CompressedImage):
+        # The CameraInfo first: it bounds the size the payload may declare.
+        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
+        rgb = rgb_from_compressed(image, f"{prefix}image", (intr.width, intr.height),
+                                  f"{prefix}camera_info")
+    else:
+        rgb = rgb_from_image(image, f"{prefix}image")
+        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
     h, w = rgb.shape[:2]
-    intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
     if (intr.width, intr.height) != (w, h):
-        if not _same_aspect(intr.width, intr.height, w, h):
+        if not cv.same_aspect(intr.width, intr.height, w, h):
             raise InputError(
                 f"{prefix}camera_info",
                 f"is for a {intr.width}x{intr.height} image but the image is {w}x{h} "
@@ -417,10 +430,14 @@ def build_camera_frame(
                 f"{image.header.frame_id!r}; depth must be registered to the colour image "
                 "(outputs use the image's frame)",
             )
-        depth_m = depth_from_image(depth, f"{prefix}depth")
+        if isinstance(depth, CompressedImage):
+            depth_m, depth_encoding = depth_from_compressed(depth, f"{prefix}depth", (w, h),
+                                                            f"the {w}x{h} {prefix}image")
+        else:
+            depth_m, depth_encoding = depth_from_image(depth, f"{prefix}depth"), depth.encoding
         dh, dw = depth_m.shape
         if (dw, dh) != (w, h):
-            if not _same_aspect(dw, dh, w, h):
+            if not cv.same_aspect(dw, dh, w, h):
                 raise InputError(
                     f"{prefix}depth",
                     f"depth is {dw}x{dh} but the image is {w}x{h} and the aspect ratios "
@@ -438,7 +455,7 @@ def build_camera_frame(
             raise InputError(
                 f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
             )
-        if depth.encoding == cv.DEPTH_32FC1:
+        if depth_encoding == cv.DEPTH_32FC1:
             median = float(np.median(z[valid]))
             if median > 50.0:
                 raise InputError(
@@ -448,10 +465,6 @@ def build_camera_frame(
                 )
     frame = Frame(rgb=rgb, points=points, intrinsics=intr)
     return CameraFrame(header=image.header, frame=frame, received=time.monotonic())
-
-
-def _same_aspect(w1: int, h1: int, w2: int, h2: int, tol: float = 0.01) -> bool:
-    return abs(w1 * h2 - w2 * h1) <= tol * max(w1 * h2, w2 * h1)
 
 
 def prune_runs(output_dir: Path, keep: int) -> List[Path]:
@@ -514,6 +527,13 @@ PARAMS: Tuple[ParamSpec, ...] = (
               choices=("best_effort", "reliable"), when="activate"),
     ParamSpec("camera_qos_depth", 5, "history depth of the camera subscriptions",
               range=(1, 1000), when="activate"),
+    ParamSpec("image_transport", "raw", "colour input: raw = sensor_msgs/Image on image; "
+              "compressed = sensor_msgs/CompressedImage (JPEG/PNG, image_transport's compressed "
+              "format) on <image>/compressed", choices=("raw", "compressed"), when="activate"),
+    ParamSpec("depth_transport", "raw", "depth input: raw = sensor_msgs/Image on depth; "
+              "compressedDepth = sensor_msgs/CompressedImage (image_transport's compressedDepth "
+              "PNG, 16UC1 or 32FC1) on <depth>/compressedDepth",
+              choices=("raw", "compressedDepth"), when="activate"),
     ParamSpec("tf_prefix", "sam3d_object_", "TF child frame of object <id> is <tf_prefix><id>"),
     ParamSpec("publish_tf", True, "publish one /tf transform per object"),
     ParamSpec("track_gate_m", 0.05, "largest centre distance (m) at which an object keeps the "
@@ -526,8 +546,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "$ROS_HOME/sam3d_runs (ROS_HOME defaults to ~/.ros)"),
     ParamSpec("max_runs_kept", 20, "keep at most this many run directories, deleting the "
               "oldest; 0 = keep all", range=(0, 1000000)),
-    ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (evenly subsampled "
-              "preview); 0 = all", range=(0, 10000000)),
+    ParamSpec("marker_max_triangles", 1000, "triangles per mesh marker (preview decimated by "
+              "quadric edge collapse, closed meshes stay closed); 0 = all",
+              range=(0, 10000000)),
     ParamSpec("grasp_planner", "analytic", "grasp planner; none = no grasp stage and no grasp "
               "outputs", choices=("analytic", "none"), when="configure"),
     ParamSpec("grasp_top_k", 10, "grasps kept per object, best first", range=(1, 1000),
@@ -644,6 +665,7 @@ class Sam3dNode(LifecycleNode):
         self._latest: Optional[CameraMessages] = None
         self._last_size: Optional[Tuple[int, int]] = None
         self._marker_ids: List[int] = []
+        self._marker_cache = out.MarkerPreviewCache()
         self._tracked_ids: List[int] = []
         self._frame_id = ""
         self._warned_once: set = set()
@@ -752,6 +774,7 @@ class Sam3dNode(LifecycleNode):
             header = Header(stamp=self.get_clock().now().to_msg())
             self._pub_markers.publish(out.delete_all_markers(header))
             self._marker_ids = []
+        self._marker_cache.clear()
         header = Header(stamp=self.get_clock().now().to_msg())
         if self._grasp_out is not None:
             self._grasp_out.clear_markers(header)
@@ -878,9 +901,11 @@ class Sam3dNode(LifecycleNode):
             expire_s=max(0.5, 5.0 * slop), names=("image", "depth", "camera_info"),
             consume=(True, True, False))
         self._camera_subs = []
-        for index, (topic, msg_type) in enumerate(
-            (("image", Image), ("depth", Image), ("camera_info", CameraInfo))
-        ):
+        for index, (topic, msg_type) in enumerate((
+            self._transport_topic("image", self._p("image_transport")),
+            self._transport_topic("depth", self._p("depth_transport")),
+            ("camera_info", CameraInfo),
+        )):
             resolved = self.resolve_topic_name(topic)
             events = SubscriptionEventCallbacks(
                 incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info),
@@ -891,9 +916,22 @@ class Sam3dNode(LifecycleNode):
             self._camera_subs.append(sub)
         names = ", ".join(s.topic_name for s in self._camera_subs)
         self.get_logger().info(
-            f"camera subscriptions {names}: reliability={self._p('camera_qos_reliability')} "
+            f"camera subscriptions {names} (image_transport={self._p('image_transport')}, "
+            f"depth_transport={self._p('depth_transport')}): "
+            f"reliability={self._p('camera_qos_reliability')} "
             f"depth={qos.depth} (parameter camera_qos_reliability); sync_slop_s={slop:g}")
         self._check_publisher_qos()
+
+    def _transport_topic(self, base: str, transport: str) -> Tuple[str, Any]:
+        """Topic and type of one camera stream: ``base`` (raw) or ``<base>/<transport>``.
+
+        Like image_transport, the base name is resolved (namespace, remappings such as
+        ``image:=/camera/color/image_raw``) before the transport's suffix is appended, so one
+        remap serves every transport.
+        """
+        if transport == "raw":
+            return base, Image
+        return f"{self.resolve_topic_name(base)}/{transport}", CompressedImage
 
     def _check_publisher_qos(self) -> None:
         """Warn when a publisher on a camera topic cannot reach our subscription."""
@@ -1136,8 +1174,11 @@ class Sam3dNode(LifecycleNode):
             with self._lock:
                 previous, self._marker_ids = self._marker_ids, [o.object_id for o in objects]
             if _has_subscribers(self._pub_markers):
+                t_markers = time.monotonic()
                 self._pub_markers.publish(out.markers_msg(
-                    header, objects, previous, int(self._p("marker_max_triangles"))))
+                    header, objects, previous, int(self._p("marker_max_triangles")),
+                    cache=self._marker_cache))
+                self._latency.add("markers", time.monotonic() - t_markers)
         if _has_subscribers(self._pub_points):
             self._pub_points.publish(
                 out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
@@ -1364,6 +1405,8 @@ class Sam3dNode(LifecycleNode):
             "device": self._p("device"),
             "backend_state": self._backend_state,
             "camera_qos_reliability": self._p("camera_qos_reliability"),
+            "image_transport": self._p("image_transport"),
+            "depth_transport": self._p("depth_transport"),
             "input_rate_hz": self._image_rate.rate(now),
             "processed_rate_hz": self._processed_rate.rate(now),
             "frames_received": stats["images"],

@@ -17,8 +17,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import hashlib
 import json
 import math
+import threading
 import time
 from typing import (
     Any,
@@ -28,6 +30,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -46,6 +49,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from . import conventions as cv
 from .depth_hygiene import object_depth
+from .mesh_decimation import decimate, same_shape
 from .msg import (
     ArtifactFile,
     Artifacts,
@@ -369,11 +373,99 @@ def tf_msg(
 # Markers
 
 
-def _decimate_faces(faces: np.ndarray, max_triangles: int) -> np.ndarray:
-    if max_triangles <= 0 or len(faces) <= max_triangles:
-        return faces
-    keep = np.linspace(0, len(faces) - 1, max_triangles).round().astype(np.int64)
-    return faces[keep]
+class MarkerPreview(NamedTuple):
+    """A mesh marker's geometry in the object frame.
+
+    ``vertices`` V×3 metres, ``faces`` F×3, ``colors`` V×3 ``uint8`` RGB (each an input vertex's
+    colour).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray
+
+
+def marker_preview(obj: ObjectReconstruction, max_triangles: int) -> MarkerPreview:
+    """The object's mesh reduced to at most ``max_triangles`` (0 = all) for a marker.
+
+    Quadric edge collapse (:func:`sam3d_ros.mesh_decimation.decimate`): a closed mesh stays
+    closed (an evenly spaced subset of the triangles left ~2,600 boundary edges per object), an
+    open one keeps its boundary; every vertex keeps the colour of the input vertex it stands
+    for. Where the collapse stops above the budget (no edge can go without tearing the surface:
+    budgets of a few triangles), an evenly spaced subset of its triangles is kept.
+    """
+    v = object_vertices_m(obj)
+    f = np.asarray(obj.mesh.faces, dtype=np.int64).reshape(-1, 3)
+    colors = np.asarray(obj.mesh.colors, dtype=np.uint8).reshape(-1, 3)
+    max_triangles = int(max_triangles)
+    if max_triangles <= 0 or len(f) <= max_triangles:
+        return MarkerPreview(v, f, colors)
+    out = decimate(v, f, max_triangles)
+    faces = out.faces
+    if len(faces) > max_triangles:
+        faces = faces[np.linspace(0, len(faces) - 1, max_triangles).round().astype(np.int64)]
+    return MarkerPreview(out.vertices, faces, colors[out.source])
+
+
+def _mesh_digest(obj: ObjectReconstruction) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for array in (obj.mesh.vertices, obj.mesh.faces, obj.mesh.colors,
+                  cv.scale_vector(obj.scale)):
+        a = np.ascontiguousarray(array)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.digest()
+
+
+class MarkerPreviewCache:
+    """Marker previews per object id, decimated again only when the object's mesh changed.
+
+    Decimation costs 0.1–0.5 s per object in Python (``benchmarks/bench_markers.py``), markers
+    go out every frame while someone subscribes, and a still object is reconstructed anew each
+    frame with a few millimetres of noise. A cached preview is reused when the object's mesh is
+    the same (hash of vertices, faces, colours and scale), or the same shape as the mesh it was
+    built from within :data:`~sam3d_ros.mesh_decimation.SHAPE_TOLERANCE_M` /
+    ``SHAPE_TOLERANCE_REL`` (the rule by which MoveIt's collision mesh is kept); the marker's
+    pose is always the current one. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._entries: Dict[int, Tuple[bytes, int, np.ndarray, MarkerPreview]] = {}
+        self._lock = threading.Lock()
+        self.built = 0
+        self.reused = 0
+
+    def preview(self, obj: ObjectReconstruction, max_triangles: int) -> MarkerPreview:
+        """The cached preview of ``obj`` or a new one (see the class docstring)."""
+        key, budget = int(obj.object_id), int(max_triangles)
+        if budget <= 0 or len(obj.mesh.faces) <= budget:
+            return marker_preview(obj, budget)  # nothing to decimate: the current mesh
+        digest = _mesh_digest(obj)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[1] == budget:
+            if entry[0] == digest or same_shape(entry[2], object_vertices_m(obj),
+                                                float(np.max(object_size(obj)))):
+                with self._lock:
+                    self.reused += 1
+                return entry[3]
+        preview = marker_preview(obj, budget)
+        with self._lock:
+            self._entries[key] = (digest, budget, object_vertices_m(obj), preview)
+            self.built += 1
+        return preview
+
+    def retain(self, object_ids: Iterable[int]) -> None:
+        """Forget the previews of every other object."""
+        keep = {int(i) for i in object_ids}
+        with self._lock:
+            for key in [k for k in self._entries if k not in keep]:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        """Forget every preview."""
+        with self._lock:
+            self._entries.clear()
 
 
 def mesh_marker(
@@ -381,22 +473,22 @@ def mesh_marker(
     obj: ObjectReconstruction,
     max_triangles: int = 0,
     lifetime_s: float = 0.0,
+    cache: Optional[MarkerPreviewCache] = None,
 ) -> Marker:
     """TRIANGLE_LIST marker of the object's mesh with per-vertex colours, in the object frame.
 
-    ``max_triangles`` > 0 keeps an evenly spaced subset of the triangles (a preview for RViz;
-    the full mesh is in ``~/objects``).
+    ``max_triangles`` > 0 reduces the mesh to at most that many triangles (a preview for RViz,
+    :func:`marker_preview`; the full mesh is in ``~/objects``), through ``cache`` when given.
     """
     marker = _marker(header, MESH_NS, obj.object_id, Marker.ADD, Marker.TRIANGLE_LIST, lifetime_s)
     marker.pose = object_pose(obj)
     marker.scale = Vector3(x=1.0, y=1.0, z=1.0)
     marker.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-    faces = _decimate_faces(np.asarray(obj.mesh.faces, dtype=np.int64).reshape(-1, 3),
-                            int(max_triangles))
-    corners = faces.reshape(-1)
-    marker.points = _points(object_vertices_m(obj)[corners])
-    colors = np.asarray(obj.mesh.colors, dtype=np.uint8).reshape(-1, 3)
-    marker.colors = _colors(colors[corners])
+    preview = (cache.preview(obj, max_triangles) if cache is not None
+               else marker_preview(obj, max_triangles))
+    corners = preview.faces.reshape(-1)
+    marker.points = _points(preview.vertices[corners])
+    marker.colors = _colors(preview.colors[corners])
     return marker
 
 
@@ -443,12 +535,19 @@ def markers_msg(
     previous_ids: Iterable[int] = (),
     max_triangles: int = 0,
     lifetime_s: float = 0.0,
+    cache: Optional[MarkerPreviewCache] = None,
 ) -> MarkerArray:
-    """Mesh + label markers per object; DELETE markers for ``previous_ids`` not seen now."""
+    """Mesh + label markers per object; DELETE markers for ``previous_ids`` not seen now.
+
+    ``cache`` (kept by the caller across frames) holds the objects' decimated meshes; the
+    previews of objects not in ``objects`` are dropped from it.
+    """
     msg = MarkerArray()
     current = {int(o.object_id) for o in objects}
+    if cache is not None:
+        cache.retain(current)
     for obj in objects:
-        msg.markers.append(mesh_marker(header, obj, max_triangles, lifetime_s))
+        msg.markers.append(mesh_marker(header, obj, max_triangles, lifetime_s, cache))
         msg.markers.append(label_marker(header, obj, lifetime_s))
     for gone in sorted(set(int(i) for i in previous_ids) - current):
         for ns in (MESH_NS, LABEL_NS):
