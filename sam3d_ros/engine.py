@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import BackendError, Cancelled, InputError, Sam3dError
+from .errors import BackendError, Cancelled, InputError, NoObjectFound, Sam3dError
 from .inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
 from .types import (
     Frame,
@@ -106,16 +106,16 @@ def check_fresh_dir(path: Union[str, Path], field_name: str = "output_dir") -> P
     return path
 
 
-def _no_object_error(query: SegmentationQuery) -> InputError:
+def _no_object_error(query: SegmentationQuery) -> NoObjectFound:
     if query.masks:
-        return InputError("mask_urls", "the segmenter kept none of the given masks")
+        return NoObjectFound("mask_urls", "the segmenter kept none of the given masks")
     if query.objects:
         only_boxes = not any(obj.points for obj in query.objects)
         field_name = "box_prompts" if only_boxes else "point_prompts"
-        return InputError(field_name, "no object found for the point/box prompts")
+        return NoObjectFound(field_name, "no object found for the point/box prompts")
     if query.text:
-        return InputError("prompt", f"no object found for the prompt {query.text!r}")
-    return InputError("image_url", "automatic segmentation found no object")
+        return NoObjectFound("prompt", f"no object found for the prompt {query.text!r}")
+    return NoObjectFound("image_url", "automatic segmentation found no object")
 
 
 class _Stages:
@@ -285,8 +285,14 @@ class Engine:
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelCallback] = None,
         timings: Optional[StageTimings] = None,
+        allow_empty: bool = False,
     ) -> EngineResult:
-        """Segment, reconstruct and plan grasps on one frame; writes nothing (no ``result``)."""
+        """Segment, reconstruct and plan grasps on one frame; writes nothing (no ``result``).
+
+        When segmentation finds nothing this raises :class:`~sam3d_ros.errors.NoObjectFound`,
+        or with ``allow_empty`` returns an empty result (no objects; ``grasps`` an empty list
+        when a planner is configured, else ``None``).
+        """
         timings = {} if timings is None else timings
         stages = _Stages(timings, progress, cancel)
         seed_everything(seed)
@@ -304,7 +310,11 @@ class Engine:
 
         masks = stages.run("segment", _describe(query), segment)
         if not masks:
-            raise _no_object_error(query)
+            if not allow_empty:
+                raise _no_object_error(query)
+            stages.check_cancel("the end of processing")
+            return EngineResult(result=None, objects=[], masks=[], timings=timings, seed=seed,
+                                grasps=[] if self.grasp_planner is not None else None)
 
         def reconstruct() -> List[ObjectReconstruction]:
             objects = list(self.reconstructor.reconstruct(frame, masks, seed))

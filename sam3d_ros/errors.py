@@ -21,6 +21,14 @@ class InputError(Sam3dError, ValueError):
         self.reason = reason
 
 
+class NoObjectFound(InputError):
+    """Segmentation found no object (an empty table, or prompts over nothing).
+
+    An :class:`InputError` for one-shot requests (CLI exit 2, a failed goal); the node's
+    continuous mode publishes it as an empty result instead.
+    """
+
+
 class BackendUnavailableError(Sam3dError, RuntimeError):
     """A backend cannot be used here (missing package, checkpoint or GPU); says what to do."""
 

@@ -70,7 +70,7 @@ from . import ros_outputs as out
 from .action import Reconstruct
 from .action_queue import QueuedActionServer
 from .backends.grasp_analytic import GripperModel
-from .errors import Cancelled, InputError, Sam3dError
+from .errors import Cancelled, InputError, NoObjectFound, Sam3dError
 from .inputs import (
     DEFAULT_SEED,
     MAX_SEED,
@@ -272,6 +272,30 @@ class LatestSlot:
         with self._cond:
             self._item = None
             self._cond.notify_all()
+
+
+class FirstDelivery:
+    """Tells a message's first delivery from a repeat on another subscription of the same topic.
+
+    A message is keyed by what the middleware reports about its publication (``MessageInfo``'s
+    source timestamp and the writer's sequence number), the same on every subscription that
+    receives it; the last ``size`` keys are remembered. Thread-safe.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._keys: Deque[Tuple[int, int]] = deque(maxlen=int(size))
+        self._lock = threading.Lock()
+
+    def first(self, info: Optional[Mapping[str, Any]]) -> bool:
+        """True the first time a publication is offered (always True without a source stamp)."""
+        if not info or not info.get("source_timestamp"):
+            return True
+        key = (int(info["source_timestamp"]), int(info.get("publication_sequence_number", 0)))
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys.append(key)
+            return True
 
 
 def rename_field(name: str, prefix: str = "prompt") -> str:
@@ -650,7 +674,8 @@ class Sam3dNode(LifecycleNode):
         self._pub_diag: Any = None
         self._grasp_out: Optional[ros_grasps.GraspOutputs] = None
         self._collision: Optional[CollisionPublisher] = None
-        self._sub_prompt: Any = None
+        self._sub_prompt: List[Any] = []
+        self._prompt_seen = FirstDelivery()
         self._camera_subs: List[Any] = []
         self._action: Optional[QueuedActionServer] = None
         self._diag_timer: Any = None
@@ -672,6 +697,11 @@ class Sam3dNode(LifecycleNode):
         self._warn_times: Dict[str, float] = {}
         self._diag_lock = threading.Lock()
         self._reset_stats()
+        # Diagnostics exist from construction: a configure that fails is reported too.
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_period = float(self._p("diagnostics_period_s"))
+        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics,
+                                             callback_group=self._timer_group)
 
     # ---------------------------------------------------------------- parameters
 
@@ -702,9 +732,12 @@ class Sam3dNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, build and load the backends, create publishers and the action."""
+        self._clear_error()
+        self._set_diagnostics_period(float(self._p("diagnostics_period_s")))
         try:
             self._engine = self._build_engine()
         except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
+            self._backend_state = "failed to load"
             self._set_error("backend", f"cannot build the backends: {exc}")
             self.get_logger().error(f"configure failed: {exc}")
             self._engine = None
@@ -731,16 +764,8 @@ class Sam3dNode(LifecycleNode):
             CollisionObject, "/collision_object",
             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)))
-        if self._pub_diag is None:
-            self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        prompt_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._sub_prompt = self.create_subscription(
-            Prompt, "prompt", self._on_prompt, prompt_qos, callback_group=self._cb_group)
+        self._create_prompt_subscriptions()
         self._action = QueuedActionServer(self, Reconstruct, "~/reconstruct", self._execute_goal)
-        self._diag_timer = self.create_timer(
-            self._p("diagnostics_period_s"), self._publish_diagnostics,
-            callback_group=self._timer_group)
         self._state = "inactive"
         self.get_logger().info(
             f"configured: segmentation={self._p('segmentation_backend')} "
@@ -995,7 +1020,37 @@ class Sam3dNode(LifecycleNode):
         where = f" (topic {sub.topic_name})" if sub is not None else ""
         self._input_error(InputError(field_name, reason + where))
 
-    def _on_prompt(self, msg: Prompt) -> None:
+    def _create_prompt_subscriptions(self) -> None:
+        """Reliable prompt subscriptions, transient-local and volatile.
+
+        A transient-local subscription gets a latched prompt published before the node started
+        but is incompatible with a volatile (default QoS) publisher; the volatile one hears
+        those. A transient-local publisher reaches both: :class:`FirstDelivery` applies its
+        prompt once. Only a best-effort publisher is left out, and is warned about.
+        """
+        for durability in (DurabilityPolicy.TRANSIENT_LOCAL, DurabilityPolicy.VOLATILE):
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=durability)
+            events = None
+            if durability == DurabilityPolicy.VOLATILE:
+                events = SubscriptionEventCallbacks(incompatible_qos=self._on_prompt_qos)
+            self._sub_prompt.append(self.create_subscription(
+                Prompt, "prompt", self._on_prompt, qos, callback_group=self._cb_group,
+                event_callbacks=events))
+
+    def _on_prompt_qos(self, info: Any) -> None:
+        topic = self._sub_prompt[0].topic_name if self._sub_prompt else "prompt"
+        publishers = [f"{i.node_namespace.rstrip('/')}/{i.node_name}"
+                      for i in self.get_publishers_info_by_topic(topic)
+                      if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
+        self._warn_throttled(
+            f"qos:{topic}", f"QoS mismatch on {topic}: publisher {', '.join(publishers) or '?'} "
+            "is best_effort; prompts are subscribed reliable and its prompts will not arrive. "
+            "Publish prompts reliable")
+
+    def _on_prompt(self, msg: Prompt, info: Any) -> None:
+        if not self._prompt_seen.first(info):
+            return  # the same publication through the other prompt subscription
         size = self._last_size
         try:
             query_from_prompt(msg, *(size or (None, None)))
@@ -1060,10 +1115,12 @@ class Sam3dNode(LifecycleNode):
             with self._engine_lock:
                 if self._engine is None:
                     return
-                res = self._engine.process(cam.frame, query, seed, timings=timings)
+                # Nothing found is an empty result (an empty table), not a failed frame.
+                res = self._engine.process(cam.frame, query, seed, timings=timings,
+                                           allow_empty=True)
             objects = self._assign_ids(res.objects, res.masks, explicit)
             result = None
-            if self._p("write_artifacts"):
+            if self._p("write_artifacts") and objects:
                 request = {"source": "ros", "frame_id": cam.header.frame_id,
                            "stamp": stamp_seconds(cam.header), "seed": seed,
                            **prompt_request(prompt)}
@@ -1077,6 +1134,7 @@ class Sam3dNode(LifecycleNode):
                 self._processed_rate.tick()
                 self._last_ok = time.monotonic()
                 self._frame_failed = False
+                self._stats["objects_last_frame"] = len(objects)
         except InputError as exc:
             self._input_error(self._ros_field(exc, query_kind=_kind(query)))
         except Sam3dError as exc:
@@ -1157,7 +1215,8 @@ class Sam3dNode(LifecycleNode):
         if not header.frame_id:
             self._warn_once("empty_frame_id",
                             "the image header has an empty frame_id; outputs and TF need one")
-        if self._p("publish_tf") and self._pub_tf is not None:
+        if self._p("publish_tf") and self._pub_tf is not None and objects:
+            # TF has no delete: frames of objects gone are simply no longer published.
             self._pub_tf.publish(out.tf_msg(header, objects, self._p("tf_prefix")))
             now = self.get_clock().now().nanoseconds * 1e-9
             self._latency.add("frame_to_tf", now - stamp_seconds(header))
@@ -1301,6 +1360,11 @@ class Sam3dNode(LifecycleNode):
             return result
         except Cancelled:
             raise
+        except NoObjectFound as exc:
+            # A goal asks for objects: it fails, but an empty table is not a node fault.
+            err = self._ros_field(exc, query_kind, "goal.", uris=bool(goal.image_uri))
+            self.get_logger().info(f"goal found nothing: {err.field}: {err.reason}")
+            result.error = f"{err.field}: {err.reason}"
         except InputError as exc:
             err = self._ros_field(exc, query_kind, "goal.", uris=bool(goal.image_uri))
             self._input_error(err)
@@ -1334,7 +1398,7 @@ class Sam3dNode(LifecycleNode):
 
     def _reset_stats(self) -> None:
         self._stats = {"images": 0, "synced": 0, "processed": 0, "failed": 0, "goals": 0,
-                       "lost": 0}
+                       "lost": 0, "objects_last_frame": 0}
         self._image_rate = out.RateMeter()
         self._processed_rate = out.RateMeter()
         self._latency = out.LatencyStats()
@@ -1359,6 +1423,19 @@ class Sam3dNode(LifecycleNode):
         if now - self._warn_times.get(key, -1e9) >= period:
             self._warn_times[key] = now
             self.get_logger().warning(message)
+
+    def _clear_error(self) -> None:
+        with self._lock:
+            self._last_error = ""
+            self._last_error_field = ""
+            self._frame_failed = False
+
+    def _set_diagnostics_period(self, period: float) -> None:
+        if period != self._diag_period:
+            self.destroy_timer(self._diag_timer)
+            self._diag_period = period
+            self._diag_timer = self.create_timer(period, self._publish_diagnostics,
+                                                 callback_group=self._timer_group)
 
     def _set_error(self, field_name: str, reason: str) -> None:
         with self._lock:
@@ -1412,6 +1489,7 @@ class Sam3dNode(LifecycleNode):
             "frames_received": stats["images"],
             "frames_synchronised": stats["synced"],
             "frames_processed": stats["processed"],
+            "objects_last_frame": stats["objects_last_frame"],
             "frames_dropped": drops,
             "frames_unmatched": unmatched,
             "messages_lost_in_transport": stats["lost"],
@@ -1444,15 +1522,12 @@ class Sam3dNode(LifecycleNode):
         if self._collision is not None:
             self.destroy_lifecycle_publisher(self._collision.publisher)
             self._collision = None
-        if self._sub_prompt is not None:
-            self.destroy_subscription(self._sub_prompt)
-            self._sub_prompt = None
+        for sub in self._sub_prompt:
+            self.destroy_subscription(sub)
+        self._sub_prompt = []
         if self._action is not None:
             self._action.destroy()
             self._action = None
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
         self._engine = None
         self._tracker = None
         self._backend_state = "not loaded"
