@@ -37,7 +37,7 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .types import CameraIntrinsics, Gaussians
+from .types import CameraIntrinsics, Gaussians, ObjectReconstruction
 
 ArrayLike = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
 
@@ -541,6 +541,13 @@ def canonical_to_camera(
         ``(..., 3)`` points in metres; float32 in → float32 out.
     """
     return transform_points(pose_matrix(rotation_xyzw, translation, scale), points)
+
+
+def posed_vertices(obj: ObjectReconstruction) -> np.ndarray:
+    """An object's mesh vertices in the camera optical frame (metres, float64)."""
+    return canonical_to_camera(
+        np.asarray(obj.mesh.vertices, dtype=np.float64), obj.rotation, obj.translation, obj.scale
+    )
 
 
 def camera_to_canonical(

@@ -22,15 +22,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .conventions import canonical_to_camera, project
+from .conventions import posed_vertices, project
+from .mesh_decimation import is_closed_manifold
 from .types import CameraIntrinsics, ObjectReconstruction
-
-
-def posed_vertices(obj: ObjectReconstruction) -> np.ndarray:
-    """The object's mesh vertices in the camera optical frame (metres)."""
-    return canonical_to_camera(
-        np.asarray(obj.mesh.vertices, dtype=np.float64), obj.rotation, obj.translation, obj.scale
-    )
 
 
 def silhouette(
@@ -139,23 +133,9 @@ def sanity_figures(
         in_front=in_front,
         depth_over_width=float(depth / width),
         extent_ratio=mesh_ext / vis_ext if vis_ext > 0 else float("nan"),
-        watertight=is_watertight(np.asarray(obj.mesh.faces)),
+        watertight=is_closed_manifold(np.asarray(obj.mesh.faces)),
         extents=extents.astype(np.float64),
     )
-
-
-def is_watertight(faces: np.ndarray) -> bool:
-    """Every edge is shared by exactly two faces, with opposite orientations."""
-    faces = np.asarray(faces, dtype=np.int64)
-    if faces.size == 0:
-        return False
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    directed, counts = np.unique(edges, axis=0, return_counts=True)
-    if (counts != 1).any():
-        return False
-    undirected = np.sort(edges, axis=1)
-    _, ucounts = np.unique(undirected, axis=0, return_counts=True)
-    return bool((ucounts == 2).all())
 
 
 @dataclass

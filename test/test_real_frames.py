@@ -19,14 +19,9 @@ from scipy import ndimage
 
 from sam3d_ros.backends import make_reconstructor
 from sam3d_ros.engine import Engine
-from sam3d_ros.evaluation import (
-    is_watertight,
-    load_real_frame,
-    posed_vertices,
-    silhouette,
-    silhouette_iou,
-)
+from sam3d_ros.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
 from sam3d_ros.inputs import parse_request
+from sam3d_ros.mesh_decimation import is_closed_manifold
 from sam3d_ros.types import ObjectMask
 
 # (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
@@ -61,7 +56,7 @@ def _ious(engine: Engine, frame_dir: Path, mode: str):
         union |= m
     ious = []
     for obj in out.objects:
-        assert is_watertight(obj.mesh.faces), (frame_dir.name, mode, obj.object_id)
+        assert is_closed_manifold(obj.mesh.faces), (frame_dir.name, mode, obj.object_id)
         gid = ids[obj.object_id] if ids else obj.object_id
         sil = silhouette(posed_vertices(obj), obj.mesh.faces, parsed.frame.intrinsics, union.shape)
         ious.append(silhouette_iou(sil, rf.masks[gid], ignore=union & ~rf.masks[gid]))

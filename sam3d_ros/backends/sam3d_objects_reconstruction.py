@@ -54,6 +54,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import conventions
+from ..conventions import posed_vertices
 from ..depth_hygiene import object_depth
 from ..errors import BackendError, BackendUnavailableError, InputError
 from ..types import (
@@ -410,13 +411,6 @@ def apply_alignment(obj: ObjectReconstruction, alignment: Alignment) -> ObjectRe
         if obj.extents is not None:
             obj.extents = np.asarray(obj.extents) * alignment.scale
     return obj
-
-
-def posed_vertices(obj: ObjectReconstruction) -> np.ndarray:
-    """The object's mesh vertices in the camera optical frame (float64)."""
-    return conventions.canonical_to_camera(
-        np.asarray(obj.mesh.vertices, np.float64), obj.rotation, obj.translation, obj.scale
-    )
 
 
 # ------------------------------------------------------------------------------------------------
