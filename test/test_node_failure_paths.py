@@ -150,9 +150,14 @@ def test_empty_scene_publishes_an_empty_result_and_stays_healthy():
             assert sorted(m.id for m in grasp_markers) == list(range(n_grasp_markers))
             assert len(_for_stamp(rec, "grasps", h2)[0].grasps) == 0
             assert len(_for_stamp(rec, "grasp_poses", h2)[0].poses) == 0
-            removed = {m.id for m in _for_stamp(rec, "collision", h2)
-                       if int.from_bytes(m.operation, "little") == REMOVE}
-            assert removed == {f"{PREFIX}{i}" for i in ids}  # track_max_age 1: dropped at once
+            # One REMOVE message per object: wait for all of them, not just the first.
+            def removed():
+                return {m.id for m in rec.get("collision") if _stamp(m) == h2.stamp
+                        and int.from_bytes(m.operation, "little") == REMOVE}
+
+            expected = {f"{PREFIX}{i}" for i in ids}
+            rec.wait(lambda: removed() >= expected, 20.0)
+            assert removed() == expected  # track_max_age 1: dropped at once
             assert not [m for m in rec.get("tf")
                         if m.transforms and m.transforms[0].header.stamp == h2.stamp]
 
