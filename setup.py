@@ -4,11 +4,12 @@ The ROS 2 package is built with colcon / ament_cmake from ``CMakeLists.txt`` and
 this file is only for people who want ``sam3d-reconstruct`` and the Python API without ROS::
 
     pip install .                 # core: numpy, scipy, pillow, OpenCV (headless)
-    pip install .[synthetic]      # pybullet scenes for tests and benchmarks
+    pip install .[bench]          # what sam3d_bench/ (source tree only) needs: pybullet, trimesh
     pip install .[dev]            # tests and lint
 
-The ROS node modules (``sam3d_ros.node``, ``sam3d_ros.conversions``) are installed too but are
-only importable where rclpy is. SAM 3D Objects is not on PyPI and is installed by the user (its
+It ships ``sam3d_ros.core`` and ``sam3d_ros.backends`` only: the ROS shell ``sam3d_ros.ros`` is
+installed by colcon (or tools/bootstrap.sh), and ``sam3d_bench`` (synthetic scenes, sensor model,
+metrics, real-frame evaluation) stays in the source tree for tests and benchmarks. SAM 3D Objects is not on PyPI and is installed by the user (its
 own license); the ``sam3`` extra installs what the SAM 3 segmentation adapter imports.
 """
 
@@ -31,7 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["sam3d_ros", "sam3d_ros.*"]),
+    packages=find_packages(include=["sam3d_ros", "sam3d_ros.*"], exclude=["sam3d_ros.ros"]),
     package_data={},
     include_package_data=False,
     install_requires=[
@@ -41,7 +42,7 @@ setup(
         "opencv-python-headless>=4.8",
     ],
     extras_require={
-        "synthetic": ["pybullet>=3.2", "trimesh>=4"],
+        "bench": ["pybullet>=3.2", "trimesh>=4"],
         "sam3": ["torch>=2.5", "transformers>=5"],
         "dev": [
             "pytest>=8",
@@ -52,7 +53,7 @@ setup(
             "pygltflib>=1.16",
         ],
     },
-    entry_points={"console_scripts": ["sam3d-reconstruct = sam3d_ros.cli:main"]},
+    entry_points={"console_scripts": ["sam3d-reconstruct = sam3d_ros.core.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

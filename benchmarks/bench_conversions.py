@@ -1,10 +1,10 @@
-"""Benchmark sam3d_ros.conversions against ros2-numpy 0.0.5 on the same arrays.
+"""Benchmark sam3d_ros.ros.conversions against ros2-numpy 0.0.5 on the same arrays.
 
     .venv/jazzy/bin/python -P benchmarks/bench_conversions.py [--repeat 7] [--points 300000]
 
 Prints the median wall time of ``--repeat`` runs per case. Image: 640×480 rgb8 and 16UC1, to
 numpy and back. PointCloud2: xyz + rgb (+ object_index) packing and unpacking. Compressed
-inputs (:mod:`sam3d_ros.compressed`): decoding a synthetic tabletop frame (pybullet render with
+inputs (:mod:`sam3d_ros.ros.compressed`): decoding a synthetic tabletop frame (pybullet render with
 sensor noise) at 640×480 and 1280×720 as image_transport's publishers send it with their
 default settings (JPEG quality 95, PNG level 3; compressedDepth PNG level 3, depth_max 10 m,
 depth_quantization 100), with the payload size; ``--no-compressed`` skips it.
@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
-from sam3d_ros import compressed
-from sam3d_ros import conversions as cv
-from sam3d_ros.conventions import metres_to_depth16
+from sam3d_ros.core.conventions import metres_to_depth16
+from sam3d_ros.ros import compressed
+from sam3d_ros.ros import conversions as convert
 
 try:  # the peer is a test dependency only
     import ros2_numpy
@@ -56,18 +56,18 @@ def row(name, ours, theirs=None):
 
 
 def bench_image(name, img, enc, repeat):
-    msg = cv.numpy_to_image(img, enc)
+    msg = convert.numpy_to_image(img, enc)
     theirs = None
     if ros2_numpy is not None:
         try:
             theirs = median_ms(lambda: ros2_numpy.msgify(Image, img, encoding=enc), repeat)
         except AttributeError:  # ros2-numpy 0.0.5 calls ndarray.tostring(), gone in numpy 2
             theirs = None
-    ours = median_ms(lambda: cv.numpy_to_image(img, enc), repeat)
+    ours = median_ms(lambda: convert.numpy_to_image(img, enc), repeat)
     row(f"Image 640x480 {name}: numpy -> msg", ours, theirs)
     if ros2_numpy is not None:
         theirs = median_ms(lambda: ros2_numpy.numpify(msg), repeat)
-    ours = median_ms(lambda: cv.image_to_numpy(msg), repeat)
+    ours = median_ms(lambda: convert.image_to_numpy(msg), repeat)
     row(f"Image 640x480 {name}: msg -> numpy (view)", ours, theirs)
 
 
@@ -83,7 +83,7 @@ def _encode(ext, pixels, params):
 
 def bench_compressed(width, height, repeat):
     """Decode cost of image_transport's compressed colour and compressedDepth depth."""
-    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+    from sam3d_bench.scenes import make_tabletop_scene
 
     sc = make_tabletop_scene(3, n_objects=3, width=width, height=height)
     bgr = sc.frame.rgb[:, :, ::-1]
@@ -102,16 +102,16 @@ def bench_compressed(width, height, repeat):
     d32 = _compressed("32FC1; compressedDepth png", struct.pack("<iff", 0, a, b)
                       + _encode(".png", np.trunc(q).astype(np.uint16),
                                 [cv2.IMWRITE_PNG_COMPRESSION, 3]))
-    raw_rgb = cv.numpy_to_image(sc.frame.rgb, "rgb8")
-    raw_depth = cv.numpy_to_image(mm, "16UC1")
+    raw_rgb = convert.numpy_to_image(sc.frame.rgb, "rgb8")
+    raw_depth = convert.numpy_to_image(mm, "16UC1")
     name = f"{width}x{height}"
     for label, fn, nbytes in (
-        ("raw rgb8 -> RGB", lambda: cv.rgb_from_image(raw_rgb), len(raw_rgb.data)),
+        ("raw rgb8 -> RGB", lambda: convert.rgb_from_image(raw_rgb), len(raw_rgb.data)),
         ("JPEG q95 -> RGB", lambda: compressed.rgb_from_compressed(jpeg, expected_size=size),
          len(jpeg.data)),
         ("PNG -> RGB", lambda: compressed.rgb_from_compressed(png, expected_size=size),
          len(png.data)),
-        ("raw 16UC1 -> metres", lambda: cv.depth_from_image(raw_depth), len(raw_depth.data)),
+        ("raw 16UC1 -> metres", lambda: convert.depth_from_image(raw_depth), len(raw_depth.data)),
         ("compressedDepth 16UC1 -> metres",
          lambda: compressed.depth_from_compressed(d16, expected_size=size), len(d16.data)),
         ("compressedDepth 32FC1 -> metres",
@@ -137,38 +137,40 @@ def main():
     mm = rng.integers(0, 8000, size=(480, 640), dtype=np.uint16)
     bench_image("rgb8", rgb, "rgb8", args.repeat)
     bench_image("16UC1", mm, "16UC1", args.repeat)
-    msg = cv.numpy_to_image(rgb[:, :, ::-1], "bgr8")
-    row("Image 640x480 bgr8 -> RGB array", median_ms(lambda: cv.rgb_from_image(msg), args.repeat))
-    msg = cv.numpy_to_image(mm, "16UC1")
-    row("Image 640x480 16UC1 -> metres", median_ms(lambda: cv.depth_from_image(msg), args.repeat))
+    msg = convert.numpy_to_image(rgb[:, :, ::-1], "bgr8")
+    row("Image 640x480 bgr8 -> RGB array", median_ms(lambda: convert.rgb_from_image(msg),
+                                                     args.repeat))
+    msg = convert.numpy_to_image(mm, "16UC1")
+    row("Image 640x480 16UC1 -> metres", median_ms(lambda: convert.depth_from_image(msg),
+                                                   args.repeat))
 
     n = args.points
     xyz = rng.normal(size=(n, 3)).astype(np.float32)
     colours = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
     index = rng.integers(-1, 8, size=n).astype(np.int32)
-    packed = cv.pack_rgb(colours)  # ros2-numpy takes rgb already packed as uint32
+    packed = convert.pack_rgb(colours)  # ros2-numpy takes rgb already packed as uint32
     k = f"{n // 1000}k"
 
-    ours = median_ms(lambda: cv.pointcloud2_from_arrays(None, xyz, colours), args.repeat)
+    ours = median_ms(lambda: convert.pointcloud2_from_arrays(None, xyz, colours), args.repeat)
     theirs = None
     if r2n_pc2 is not None:
         theirs = median_ms(
             lambda: r2n_pc2.dict_to_point_cloud2({"xyz": xyz, "rgb": packed}), args.repeat)
     row(f"PointCloud2 {k} xyz+rgb: pack", ours, theirs)
     row(f"PointCloud2 {k} xyz+rgb+index: pack", median_ms(
-        lambda: cv.pointcloud2_from_arrays(None, xyz, colours, index), args.repeat))
+        lambda: convert.pointcloud2_from_arrays(None, xyz, colours, index), args.repeat))
 
-    cloud = cv.pointcloud2_from_arrays(None, xyz, colours)
-    ours = median_ms(lambda: cv.pointcloud2_to_arrays(cloud), args.repeat)
+    cloud = convert.pointcloud2_from_arrays(None, xyz, colours)
+    ours = median_ms(lambda: convert.pointcloud2_to_arrays(cloud), args.repeat)
     theirs = None
     if r2n_pc2 is not None:
         theirs = median_ms(lambda: r2n_pc2.point_cloud2_to_array(cloud), args.repeat)
     row(f"PointCloud2 {k} xyz+rgb: unpack (views)", ours, theirs)
     row(f"PointCloud2 {k} xyz+rgb: unpack + contiguous copies", median_ms(
-        lambda: [np.array(a) for a in cv.pointcloud2_to_arrays(cloud)], args.repeat))
-    cloud = cv.pointcloud2_from_arrays(None, xyz, colours, index)
+        lambda: [np.array(a) for a in convert.pointcloud2_to_arrays(cloud)], args.repeat))
+    cloud = convert.pointcloud2_from_arrays(None, xyz, colours, index)
     row(f"PointCloud2 {k} xyz+rgb+index: unpack (views)", median_ms(
-        lambda: cv.pointcloud2_to_arrays(cloud), args.repeat))
+        lambda: convert.pointcloud2_to_arrays(cloud), args.repeat))
 
     if not args.no_compressed:
         for width, height in ((640, 480), (1280, 720)):

@@ -4,7 +4,7 @@
 Renders N scenes (fixed seeds; cached as ``.npz`` files in a temp directory, never in git, read
 with ``allow_pickle=False``), then for
 each prompt mode runs ``make_segmenter(...)`` + ``make_reconstructor(...)`` and scores every
-reconstructed object against the ground truth (:mod:`sam3d_ros.synthetic.metrics`):
+reconstructed object against the ground truth (:mod:`sam3d_bench.metrics`):
 
 * ``box``: one box prompt per object = its visible-mask box grown by ``--pad`` pixels;
 * ``mask``: the ground-truth visible masks are given;
@@ -13,9 +13,9 @@ reconstructed object against the ground truth (:mod:`sam3d_ros.synthetic.metrics
 Predicted objects are matched to ground-truth objects by mask IoU (greedy); a ground-truth object
 with no prediction counts as F = 0 and is excluded from the distance means (reported as
 ``missed``). Timing is per frame (all objects): segmentation + reconstruction, and artifact writing
-with ``sam3d_ros.export.write_run`` when it exists.
+with ``sam3d_ros.core.export.write_run`` when it exists.
 
-Scene regimes (``--regime``, :data:`sam3d_ros.synthetic.scenes.SCENE_REGIMES`): ``default``
+Scene regimes (``--regime``, :data:`sam3d_bench.scenes.SCENE_REGIMES`): ``default``
 (camera looking down at the table, pitch 35-55 deg, 0.55-0.85 m) and ``robot-head`` (more
 side-on, calibrated so the visible-only baseline is near the issue's F@1cm 0.78 / F@5mm 0.65 /
 Chamfer 0.53 cm). ``--pitch`` / ``--distance`` override the regime's camera ranges.
@@ -55,21 +55,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_ros.synthetic import metrics  # noqa: E402
-from sam3d_ros.synthetic.scenes import (  # noqa: E402
+from sam3d_bench import metrics  # noqa: E402
+from sam3d_bench.scenes import (  # noqa: E402
     SCENE_REGIMES,
     GroundTruthObject,
     SyntheticScene,
     TablePlane,
     make_tabletop_scene,
 )
-from sam3d_ros.synthetic.sensor import (  # noqa: E402
+from sam3d_bench.sensor import (  # noqa: E402
     PromptNoise,
     SensorNoise,
     jitter_box,
     perturb_mask,
 )
-from sam3d_ros.types import (  # noqa: E402
+from sam3d_ros.core.types import (  # noqa: E402
     BoxPrompt,
     CameraIntrinsics,
     Frame,
@@ -83,7 +83,7 @@ CACHE_VERSION = 6  # bump when the scene generator or the cache format changes
 def canonical_to_camera(points, rotation_xyzw, translation, scale):
     """``p = R(q) · (scale ⊙ p_canonical) + t`` with ``q = [x, y, z, w]``."""
     try:
-        from sam3d_ros.conventions import canonical_to_camera as conv
+        from sam3d_ros.core.conventions import canonical_to_camera as conv
     except ImportError:  # local fallback with the same contract (see docs/ARCHITECTURE.md)
         x, y, z, w = np.asarray(rotation_xyzw, dtype=np.float64) / np.linalg.norm(rotation_xyzw)
         rot = np.array(
@@ -315,7 +315,7 @@ def run_mode(mode: str, scenes, seg, rec, args) -> Dict[str, Any]:
     write_run = None
     if not args.no_export:
         try:
-            from sam3d_ros.export import write_run
+            from sam3d_ros.core.export import write_run
         except ImportError:
             write_run = None
     tmp_root = Path(tempfile.mkdtemp(prefix="bench_core_runs_"))

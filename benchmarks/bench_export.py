@@ -1,4 +1,4 @@
-"""Time sam3d_ros.export.write_run on 3 objects of ~5k vertices / ~20k Gaussians each.
+"""Time sam3d_ros.core.export.write_run on 3 objects of ~5k vertices / ~20k Gaussians each.
 
 Usage: python benchmarks/bench_export.py [--repeat N]
 Prints wall-clock median / best and CPU-time median (process_time, less sensitive to other
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3d_ros import export as ex
-from sam3d_ros.types import Frame, Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.core import export as ex
+from sam3d_ros.core.types import Frame, Gaussians, Mesh, ObjectReconstruction
 
 
 def make_object(obj_id, rng, n_vert=5000, n_gauss=20000, h=480, w=640):

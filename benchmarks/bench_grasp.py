@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Grasp success in a pybullet simulation: pipeline grasps vs true-mesh grasps vs a naive baseline.
 
-For each synthetic tabletop scene (:func:`sam3d_ros.synthetic.scenes.make_tabletop_scene`,
+For each synthetic tabletop scene (:func:`sam3d_bench.scenes.make_tabletop_scene`,
 ``random_urdfs`` ids < 900) and each object:
 
 * ``pipeline``: box prompts → ``EmbeddedSegmenter`` → ``EmbeddedReconstructor`` → the analytic
@@ -13,12 +13,13 @@ For each synthetic tabletop scene (:func:`sam3d_ros.synthetic.scenes.make_tablet
 
 Every grasp is executed in a fresh copy of the scene (the objects at their true poses on the
 table): a free-floating parallel-jaw gripper (Franka Hand geometry of
-:class:`~sam3d_ros.backends.grasp_analytic.GripperModel`, boxes; two prismatic fingers under
+:class:`~sam3d_ros.backends.grasp.analytic.GripperModel`, boxes; two prismatic fingers under
 bounded-force position control) starts at the pre-grasp pose (10 cm back along the approach),
 moves in, closes, lifts 15 cm and holds for 1 s. Success: the object ends at least 10 cm above
 where it started, still between the fingers. A gripper that touches anything at the pre-grasp
 pose fails. Grasps are converted to the world with the scene's camera pose
-(:mod:`sam3d_ros.conventions`). ``top-1``: the best grasp succeeds; ``top-5``: any of the best five
+(:mod:`sam3d_ros.core.conventions`). ``top-1``: the best grasp succeeds; ``top-5``: any of the
+best five
 does. An object with no grasp counts as a failure.
 
 Usage::
@@ -42,15 +43,15 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_ros import conventions as cv  # noqa: E402
-from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter  # noqa: E402
-from sam3d_ros.backends.grasp_analytic import GripperModel  # noqa: E402
-from sam3d_ros.synthetic.scenes import (  # noqa: E402
+from sam3d_bench.scenes import (  # noqa: E402
     SyntheticScene,
     make_tabletop_scene,
     random_urdf_path,
 )
-from sam3d_ros.types import Gaussians, Grasp, Mesh, ObjectReconstruction  # noqa: E402
+from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter  # noqa: E402
+from sam3d_ros.backends.grasp.analytic import GripperModel  # noqa: E402
+from sam3d_ros.core import conventions as conv  # noqa: E402
+from sam3d_ros.core.types import Gaussians, Grasp, Mesh, ObjectReconstruction  # noqa: E402
 
 DT = 1.0 / 240.0
 GRIP_FORCE = 40.0  # N per finger (a Franka Hand holds 70 N continuous)
@@ -88,7 +89,7 @@ def naive_grasp(scene: SyntheticScene, mask: np.ndarray, gripper: GripperModel) 
     pts = pts[np.isfinite(pts).all(axis=1)].astype(np.float64)
     if len(pts) < 10:
         return None
-    from sam3d_ros.backends.grasp_analytic import AnalyticGraspPlanner
+    from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
 
     plane = AnalyticGraspPlanner.fit_plane(scene.frame, [_Masked(mask)])
     up = np.asarray(plane.normal) if plane is not None else np.array([0.0, -1.0, 0.0])
@@ -101,7 +102,7 @@ def naive_grasp(scene: SyntheticScene, mask: np.ndarray, gripper: GripperModel) 
     if plane is not None:  # keep the fingertips above the table
         height = centroid @ up + plane.offset
         centroid = centroid + max(0.0, gripper.contact_depth + 0.005 - height) * up
-    q = cv.grasp_quaternion(-up, closing)
+    q = conv.grasp_quaternion(-up, closing)
     return Grasp(position=centroid, orientation=q, width=width, score=1.0)
 
 
@@ -140,11 +141,11 @@ class GraspSim:
             # pybullet's base pose is the inertial frame, not the URDF link frame
             info = pb.getDynamicsInfo(body, -1, physicsClientId=c)
             link_from_com = np.eye(4)
-            link_from_com[:3, :3] = cv.quat_to_matrix(info[4])
+            link_from_com[:3, :3] = conv.quat_to_matrix(info[4])
             link_from_com[:3, 3] = info[3]
             world_from_com = world_from_link @ link_from_com
             pb.resetBasePositionAndOrientation(
-                body, world_from_com[:3, 3], cv.matrix_to_quat(world_from_com[:3, :3]),
+                body, world_from_com[:3, 3], conv.matrix_to_quat(world_from_com[:3, :3]),
                 physicsClientId=c)
             # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp
             # lift them: give each the mass of its mesh at a household density and a
@@ -214,9 +215,9 @@ class GraspSim:
         pb, c, g = self.pb, self.client, self.gripper
         pb.restoreState(self.state, physicsClientId=c)
         world_from_cam = np.asarray(self.scene.camera_pose, dtype=np.float64)
-        r = world_from_cam[:3, :3] @ cv.quat_to_matrix(grasp.orientation)
+        r = world_from_cam[:3, :3] @ conv.quat_to_matrix(grasp.orientation)
         pos = world_from_cam[:3, :3] @ np.asarray(grasp.position) + world_from_cam[:3, 3]
-        orn = cv.matrix_to_quat(r)
+        orn = conv.matrix_to_quat(r)
         pre = pos - 0.10 * r[:, 2]
         opening = min(float(grasp.width) + 0.02, g.max_opening)
         pb.resetBasePositionAndOrientation(self.hand, list(pre), list(orn), physicsClientId=c)

@@ -1,12 +1,12 @@
-"""Cost and quality of the rviz mesh-marker preview (``sam3d_ros.ros_outputs.mesh_marker``).
+"""Cost and quality of the rviz mesh-marker preview (``sam3d_ros.ros.outputs.mesh_marker``).
 
     .venv/jazzy/bin/python -P benchmarks/bench_markers.py [--scenes 5] [--budget 1000]
 
 Embedded reconstructions (box prompts) of synthetic 640×480 tabletop scenes; per object: its
 triangles, the boundary edges of the old preview (an evenly spaced subset of the triangles) and
-of the decimated one, the decimation time (:func:`~sam3d_ros.ros_outputs.marker_preview`), the
+of the decimated one, the decimation time (:func:`~sam3d_ros.ros.outputs.marker_preview`), the
 whole marker build without a cache, and the marker build through
-:class:`~sam3d_ros.ros_outputs.MarkerPreviewCache` for the **next frame** of the still scene
+:class:`~sam3d_ros.ros.outputs.MarkerPreviewCache` for the **next frame** of the still scene
 (the same rendering with new sensor noise, reconstructed again): whether the cached preview
 was reused and what that cost. Timings are medians of ``--repeat`` runs.
 """
@@ -20,13 +20,13 @@ import time
 import numpy as np
 from std_msgs.msg import Header
 
-from sam3d_ros import conventions as cv
-from sam3d_ros import ros_outputs as out
-from sam3d_ros.engine import Engine
-from sam3d_ros.mesh_decimation import boundary_edge_count, is_closed_manifold
-from sam3d_ros.synthetic.scenes import make_tabletop_scene
-from sam3d_ros.synthetic.sensor import SensorNoise, apply_depth_noise
-from sam3d_ros.types import Frame
+from sam3d_bench.scenes import make_tabletop_scene
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.engine import Engine
+from sam3d_ros.core.mesh_decimation import boundary_edge_count, is_closed_manifold
+from sam3d_ros.core.types import Frame
+from sam3d_ros.ros import outputs as out
 
 HEADER = Header(frame_id="camera_color_optical_frame")
 
@@ -44,7 +44,7 @@ def next_frame(sc, seed):
     """The same still scene seen again: new depth noise on the clean rendering."""
     depth = apply_depth_noise(sc.depth_clean, SensorNoise(), np.random.default_rng(seed),
                               rgb=sc.frame.rgb, fx=sc.intrinsics.fx)
-    return Frame(rgb=sc.frame.rgb, points=cv.backproject(depth, sc.intrinsics),
+    return Frame(rgb=sc.frame.rgb, points=conv.backproject(depth, sc.intrinsics),
                  intrinsics=sc.intrinsics)
 
 

@@ -2,11 +2,12 @@
 """The embedded pipeline on real RealSense frames (``../shared/real_rgbd``).
 
 For the masked frames (``dof6_*``, ``m2t2_*``) it runs the folder's hosted requests with box,
-click and mask prompts through :class:`sam3d_ros.engine.Engine` and measures, per object, the IoU
+click and mask prompts through :class:`sam3d_ros.core.engine.Engine` and measures, per object, the
+IoU
 of the result's silhouette (the posed mesh projected with K) with the given mask, ignoring the
 pixels of the other prompted objects (completing an occluded part is not penalised). For every
 frame (unlabelled ones are segmented automatically) it prints label-free figures
-(:func:`sam3d_ros.evaluation.sanity_figures`): the share of mesh vertices more than 1 cm in front
+(:func:`sam3d_bench.evaluation.sanity_figures`): the share of mesh vertices more than 1 cm in front
 of the observed depth, depth over width along the horizontal viewing direction, mesh extent over
 the visible points' extent, watertightness; the known sizes (sugar box ``dof6_7``, cracker box in
 ``m2t2_0``/``m2t2_1``) against their true extents; and the time of segmentation +
@@ -34,18 +35,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_ros.backends.plane import fit_support_plane  # noqa: E402
-from sam3d_ros.engine import Engine  # noqa: E402
-from sam3d_ros.errors import Sam3dError  # noqa: E402
-from sam3d_ros.evaluation import (  # noqa: E402
+from sam3d_bench.evaluation import (  # noqa: E402
     load_real_frame,
     posed_vertices,
     sanity_figures,
     silhouette,
     silhouette_iou,
 )
-from sam3d_ros.inputs import parse_request  # noqa: E402
-from sam3d_ros.types import SegmentationQuery  # noqa: E402
+from sam3d_ros.core.engine import Engine  # noqa: E402
+from sam3d_ros.core.errors import Sam3dError  # noqa: E402
+from sam3d_ros.core.inputs import parse_request  # noqa: E402
+from sam3d_ros.core.support_plane import fit_support_plane  # noqa: E402
+from sam3d_ros.core.types import SegmentationQuery  # noqa: E402
 
 # Known object sizes (sorted oriented-box extents, metres): see ../shared/real_rgbd/README.md.
 SUGAR_BOX = (0.045, 0.092, 0.176)

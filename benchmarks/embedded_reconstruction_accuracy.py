@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import load_scenes  # noqa: E402
 
-from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor  # noqa: E402
-from sam3d_ros.conventions import canonical_to_camera  # noqa: E402
-from sam3d_ros.synthetic.metrics import mean_scores, score_mesh, visible_only_baseline  # noqa: E402
-from sam3d_ros.types import ObjectMask  # noqa: E402
+from sam3d_bench.metrics import mean_scores, score_mesh, visible_only_baseline  # noqa: E402
+from sam3d_ros.backends.embedded.reconstruction import EmbeddedReconstructor  # noqa: E402
+from sam3d_ros.core.conventions import canonical_to_camera  # noqa: E402
+from sam3d_ros.core.types import ObjectMask  # noqa: E402
 
 
 def _parse(v: str):

@@ -3,7 +3,7 @@
 
 Reads ``<repo>/../shared/real_rgbd`` (or ``--data DIR``; the frames are never copied into the
 repository) and prints, per source and over all frames (see
-:mod:`sam3d_ros.synthetic.sensor_stats`):
+:mod:`sam3d_bench.sensor_stats`):
 
 * holes: overall and by pixel luminance (dark surfaces) and for saturated pixels;
 * stereo shadows: hole runs between a far and a near surface, which side the far one is on, and
@@ -38,14 +38,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam3d_ros.synthetic import sensor_stats as ss  # noqa: E402
+from sam3d_bench import sensor_stats as ss  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "real_rgbd"
 
 
 def synthetic_frames(n: int, sensor: str, regime: str, seed: int = 1000) -> List[ss.RGBDFrame]:
-    from sam3d_ros.synthetic.scenes import SCENE_REGIMES, make_tabletop_scene
-    from sam3d_ros.synthetic.sensor import SensorNoise
+    from sam3d_bench.scenes import SCENE_REGIMES, make_tabletop_scene
+    from sam3d_bench.sensor import SensorNoise
 
     noise = SensorNoise.realsense() if sensor == "realsense" else SensorNoise()
     frames = []

@@ -5,8 +5,15 @@ domain id derived from the process id unless the runner already chose one (tools
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# sam3d_bench (synthetic scenes, sensor model, metrics, real-frame evaluation) lives in the source
+# tree only, never in an install. Appended, not prepended: the installed sam3d_ros (with its
+# generated messages) must still win over the source tree's.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))

@@ -30,8 +30,8 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from sam3d_ros.conventions import metres_to_depth16, metres_to_depth32
-from sam3d_ros.conversions import numpy_to_image
+from sam3d_ros.core.conventions import metres_to_depth16, metres_to_depth32
+from sam3d_ros.ros.conversions import numpy_to_image
 
 NODE_EXE = Path(sys.prefix) / "lib" / "sam3d_ros" / "sam3d_node"
 FRAME_ID = "camera_color_optical_frame"
@@ -254,7 +254,8 @@ class Recorder:
 
 
 def camera_info(intr, width: Optional[int] = None, height: Optional[int] = None) -> CameraInfo:
-    """CameraInfo with K and P of pinhole intrinsics (``sam3d_ros.types.CameraIntrinsics``)."""
+    """CameraInfo with K and P of pinhole intrinsics
+    (``sam3d_ros.core.types.CameraIntrinsics``)."""
     msg = CameraInfo()
     msg.width = int(width or intr.width)
     msg.height = int(height or intr.height)
@@ -280,7 +281,7 @@ _SCENES: Dict[tuple, Any] = {}
 
 def scene(seed: int = 1, width: int = 320, height: int = 240, n_objects: int = 3):
     """A cached synthetic tabletop scene."""
-    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+    from sam3d_bench.scenes import make_tabletop_scene
 
     key = (seed, width, height, n_objects)
     if key not in _SCENES:

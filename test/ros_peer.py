@@ -19,8 +19,8 @@ from sam3d_ros.action import Reconstruct
 from sam3d_ros.msg import ReconstructedObject, ReconstructedObjectArray, StageTiming
 from tf2_msgs.msg import TFMessage
 
-from sam3d_ros.action_queue import QueuedActionServer
-from sam3d_ros.errors import Cancelled
+from sam3d_ros.core.errors import Cancelled
+from sam3d_ros.ros.action_queue import QueuedActionServer
 
 
 def known_objects() -> ReconstructedObjectArray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3d_ros.cli import main
+from sam3d_ros.core.cli import main
 
 W, H = 32, 24
 FX = FY = 30.0
@@ -179,7 +179,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tabletop"
-EMBEDDED_RECONSTRUCTION = "sam3d_ros.backends.embedded_reconstruction"
+EMBEDDED_RECONSTRUCTION = "sam3d_ros.backends.embedded.reconstruction"
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def scene_dir():
     """The committed example scene (tools/make_example_scene.py): 3 objects, box prompts."""
     if not (EXAMPLE / "request.json").is_file():
         pytest.skip("examples/tabletop is missing (run tools/make_example_scene.py)")
-    for module in ("sam3d_ros.backends.embedded_segmentation", EMBEDDED_RECONSTRUCTION):
+    for module in ("sam3d_ros.backends.embedded.segmentation", EMBEDDED_RECONSTRUCTION):
         if importlib.util.find_spec(module) is None:  # only skip when the file is absent
             pytest.skip(f"{module} is not there yet")
     return EXAMPLE

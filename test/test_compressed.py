@@ -1,4 +1,4 @@
-"""Compressed camera inputs (sam3d_ros.compressed): image_transport's ``compressed`` colour and
+"""Compressed camera inputs (sam3d_ros.ros.compressed): image_transport's ``compressed`` colour and
 ``compressedDepth`` depth decoded to the raw path's arrays; bad payloads named (no ROS graph).
 
 The messages are built here as the image_transport publishers build them (OpenCV ``imencode``;
@@ -17,11 +17,11 @@ import pytest
 from PIL import Image as PILImage
 from sensor_msgs.msg import CameraInfo, CompressedImage
 
-from sam3d_ros import compressed as cmp
-from sam3d_ros import conventions as cv
-from sam3d_ros.conversions import numpy_to_image
-from sam3d_ros.errors import InputError
-from sam3d_ros.node import build_camera_frame
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.ros import compressed as cmp
+from sam3d_ros.ros.conversions import numpy_to_image
+from sam3d_ros.ros.node import build_camera_frame
 
 W, H = 160, 120
 
@@ -176,10 +176,10 @@ def test_header_size_matches_an_independent_reader(codec):
 
 def test_compressed_depth_16uc1_round_trips_exactly():
     d = depth_image_m()
-    mm = cv.metres_to_depth16(d)
+    mm = conv.metres_to_depth16(d)
     out, encoding = cmp.depth_from_compressed(depth16_msg(mm), expected_size=(W, H))
     assert encoding == "16UC1" and out.dtype == np.float32 and out.shape == (H, W)
-    ref = cv.depth_to_metres(mm, "16UC1")
+    ref = conv.depth_to_metres(mm, "16UC1")
     assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.isnan(out[0, 0])
     assert np.array_equal(out[~np.isnan(ref)], ref[~np.isnan(ref)])
     # Older publishers: no codec after compressedDepth, or no suffix at all.
@@ -299,7 +299,7 @@ def test_oversized_or_other_aspect_against_camera_info():
 
 
 def test_bad_compressed_depth_payloads_name_the_field():
-    mm = cv.metres_to_depth16(depth_image_m())
+    mm = conv.metres_to_depth16(depth_image_m())
     good = bytes(depth16_msg(mm).data)
     cases = {
         "short": msg("16UC1; compressedDepth png", good[:12]),
@@ -339,8 +339,8 @@ def camera_info():
 def test_camera_frame_from_compressed_equals_the_raw_path():
     rgb, d = colour_image(), depth_image_m()
     raw = build_camera_frame(numpy_to_image(rgb, "rgb8"),
-                             numpy_to_image(cv.metres_to_depth16(d), "16UC1"), camera_info())
-    comp = build_camera_frame(png_msg(rgb[:, :, ::-1]), depth16_msg(cv.metres_to_depth16(d)),
+                             numpy_to_image(conv.metres_to_depth16(d), "16UC1"), camera_info())
+    comp = build_camera_frame(png_msg(rgb[:, :, ::-1]), depth16_msg(conv.metres_to_depth16(d)),
                               camera_info())
     assert np.array_equal(comp.frame.rgb, raw.frame.rgb)
     assert np.array_equal(comp.frame.points, raw.frame.points, equal_nan=True)
@@ -356,12 +356,12 @@ def test_camera_frame_from_compressed_equals_the_raw_path():
 def test_camera_frame_compressed_errors_name_fields():
     rgb, d = colour_image(), depth_image_m()
     with pytest.raises(InputError) as e:  # colour checked against the CameraInfo
-        build_camera_frame(png_msg(colour_image(W, 90)), depth16_msg(cv.metres_to_depth16(d)),
+        build_camera_frame(png_msg(colour_image(W, 90)), depth16_msg(conv.metres_to_depth16(d)),
                            camera_info())
     assert e.value.field == "image.data" and "camera_info" in e.value.reason
     with pytest.raises(InputError) as e:  # depth checked against the colour image
         build_camera_frame(png_msg(rgb[:, :, ::-1]),
-                           depth16_msg(cv.metres_to_depth16(d)[:, : W // 2]), camera_info())
+                           depth16_msg(conv.metres_to_depth16(d)[:, : W // 2]), camera_info())
     assert e.value.field == "depth.data" and "image" in e.value.reason
     with pytest.raises(InputError) as e:  # millimetres in a 32FC1 stream: refused as for raw
         build_camera_frame(png_msg(rgb[:, :, ::-1]), depth32_msg(d * 1000, depth_max=1e5),

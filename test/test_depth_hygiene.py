@@ -1,4 +1,4 @@
-"""Depth hygiene (:mod:`sam3d_ros.depth_hygiene`) on constructed edge cases."""
+"""Depth hygiene (:mod:`sam3d_ros.core.depth_hygiene`) on constructed edge cases."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d_ros.conventions import backproject
-from sam3d_ros.depth_hygiene import (
+from sam3d_ros.core.conventions import backproject
+from sam3d_ros.core.depth_hygiene import (
     continuous_regions,
     depth_edges,
     grazing_pixels,
     object_depth,
 )
-from sam3d_ros.types import CameraIntrinsics
+from sam3d_ros.core.types import CameraIntrinsics
 
 W, H = 160, 120
 K = CameraIntrinsics(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=W, height=H)
@@ -130,9 +130,9 @@ def test_a_mask_whose_pixels_all_sit_on_jumps_has_no_reliable_depth():
     od = object_depth(backproject(depth, K), mask)
     assert od.count == 0 and not od.filled.any()
 
-    from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor
-    from sam3d_ros.errors import InputError
-    from sam3d_ros.types import Frame, ObjectMask
+    from sam3d_ros.backends.embedded.reconstruction import EmbeddedReconstructor
+    from sam3d_ros.core.errors import InputError
+    from sam3d_ros.core.types import Frame, ObjectMask
 
     rgb = np.zeros((H, W, 3), np.uint8)
     frame = Frame(rgb=rgb, points=backproject(depth, K), intrinsics=K)

@@ -8,15 +8,15 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from sam3d_ros.backends import make_reconstructor
-from sam3d_ros.backends.embedded_reconstruction import EmbeddedReconstructor
-from sam3d_ros.backends.shape_completion import (
+from sam3d_ros.backends.embedded.reconstruction import EmbeddedReconstructor
+from sam3d_ros.backends.embedded.shape_completion import (
     make_well_composed,
     min_area_rectangle,
     surface_nets,
 )
-from sam3d_ros.conventions import canonical_to_camera, quat_to_matrix
-from sam3d_ros.errors import InputError
-from sam3d_ros.types import CameraIntrinsics, Frame, ObjectMask
+from sam3d_ros.core.conventions import canonical_to_camera, quat_to_matrix
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import CameraIntrinsics, Frame, ObjectMask
 
 W, H = 320, 240
 K = CameraIntrinsics(fx=290.0, fy=290.0, cx=159.5, cy=119.5, width=W, height=H)
@@ -435,7 +435,7 @@ def _side_and_top(outline_xy, height, n_rows=12, top_xy=None):
 
 
 def test_support_footprint_recognises_a_cylinder_from_its_front_arc():
-    from sam3d_ros.backends.shape_completion import support_footprint
+    from sam3d_ros.backends.embedded.shape_completion import support_footprint
 
     ang = np.linspace(-np.pi / 2, np.pi / 2, 60)  # the half facing the camera
     arc = np.c_[0.2 - 0.035 * np.cos(ang), 0.05 + 0.035 * np.sin(ang)]
@@ -466,7 +466,7 @@ def test_support_footprint_refuses_a_single_face_and_a_blob():
 
 
 def support_footprint_of(points):
-    from sam3d_ros.backends.shape_completion import support_footprint
+    from sam3d_ros.backends.embedded.shape_completion import support_footprint
 
     return support_footprint(points)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise
 from sam3d_ros.backends import make_segmenter
-from sam3d_ros.backends.embedded_segmentation import EmbeddedSegmenter
-from sam3d_ros.backends.plane import fit_support_plane
-from sam3d_ros.errors import InputError
-from sam3d_ros.synthetic.sensor import SensorNoise, apply_depth_noise
-from sam3d_ros.types import BoxPrompt, Frame, ObjectPrompt, PointPrompt, SegmentationQuery
+from sam3d_ros.backends.embedded.segmentation import EmbeddedSegmenter
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.support_plane import fit_support_plane
+from sam3d_ros.core.types import BoxPrompt, Frame, ObjectPrompt, PointPrompt, SegmentationQuery
 
 # ----------------------------------------------------------------------------------------------
 # A small ray-cast tabletop: world z up, table = plane z = 0, axis-aligned boxes and upright
@@ -455,7 +455,7 @@ def test_deterministic(scene):
 
 def test_box_prompts_on_pybullet_tabletop(seg):
     pytest.importorskip("pybullet")
-    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+    from sam3d_bench.scenes import make_tabletop_scene
 
     scene = make_tabletop_scene(1, n_objects=3)
     result = seg.segment(scene.frame, scene.box_query())

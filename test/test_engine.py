@@ -1,4 +1,4 @@
-"""The pipeline engine (sam3d_ros.engine) with small fake backends."""
+"""The pipeline engine (sam3d_ros.core.engine) with small fake backends."""
 
 import base64
 import io
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3d_ros.engine import Engine, EngineResult, seed_everything
-from sam3d_ros.errors import BackendError, Cancelled, InputError
-from sam3d_ros.inputs import parse_request
-from sam3d_ros.types import (
+from sam3d_ros.core.engine import Engine, EngineResult, seed_everything
+from sam3d_ros.core.errors import BackendError, Cancelled, InputError
+from sam3d_ros.core.inputs import parse_request
+from sam3d_ros.core.types import (
     Frame,
     Gaussians,
     Mesh,

@@ -12,10 +12,10 @@ import pytest
 import trimesh
 from plyfile import PlyData
 
-from sam3d_ros import conventions as cv
-from sam3d_ros import export as ex
-from sam3d_ros.errors import InputError
-from sam3d_ros.types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core import export as ex
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectReconstruction
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATOR = REPO / "tools" / "validate_gltf.mjs"
@@ -121,10 +121,10 @@ def test_scene_glb_is_in_camera_frame(run, objects):
     assert sorted(meshes) == ["object_11", "object_3", "object_7"]
     for obj in objects:
         v = np.asarray(meshes[f"object_{obj.object_id}"].vertices)
-        expected = cv.canonical_to_camera(obj.mesh.vertices, obj.rotation, obj.translation,
+        expected = conv.canonical_to_camera(obj.mesh.vertices, obj.rotation, obj.translation,
                                           obj.scale)
         np.testing.assert_allclose(v, expected, atol=1e-6)
-        back = cv.camera_to_canonical(v, obj.rotation, obj.translation, obj.scale)
+        back = conv.camera_to_canonical(v, obj.rotation, obj.translation, obj.scale)
         np.testing.assert_allclose(back, obj.mesh.vertices, atol=1e-5)
         # the camera-frame mesh sits in front of the camera, around the translation
         np.testing.assert_allclose(v.mean(axis=0), obj.translation, atol=0.05)
@@ -291,7 +291,7 @@ def test_scene_ply_is_in_camera_frame(run, objects):
     start = 0
     for obj in objects:
         n = len(obj.gaussians)
-        exp = cv.transform_gaussians(obj.gaussians, obj.rotation, obj.translation, obj.scale)
+        exp = conv.transform_gaussians(obj.gaussians, obj.rotation, obj.translation, obj.scale)
         np.testing.assert_allclose(back.means[start:start + n], exp.means, atol=1e-6)
         np.testing.assert_allclose(back.scales[start:start + n], exp.scales, rtol=1e-5)
         dots = np.abs(np.sum(back.rotations[start:start + n] * exp.rotations, axis=1))
@@ -363,7 +363,7 @@ def test_metadata_json(run, objects):
         assert o["mask_bbox_xyxy"] == [5, 10 + obj.object_id, 29, 19 + obj.object_id]
         assert o["mask_pixels"] == 250 and o["num_gaussians"] == 200
         np.testing.assert_allclose(
-            o["pose_matrix"], cv.pose_matrix(obj.rotation, obj.translation, obj.scale))
+            o["pose_matrix"], conv.pose_matrix(obj.rotation, obj.translation, obj.scale))
         assert o["glb"] == f"objects/object_{obj.object_id}.glb"
 
 

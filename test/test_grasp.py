@@ -1,4 +1,4 @@
-"""Grasp synthesis (sam3d_ros.backends.grasp_analytic) and the grasp contract."""
+"""Grasp synthesis (sam3d_ros.backends.grasp.analytic) and the grasp contract."""
 
 import json
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3d_ros import conventions as cv
 from sam3d_ros.backends import make_grasp_planner
-from sam3d_ros.backends.grasp_analytic import AnalyticGraspPlanner, GripperModel
-from sam3d_ros.backends.plane import Plane
-from sam3d_ros.engine import Engine
-from sam3d_ros.types import (
+from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner, GripperModel
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.engine import Engine
+from sam3d_ros.core.support_plane import Plane
+from sam3d_ros.core.types import (
     CameraIntrinsics,
     Frame,
     Gaussians,
@@ -89,7 +89,7 @@ def in_box(points, lo, hi, tol=0.0):
 
 def gripper_points(grasp, opening, step=0.002):
     """Dense points filling the finger and palm boxes of a grasp, camera frame."""
-    r = cv.quat_to_matrix(grasp.orientation)
+    r = conv.quat_to_matrix(grasp.orientation)
     out = []
     for lo, hi in GRIPPER.boxes(opening):
         axes = [np.arange(lo[i], hi[i] + 1e-9, step) for i in range(3)]
@@ -101,7 +101,7 @@ def gripper_points(grasp, opening, step=0.002):
 def check_contract(grasp):
     q = np.asarray(grasp.orientation)
     assert q.shape == (4,) and np.linalg.norm(q) == pytest.approx(1.0, abs=1e-9)
-    r = cv.quat_to_matrix(q)
+    r = conv.quat_to_matrix(q)
     x, y, z = r[:, 0], r[:, 1], r[:, 2]
     np.testing.assert_allclose(np.cross(y, z), x, atol=1e-9)  # right-handed, x = y × z
     assert 0.0 <= grasp.score <= 1.0
@@ -159,7 +159,7 @@ def test_box_grasps_contract():
         assert not in_box(inner, BOX_LO + 0.001, BOX_HI - 0.001).any()
     # the best grasp comes from above (the preferred approach with a support plane)
     assert grasps[0].orientation is not None
-    assert cv.grasp_axes(grasps[0].orientation)[2] @ -PLANE.normal > 0.9
+    assert conv.grasp_axes(grasps[0].orientation)[2] @ -PLANE.normal > 0.9
 
 
 def test_cylinder_grasps_contract():
@@ -192,7 +192,7 @@ def test_grasps_avoid_a_neighbour_and_the_table():
 
     def hits_neighbour(g):
         opening = min(g.width + 2 * planner.opening_margin, GRIPPER.max_opening)
-        r = cv.quat_to_matrix(g.orientation)
+        r = conv.quat_to_matrix(g.orientation)
         for pts in (gripper_points(g, g.width), gripper_points(g, opening),
                     gripper_points(g, opening) - planner.approach_distance * r[:, 2]):
             if in_box(pts, n_lo, n_hi).any():

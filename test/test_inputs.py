@@ -1,4 +1,4 @@
-"""Hosted request parsing and validation (sam3d_ros.inputs)."""
+"""Hosted request parsing and validation (sam3d_ros.core.inputs)."""
 
 import base64
 import io
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3d_ros.errors import InputError
-from sam3d_ros.inputs import (
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.inputs import (
     DEFAULT_SEED,
     InputOptions,
     group_prompts,
@@ -18,7 +18,7 @@ from sam3d_ros.inputs import (
     parse_request,
     read_uri,
 )
-from sam3d_ros.types import BoxPrompt, CameraIntrinsics, PointPrompt
+from sam3d_ros.core.types import BoxPrompt, CameraIntrinsics, PointPrompt
 
 W, H = 32, 24
 K = CameraIntrinsics(fx=30.0, fy=30.0, cx=15.5, cy=11.5, width=W, height=H)

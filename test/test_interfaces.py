@@ -10,8 +10,8 @@ from sam3d_ros import msg as generated_msgs
 
 
 def test_generated_and_handwritten_modules_share_the_installed_package():
-    import sam3d_ros.action_queue  # noqa: F401
-    import sam3d_ros.types  # noqa: F401 - hand-written module
+    import sam3d_ros.core.types  # noqa: F401 - hand-written module
+    import sam3d_ros.ros.action_queue  # noqa: F401
 
     package_dir = os.path.dirname(sam3d_ros.__file__)
     assert os.path.dirname(generated_msgs.__file__).startswith(package_dir)

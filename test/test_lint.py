@@ -10,8 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_ruff_clean():
     ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
-    paths = [p for p in ("sam3d_ros", "test", "benchmarks", "tools", "scripts") if os.path.exists(
-        os.path.join(ROOT, p))]
+    roots = ("sam3d_ros", "sam3d_bench", "test", "benchmarks", "tools", "scripts")
+    paths = [p for p in roots if os.path.exists(os.path.join(ROOT, p))]
     proc = subprocess.run(
         [ruff, "check", "--no-cache", *paths], cwd=ROOT, capture_output=True, text=True
     )

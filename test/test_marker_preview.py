@@ -7,9 +7,9 @@ import trimesh
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from sam3d_ros import mesh_decimation as md
-from sam3d_ros import ros_outputs as out
-from sam3d_ros.types import Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.core import mesh_decimation as md
+from sam3d_ros.core.types import Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.ros import outputs as out
 
 HEADER = Header(frame_id="cam_optical")
 
@@ -115,7 +115,7 @@ def test_real_reconstruction_preview_is_closed():
     """An embedded reconstruction of a synthetic scene object (the ~2,600 boundary edges case)."""
     from node_harness import scene
 
-    from sam3d_ros.engine import Engine
+    from sam3d_ros.core.engine import Engine
 
     sc = scene(seed=1)
     objects = Engine().process(sc.frame, sc.box_query(4), 42).objects

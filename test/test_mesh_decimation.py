@@ -1,10 +1,10 @@
-"""sam3d_ros.mesh_decimation beyond closed meshes (test_moveit_scene covers those): the input
+"""sam3d_ros.core.mesh_decimation beyond closed meshes (test_moveit_scene covers those): the input
 vertex each output vertex stands for, open meshes keep their boundary."""
 
 import numpy as np
 import trimesh
 
-from sam3d_ros import mesh_decimation as md
+from sam3d_ros.core import mesh_decimation as md
 
 
 def mean_edge(v, f):

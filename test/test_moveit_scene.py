@@ -8,11 +8,11 @@ from rclpy.serialization import deserialize_message, serialize_message
 from shape_msgs.msg import SolidPrimitive
 from std_msgs.msg import Header
 
-from sam3d_ros import conventions as cv
-from sam3d_ros import moveit_scene as ms
-from sam3d_ros.ros_grasps import published_pose
-from sam3d_ros.ros_outputs import object_vertices_m
-from sam3d_ros.types import Gaussians, Grasp, Mesh, ObjectReconstruction
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.types import Gaussians, Grasp, Mesh, ObjectReconstruction
+from sam3d_ros.ros import moveit_scene as ms
+from sam3d_ros.ros.grasps import published_pose
+from sam3d_ros.ros.outputs import object_vertices_m
 
 HEADER = Header(frame_id="cam_optical")
 ADD, MOVE, REMOVE = (int.from_bytes(c, "little") for c in (
@@ -53,7 +53,7 @@ def grasps_on(obj, n=3):
     out = []
     for k in range(n):
         approach = np.array([0.0, np.sin(0.3 * k), np.cos(0.3 * k)])
-        q = cv.grasp_quaternion(approach, [1.0, 0.0, 0.0])
+        q = conv.grasp_quaternion(approach, [1.0, 0.0, 0.0])
         out.append(Grasp(position=np.asarray(obj.translation) + [0.0, 0.0, -0.01 * k],
                          orientation=q, width=0.05, score=1.0 - 0.1 * k))
     return out
@@ -134,10 +134,10 @@ def test_add_carries_pose_mesh_in_object_frame_and_grasp_subframes():
     assert np.allclose(np.ptp(v, axis=0), np.ptp(object_vertices_m(obj), axis=0), atol=0.004)
     # Subframes: the best grasps, relative to the object pose; composing gives them back.
     assert list(msg.subframe_names) == ["grasp_0", "grasp_1"]
-    r_obj = cv.quat_to_matrix(obj.rotation)
+    r_obj = conv.quat_to_matrix(obj.rotation)
     for pose, grasp in zip(msg.subframe_poses, grasps, strict=False):
         p = r_obj @ xyz(pose.position) + obj.translation
-        q = cv.quat_multiply(obj.rotation, xyzw(pose.orientation))
+        q = conv.quat_multiply(obj.rotation, xyzw(pose.orientation))
         assert np.allclose(p, grasp.position, atol=1e-9)
         assert abs(abs(q @ grasp.orientation) - 1) < 1e-9
 
@@ -147,11 +147,11 @@ def test_subframes_with_a_tcp_offset_are_the_end_effector_poses():
     grasps = grasps_on(obj)
     opts = ms.SceneOptions(prefix="obj_", max_triangles=200, subframes=3, tcp_offset=0.1034)
     msg = ms.CollisionScene().update(HEADER, [obj], [grasps], [3], opts)[0]
-    r_obj = cv.quat_to_matrix(obj.rotation)
+    r_obj = conv.quat_to_matrix(obj.rotation)
     for pose, grasp in zip(msg.subframe_poses, grasps, strict=True):
         p_ee, _ = published_pose(grasp, 0.1034)
         assert np.allclose(r_obj @ xyz(pose.position) + obj.translation, p_ee, atol=1e-9)
-        approach = cv.grasp_axes(grasp.orientation)[2]
+        approach = conv.grasp_axes(grasp.orientation)[2]
         assert np.allclose(p_ee, grasp.position - 0.1034 * approach)
 
 
@@ -208,7 +208,7 @@ def test_support_plane_box_under_the_objects():
     assert prim.type == SolidPrimitive.BOX and len(box.primitive_poses) == 1
     dims = np.array(prim.dimensions)
     assert dims[2] == pytest.approx(ms.SUPPORT_THICKNESS_M)
-    r = cv.quat_to_matrix(xyzw(box.pose.orientation))
+    r = conv.quat_to_matrix(xyzw(box.pose.orientation))
     centre = xyz(box.pose.position)
     normal = Plane.normal / np.linalg.norm(Plane.normal)
     assert np.allclose(r[:, 2], normal)  # box z = the plane normal (up)
@@ -216,7 +216,7 @@ def test_support_plane_box_under_the_objects():
     assert abs(top @ normal + Plane.offset) < 1e-9  # the top face lies on the plane
     # The top face covers every object's footprint with the margin.
     for obj in objects:
-        pts = cv.canonical_to_camera(obj.mesh.vertices.astype(float), obj.rotation,
+        pts = conv.canonical_to_camera(obj.mesh.vertices.astype(float), obj.rotation,
                                      obj.translation, obj.scale)
         local = (pts - centre) @ r
         assert np.all(np.abs(local[:, :2]) <= dims[:2] / 2 - ms.SUPPORT_MARGIN_M + 1e-9)

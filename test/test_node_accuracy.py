@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from node_harness import Recorder, box_prompt, camera_info, ros_context, running_node, scene
 
-from sam3d_ros.synthetic.metrics import gravity_box_centre
+from sam3d_bench.metrics import gravity_box_centre
 
 PREFIX = "obj_"
 

@@ -21,8 +21,8 @@ from node_harness import (
 from rclpy.action import ActionClient
 from sam3d_ros.action import Reconstruct
 
-from sam3d_ros.conventions import metres_to_depth16
-from sam3d_ros.conversions import numpy_to_image
+from sam3d_ros.core.conventions import metres_to_depth16
+from sam3d_ros.ros.conversions import numpy_to_image
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tabletop"
 KEEP = 3

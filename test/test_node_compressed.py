@@ -15,8 +15,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from test_compressed import depth16_msg, depth32_msg, jpeg_msg, png_msg
 
-from sam3d_ros.conventions import metres_to_depth16
-from sam3d_ros.conversions import numpy_to_image
+from sam3d_ros.core.conventions import metres_to_depth16
+from sam3d_ros.ros.conversions import numpy_to_image
 
 PREFIX = "obj_"
 THROTTLE = 0.5
@@ -79,8 +79,8 @@ def tf_for(rec, header, timeout=30.0):
 
 def raw_path_translations(sc):
     """What the raw path computes for the same frame (the core on the raw messages)."""
-    from sam3d_ros.engine import Engine
-    from sam3d_ros.node import build_camera_frame, query_from_prompt
+    from sam3d_ros.core.engine import Engine
+    from sam3d_ros.ros.node import build_camera_frame, query_from_prompt
 
     cam = build_camera_frame(numpy_to_image(sc.frame.rgb, "rgb8"),
                              numpy_to_image(metres_to_depth16(sc.depth_m), "16UC1"),

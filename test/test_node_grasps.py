@@ -26,10 +26,10 @@ from sam3d_ros.action import Reconstruct
 from sam3d_ros.msg import BoxPrompt, Prompt
 from visualization_msgs.msg import Marker
 
-from sam3d_ros import conventions as cv
-from sam3d_ros.conventions import metres_to_depth16
-from sam3d_ros.conversions import numpy_to_image
-from sam3d_ros.moveit_scene import is_closed_manifold
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.conventions import metres_to_depth16
+from sam3d_ros.ros.conversions import numpy_to_image
+from sam3d_ros.ros.moveit_scene import is_closed_manifold
 
 PREFIX = "obj_"
 TCP = 0.1034  # a Franka panda_hand link
@@ -135,8 +135,8 @@ def publish(rec, rgb, depth, sc):
 
 
 def test_grasps_poses_markers_and_collision_add(env):
-    from sam3d_ros.engine import Engine
-    from sam3d_ros.node import build_camera_frame, query_from_prompt
+    from sam3d_ros.core.engine import Engine
+    from sam3d_ros.ros.node import build_camera_frame, query_from_prompt
 
     sc, node, rec = env
     header = publish(rec, sc.frame.rgb, sc.depth_m, sc)
@@ -157,7 +157,7 @@ def test_grasps_poses_markers_and_collision_add(env):
     assert len(expected) > 0, "the reference planned no grasp: the scene is no test"
     assert [(g.object_id, g.rank) for g in grasps.grasps] == [(i, k) for i, k, _ in expected]
     for msg, (_, _, g) in zip(grasps.grasps, expected, strict=True):
-        approach = cv.grasp_axes(g.orientation)[2]
+        approach = conv.grasp_axes(g.orientation)[2]
         # tcp_offset_m: the pose of the end-effector link, 0.1034 m back along the approach.
         assert np.allclose(xyz(msg.pose.position), g.position - TCP * approach, atol=1e-5)
         assert abs(abs(xyzw(msg.pose.orientation) @ g.orientation) - 1) < 1e-6
@@ -186,7 +186,7 @@ def test_grasps_poses_markers_and_collision_add(env):
     # Markers draw the gripper at the grasp frame (not the end-effector pose).
     firsts = [g for g in grasps.grasps if g.rank == 0]
     for marker, first in zip(best, firsts, strict=True):
-        approach = cv.quat_to_matrix(xyzw(first.pose.orientation))[:, 2]
+        approach = conv.quat_to_matrix(xyzw(first.pose.orientation))[:, 2]
         assert np.allclose(xyz(marker.pose.position), xyz(first.pose.position) + TCP * approach,
                            atol=1e-5)
 
@@ -207,7 +207,7 @@ def test_grasps_poses_markers_and_collision_add(env):
         assert list(msg.subframe_names) == [f"grasp_{k}" for k in range(min(2, n_grasps))]
         for k, sub in enumerate(msg.subframe_poses):  # object pose ∘ subframe = ~/grasps pose
             g = [g for g in grasps.grasps if g.object_id == object_id][k]
-            p = cv.quat_rotate(rotation, xyz(sub.position)) + position
+            p = conv.quat_rotate(rotation, xyz(sub.position)) + position
             assert np.allclose(p, xyz(g.pose.position), atol=1e-6)
 
 

@@ -12,10 +12,11 @@ import yaml
 from sam3d_ros.msg import BoxPrompt, PointPrompt, Prompt
 from sensor_msgs.msg import CameraInfo
 
-from sam3d_ros import conventions as cv
-from sam3d_ros.conversions import numpy_to_image
-from sam3d_ros.errors import InputError
-from sam3d_ros.node import (
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import CameraIntrinsics
+from sam3d_ros.ros.conversions import numpy_to_image
+from sam3d_ros.ros.node import (
     PARAMS,
     ApproxTimeSync,
     LatestSlot,
@@ -23,7 +24,6 @@ from sam3d_ros.node import (
     prune_runs,
     query_from_prompt,
 )
-from sam3d_ros.types import CameraIntrinsics
 
 ROOT = Path(__file__).resolve().parent.parent
 K = CameraIntrinsics(200.0, 200.0, 79.5, 59.5, 160, 120)
@@ -40,7 +40,7 @@ def images(h=120, w=160, depth_m=1.0, frame="cam", depth_size=None, encoding="16
     rgb = numpy_to_image(np.zeros((h, w, 3), np.uint8), "rgb8")
     dh, dw = depth_size or (h, w)
     d = np.full((dh, dw), depth_m, np.float32)
-    depth = (numpy_to_image(cv.metres_to_depth16(d), "16UC1") if encoding == "16UC1"
+    depth = (numpy_to_image(conv.metres_to_depth16(d), "16UC1") if encoding == "16UC1"
              else numpy_to_image(d, "32FC1"))
     rgb.header.frame_id = frame
     depth.header.frame_id = frame
@@ -186,12 +186,12 @@ class TestCameraFrame:
         rgb, depth = images(depth_size=(60, 80))
         frame = build_camera_frame(rgb, depth, info()).frame
         assert frame.points.shape == (120, 160, 3)
-        full = cv.backproject(np.ones((120, 160), np.float32), K)
+        full = conv.backproject(np.ones((120, 160), np.float32), K)
         assert np.allclose(frame.points, full, atol=0.01)  # nearest depth pixel: within 1 px
 
     def test_camera_info_at_another_resolution_is_rescaled(self):
         rgb, depth = images()
-        big = cv.scale_intrinsics(K, 320, 240)
+        big = conv.scale_intrinsics(K, 320, 240)
         frame = build_camera_frame(rgb, depth, info(big)).frame
         assert frame.intrinsics.fx == pytest.approx(200.0)
         assert frame.intrinsics.cx == pytest.approx(79.5)

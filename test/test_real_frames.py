@@ -17,12 +17,12 @@ import pytest
 from real_data import require_real_rgbd
 from scipy import ndimage
 
+from sam3d_bench.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
 from sam3d_ros.backends import make_reconstructor
-from sam3d_ros.engine import Engine
-from sam3d_ros.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
-from sam3d_ros.inputs import parse_request
-from sam3d_ros.mesh_decimation import is_closed_manifold
-from sam3d_ros.types import ObjectMask
+from sam3d_ros.core.engine import Engine
+from sam3d_ros.core.inputs import parse_request
+from sam3d_ros.core.mesh_decimation import is_closed_manifold
+from sam3d_ros.core.types import ObjectMask
 
 # (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
 FLOORS = {

@@ -7,11 +7,11 @@ from sam3d_ros.msg import GraspArray
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from sam3d_ros import conventions as cv
-from sam3d_ros import ros_grasps as rg
-from sam3d_ros.backends.grasp_analytic import GripperModel
-from sam3d_ros.errors import InputError
-from sam3d_ros.types import Grasp
+from sam3d_ros.backends.grasp.analytic import GripperModel
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import Grasp
+from sam3d_ros.ros import grasps as rg
 
 HEADER = Header(frame_id="cam_optical")
 GRIPPER = GripperModel()
@@ -26,9 +26,9 @@ class _Obj:
 
 def make_grasp(position, approach, closing, width=0.04, score=0.5, object_id=0, contacts=True,
                observed=(True, False)):
-    q = cv.grasp_quaternion(approach, closing)
+    q = conv.grasp_quaternion(approach, closing)
     p = np.asarray(position, dtype=np.float64)
-    y = cv.grasp_rotation(approach, closing)[:, 1]
+    y = conv.grasp_rotation(approach, closing)[:, 1]
     c = np.stack([p - 0.5 * width * y, p + 0.5 * width * y]) if contacts else None
     return Grasp(position=p, orientation=q, width=width, score=score, object_id=object_id,
                  contacts=c, contacts_observed=None if observed is None else np.array(observed))
@@ -113,9 +113,9 @@ def test_markers_draw_the_gripper_at_the_contacts():
     assert m.header.frame_id == "cam_optical" and len(m.points) % 2 == 0
     # Marker points are in the grasp frame: map them to the camera frame with the marker pose.
     local = np.array([xyz(p) for p in m.points])
-    cam = cv.quat_rotate(xyzw(m.pose.orientation), local) + xyz(m.pose.position)
-    y = cv.grasp_rotation([0, 0.6, 0.8], [1, 0, 0])[:, 1]
-    z = cv.grasp_rotation([0, 0.6, 0.8], [1, 0, 0])[:, 2]
+    cam = conv.quat_rotate(xyzw(m.pose.orientation), local) + xyz(m.pose.position)
+    y = conv.grasp_rotation([0, 0.6, 0.8], [1, 0, 0])[:, 1]
+    z = conv.grasp_rotation([0, 0.6, 0.8], [1, 0, 0])[:, 2]
     for contact in g.contacts:
         # The finger through each contact reaches contact_depth past it, towards +z.
         tip = contact + GRIPPER.contact_depth * z
@@ -124,7 +124,7 @@ def test_markers_draw_the_gripper_at_the_contacts():
     ee = g.position - GRIPPER.tcp_offset * z
     assert np.min(np.linalg.norm(cam - ee, axis=1)) < 1e-9
     assert abs(np.ptp(local[:, 1]) - 0.05) < 1e-12  # fingers exactly width apart (along y)
-    assert np.allclose(y, cv.grasp_axes(g.orientation)[1])
+    assert np.allclose(y, conv.grasp_axes(g.orientation)[1])
 
 
 def test_markers_best_first_highlighted_capped_and_deleted():

@@ -10,10 +10,10 @@ from sam3d_ros.msg import ReconstructedObjectArray
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from sam3d_ros import conventions as cv
-from sam3d_ros import ros_outputs as out
-from sam3d_ros.conversions import pointcloud2_to_arrays
-from sam3d_ros.types import CameraIntrinsics, Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.types import CameraIntrinsics, Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.ros import outputs as out
+from sam3d_ros.ros.conversions import pointcloud2_to_arrays
 
 HEADER = Header(frame_id="cam_optical")
 HEADER.stamp.sec = 12
@@ -54,9 +54,9 @@ def test_object_message_mesh_in_object_frame_metres():
     q = [msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z,
          msg.pose.orientation.w]
     t = [msg.pose.position.x, msg.pose.position.y, msg.pose.position.z]
-    ref = cv.canonical_to_camera(obj.mesh.vertices.astype(np.float64), obj.rotation,
+    ref = conv.canonical_to_camera(obj.mesh.vertices.astype(np.float64), obj.rotation,
                                  obj.translation, obj.scale)
-    assert np.allclose(cv.quat_rotate(q, v) + t, ref, atol=1e-6)
+    assert np.allclose(conv.quat_rotate(q, v) + t, ref, atol=1e-6)
     assert [list(tri.vertex_indices) for tri in msg.mesh.triangles] == obj.mesh.faces.tolist()
     assert len(msg.vertex_colors) == 8
     assert msg.vertex_colors[0].r == pytest.approx(200 / 255)
@@ -130,7 +130,7 @@ def test_points_of_masks_with_object_index():
     objs[1].mask[0:8, 0:8] = True
     depth = np.full((48, 64), 1.0, np.float32)
     depth[20:30, 36:40] = 2.5  # the right band of object 0's mask sees the background
-    points = cv.backproject(depth, K)
+    points = conv.backproject(depth, K)
     points[24, 32] = np.nan  # invalid depth pixel: skipped
     rgb = np.zeros((48, 64, 3), np.uint8)
     rgb[..., 1] = 77
@@ -155,7 +155,7 @@ def test_debug_image_draws_masks_boxes_axes_and_label():
     inside = img[27, 35].astype(int)
     assert np.all(np.abs(inside - (0.55 * 128 + 0.45 * color)) <= 2)  # blended mask
     assert np.all(img[20, 30:40] == color)  # box outline on the mask's top edge
-    u, v = cv.project(np.array([[0.05, 0.0, 1.0]]), K)  # end of the x axis (red)
+    u, v = conv.project(np.array([[0.05, 0.0, 1.0]]), K)  # end of the x axis (red)
     assert img[int(round(v[0])), int(round(u[0])) - 1].tolist() == [255, 0, 0]
     assert np.any(img[:20] != 128)  # label drawn above the box
 

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from sam3d_ros.errors import BackendError, BackendUnavailableError, InputError
-from sam3d_ros.types import BoxPrompt, Frame, ObjectPrompt, PointPrompt, SegmentationQuery
+from sam3d_ros.core.errors import BackendError, BackendUnavailableError, InputError
+from sam3d_ros.core.types import BoxPrompt, Frame, ObjectPrompt, PointPrompt, SegmentationQuery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ if not hasattr(transformers, "Sam3TrackerModel"):
     pytest.skip("transformers without SAM 3 (needs >= 5)", allow_module_level=True)
 
 from sam3d_ros.backends import make_segmenter  # noqa: E402
-from sam3d_ros.backends.sam3_segmentation import Sam3Segmenter  # noqa: E402
+from sam3d_ros.backends.sam3.segmentation import Sam3Segmenter  # noqa: E402
 
 IMG = 112  # model input side (14-pixel patches → 8×8 grid)
 H, W = 48, 64  # camera image
@@ -173,7 +173,7 @@ def frame():
 def test_module_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "import sam3d_ros.backends.sam3_segmentation as m\n"
+        "import sam3d_ros.backends.sam3.segmentation as m\n"
         "s = m.Sam3Segmenter(checkpoint='/nonexistent')\n"
         "assert s.name == 'sam3' and s.reads_text and not s.loaded\n"
     )
@@ -410,8 +410,8 @@ def test_failure_mid_run_is_backend_error_and_recovers(segmenter, frame, monkeyp
 
 
 def test_engine_drives_the_adapter(segmenter, frame):
-    engine_mod = pytest.importorskip("sam3d_ros.engine")
-    from sam3d_ros.types import Gaussians, Mesh, ObjectReconstruction
+    engine_mod = pytest.importorskip("sam3d_ros.core.engine")
+    from sam3d_ros.core.types import Gaussians, Mesh, ObjectReconstruction
 
     class RecordingReconstructor:
         """Minimal ReconstructionBackend: records the masks the engine hands over."""

@@ -18,15 +18,15 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from sam3d_ros.backends import make_reconstructor
-from sam3d_ros.backends import sam3d_objects_reconstruction as mod
-from sam3d_ros.backends.sam3d_objects_reconstruction import (
+from sam3d_ros.backends.sam3d_objects import reconstruction as mod
+from sam3d_ros.backends.sam3d_objects.reconstruction import (
     Sam3dObjectsReconstructor,
     align_to_depth,
     posed_vertices,
     reference_output_to_object,
 )
-from sam3d_ros.errors import BackendError, BackendUnavailableError, InputError
-from sam3d_ros.types import CameraIntrinsics, Frame, ObjectMask
+from sam3d_ros.core.errors import BackendError, BackendUnavailableError, InputError
+from sam3d_ros.core.types import CameraIntrinsics, Frame, ObjectMask
 
 torch = pytest.importorskip("torch")
 trimesh = pytest.importorskip("trimesh")

@@ -9,15 +9,15 @@ pytest.importorskip("trimesh")
 from PIL import Image, ImageDraw  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
-from sam3d_ros.synthetic import metrics  # noqa: E402
-from sam3d_ros.synthetic.scenes import (  # noqa: E402
+from sam3d_bench import metrics  # noqa: E402
+from sam3d_bench.scenes import (  # noqa: E402
     MAX_URDF_ID,
     depth_to_points,
     make_tabletop_scene,
     project_points,
     random_urdf_path,
 )
-from sam3d_ros.synthetic.sensor import SensorNoise, apply_depth_noise  # noqa: E402
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise  # noqa: E402
 
 SEED = 3
 
@@ -139,7 +139,7 @@ def test_noise_statistics(z):
 
 
 def test_rgb_noise():
-    from sam3d_ros.synthetic.sensor import apply_rgb_noise
+    from sam3d_bench.sensor import apply_rgb_noise
 
     img = np.full((100, 100, 3), 128, dtype=np.uint8)
     noisy = apply_rgb_noise(img, SensorNoise(), seed=0)
@@ -180,7 +180,7 @@ def test_metrics_identity_and_shift(scene):
 def test_metrics_small_cube_far_shift():
     import trimesh
 
-    from sam3d_ros.synthetic.scenes import GroundTruthObject
+    from sam3d_bench.scenes import GroundTruthObject
 
     cube = trimesh.creation.box(extents=(0.01, 0.01, 0.01))
     gt = GroundTruthObject(1, 0, np.asarray(cube.vertices) + [0, 0, 0.7],

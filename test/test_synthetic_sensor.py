@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from real_data import require_real_rgbd
 
-from sam3d_ros.synthetic import sensor_stats as ss
-from sam3d_ros.synthetic.sensor import (
+from sam3d_bench import sensor_stats as ss
+from sam3d_bench.sensor import (
     REALSENSE_D4XX,
     PromptNoise,
     SensorNoise,
@@ -203,7 +203,7 @@ def test_jitter_box():
 def test_realistic_scene():
     pytest.importorskip("pybullet")
     pytest.importorskip("trimesh")
-    from sam3d_ros.synthetic.scenes import make_tabletop_scene
+    from sam3d_bench.scenes import make_tabletop_scene
 
     a = make_tabletop_scene(4, n_objects=2, width=160, height=120, noise=SensorNoise.realsense())
     b = make_tabletop_scene(4, n_objects=2, width=160, height=120, noise=SensorNoise.realsense())

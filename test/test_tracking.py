@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sam3d_ros.tracking import ObjectTracker
+from sam3d_ros.core.tracking import ObjectTracker
 
 
 def test_new_ids_then_nearest_match_within_gate():

@@ -16,7 +16,7 @@ colcon build --paths "$ROOT" --cmake-args -DBUILD_TESTING=OFF >"$ws/colcon.out" 
 # shellcheck disable=SC1091
 source "$ws/install/setup.bash"
 python -P -c "
-import sam3d_ros, sam3d_ros.engine
+import sam3d_ros, sam3d_ros.core.engine
 from sam3d_ros.msg import ReconstructedObjectArray
 from sam3d_ros.action import Reconstruct
 assert sam3d_ros.__file__.startswith('$ws/install/'), sam3d_ros.__file__

@@ -23,13 +23,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_ros.synthetic.scenes import make_tabletop_scene  # noqa: E402
+from sam3d_bench.scenes import make_tabletop_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def intrinsics_matrix(k) -> np.ndarray:
-    """3×3 camera matrix of :class:`~sam3d_ros.types.CameraIntrinsics`."""
+    """3×3 camera matrix of :class:`~sam3d_ros.core.types.CameraIntrinsics`."""
     return np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]])
 
 

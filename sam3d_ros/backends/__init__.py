@@ -1,6 +1,6 @@
 """Backend registry: names → factories, imported lazily so heavy packages load only when used.
 
-Three small protocols (see :mod:`sam3d_ros.types`): ``SegmentationBackend``,
+Three small protocols (see :mod:`sam3d_ros.core.types`): ``SegmentationBackend``,
 ``ReconstructionBackend`` and ``GraspPlanner``. ``embedded`` backends are CPU-only, need no weights
 and are the default; the default grasp planner is ``analytic`` (numpy/scipy only).
 """
@@ -10,23 +10,23 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Tuple
 
-from ..errors import InputError
+from sam3d_ros.core.errors import InputError
 
 # name -> (module, class); modules are imported on first use.
 SEGMENTERS: Dict[str, Tuple[str, str]] = {
-    "embedded": ("sam3d_ros.backends.embedded_segmentation", "EmbeddedSegmenter"),
-    "sam3": ("sam3d_ros.backends.sam3_segmentation", "Sam3Segmenter"),
+    "embedded": ("sam3d_ros.backends.embedded.segmentation", "EmbeddedSegmenter"),
+    "sam3": ("sam3d_ros.backends.sam3.segmentation", "Sam3Segmenter"),
 }
 RECONSTRUCTORS: Dict[str, Tuple[str, str]] = {
-    "embedded": ("sam3d_ros.backends.embedded_reconstruction", "EmbeddedReconstructor"),
+    "embedded": ("sam3d_ros.backends.embedded.reconstruction", "EmbeddedReconstructor"),
     "sam3d_objects": (
-        "sam3d_ros.backends.sam3d_objects_reconstruction",
+        "sam3d_ros.backends.sam3d_objects.reconstruction",
         "Sam3dObjectsReconstructor",
     ),
 }
 
 GRASP_PLANNERS: Dict[str, Tuple[str, str]] = {
-    "analytic": ("sam3d_ros.backends.grasp_analytic", "AnalyticGraspPlanner"),
+    "analytic": ("sam3d_ros.backends.grasp.analytic", "AnalyticGraspPlanner"),
 }
 
 

@@ -6,8 +6,8 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..types import Frame, ObjectMask
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import Frame, ObjectMask
 
 
 def pass_through_masks(frame: Frame, masks: Sequence[np.ndarray]) -> List[ObjectMask]:

@@ -5,7 +5,7 @@ for objects resting on a support surface, then a closed surface is extracted.
 
 Per frame:
     the support plane is fitted once to the valid pixels outside every mask
-    (:func:`~sam3d_ros.backends.plane.fit_support_plane`); gravity = −(plane normal).
+    (:func:`~sam3d_ros.core.support_plane.fit_support_plane`); gravity = −(plane normal).
 
 Per object (all in a gravity-aligned frame: a = horizontal direction away from the camera, b,
 height above the plane):
@@ -44,7 +44,7 @@ lifting only the visible pixels scores 0.71 / 0.84 / 0.40 cm. Without carving F@
 its errors were missing backs (recall), a fixed 12 mm one spoils the top-down views (F@5mm
 0.75 instead of 0.82). About 22 ms of CPU per object at 640×480.
 
-Mesh and Gaussians are returned in the canonical frame of :mod:`sam3d_ros.conventions`.
+Mesh and Gaussians are returned in the canonical frame of :mod:`sam3d_ros.core.conventions`.
 """
 
 from __future__ import annotations
@@ -54,17 +54,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..conventions import (
-    backproject_pixels,
-    camera_to_canonical,
-    intrinsics_from_pointmap,
-    matrix_to_quat,
-)
-from ..depth_hygiene import object_depth
-from ..errors import InputError
-from ..types import CameraIntrinsics, Frame, Gaussians, Mesh, ObjectMask, ObjectReconstruction
-from .plane import Plane, fit_support_plane
-from .shape_completion import (
+from sam3d_ros.backends.embedded.shape_completion import (
     fill_height_map,
     footprint_samples,
     make_well_composed,
@@ -73,6 +63,23 @@ from .shape_completion import (
     surface_nets,
     taubin_smooth,
     vertex_normals,
+)
+from sam3d_ros.core.conventions import (
+    backproject_pixels,
+    camera_to_canonical,
+    intrinsics_from_pointmap,
+    matrix_to_quat,
+)
+from sam3d_ros.core.depth_hygiene import object_depth
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.support_plane import Plane, fit_support_plane
+from sam3d_ros.core.types import (
+    CameraIntrinsics,
+    Frame,
+    Gaussians,
+    Mesh,
+    ObjectMask,
+    ObjectReconstruction,
 )
 
 
@@ -112,10 +119,11 @@ class EmbeddedReconstructor:
             else at the depth of the nearest reliable pixel (covers the colour silhouette where
             colour and depth are misregistered).
         primitives: complete an object whose visible side faces lie on a box's or an upright
-            cylinder's outline (:func:`~sam3d_ros.backends.shape_completion.support_footprint`)
+            cylinder's outline
+            (:func:`~sam3d_ros.backends.embedded.shape_completion.support_footprint`)
             as that primitive, instead of growing the footprint behind its silhouette.
         grazing_deg: depth pixels whose surface is seen more obliquely than this are smears,
-            not surface (:func:`~sam3d_ros.depth_hygiene.grazing_pixels`); 90 keeps them.
+            not surface (:func:`~sam3d_ros.core.depth_hygiene.grazing_pixels`); 90 keeps them.
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -347,7 +355,7 @@ class EmbeddedReconstructor:
     # steps
 
     def _clean_points(self, ctx: "_FrameContext", mask: np.ndarray):
-        """The object's depth points after hygiene (:func:`~sam3d_ros.depth_hygiene.object_depth`).
+        """The object's depth points after hygiene (:func:`~.depth_hygiene.object_depth`).
 
         Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
         from the nearest measured pixel).

@@ -37,9 +37,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .. import conventions as cv
-from ..types import Frame, Grasp, ObjectReconstruction
-from .plane import fit_support_plane
+from sam3d_ros.core import conventions
+from sam3d_ros.core.support_plane import fit_support_plane
+from sam3d_ros.core.types import Frame, Grasp, ObjectReconstruction
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,8 @@ class AnalyticGraspPlanner:
         self.num_approaches = int(num_approaches)
         self.preferred_approach = (
             None if preferred_approach is None
-            else cv._unit(np.asarray(preferred_approach, dtype=np.float64), "preferred_approach")
+            else conventions._unit(np.asarray(preferred_approach, dtype=np.float64),
+                                   "preferred_approach")
         )
         self.max_approach_angle_deg = float(max_approach_angle_deg)
         self.approach_distance = float(approach_distance)
@@ -240,9 +241,9 @@ class AnalyticGraspPlanner:
         faces = np.asarray(obj.mesh.faces, dtype=np.int64).reshape(-1, 3)
         if len(verts) < 4 or len(faces) < 4:
             return None
-        q, t, s = cv.quat_normalize(np.asarray(obj.rotation, np.float64).reshape(4)), \
-            np.asarray(obj.translation, np.float64).reshape(3), cv.scale_vector(obj.scale)
-        v = cv.canonical_to_camera(verts, q, t, s)
+        q, t, s = conventions.quat_normalize(np.asarray(obj.rotation, np.float64).reshape(4)), \
+            np.asarray(obj.translation, np.float64).reshape(3), conventions.scale_vector(obj.scale)
+        v = conventions.canonical_to_camera(verts, q, t, s)
         a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
         cross = np.cross(b - a, c - a)
         double_area = np.linalg.norm(cross, axis=1)
@@ -384,7 +385,7 @@ class AnalyticGraspPlanner:
                     continue
                 contacts = np.stack([pos - 0.5 * w * r[:, 1], pos + 0.5 * w * r[:, 1]])
                 accepted.append(Grasp(
-                    position=pos.copy(), orientation=cv.matrix_to_quat(r), width=w,
+                    position=pos.copy(), orientation=conventions.matrix_to_quat(r), width=w,
                     score=float(np.clip(scores[j], 0.0, 1.0)), object_id=int(obj.object_id),
                     contacts=contacts,
                     contacts_observed=flags[j].copy()))
@@ -570,7 +571,7 @@ class AnalyticGraspPlanner:
         points = np.asarray(frame.points)
         mask = np.asarray(obj.mask, dtype=bool)
         h, w = mask.shape
-        u, v = cv.project(pts, k)
+        u, v = conventions.project(pts, k)
         u, v = np.rint(u), np.rint(v)
         front = np.isfinite(u) & np.isfinite(v)
         # a 3×3 neighbourhood: contacts on the silhouette project onto its edge pixels

@@ -1,11 +1,12 @@
 """Build the node's output messages from core results: pure functions, no ROS graph needed.
 
-Every function takes plain core objects (:class:`~sam3d_ros.types.ObjectReconstruction`, numpy
+Every function takes plain core objects (:class:`~sam3d_ros.core.types.ObjectReconstruction`, numpy
 arrays, the hosted result dict) plus a ``std_msgs/Header`` and returns a message, so each output
-can be tested by building it directly. The node (:mod:`sam3d_ros.node`) only decides *when* to
+can be tested by building it directly. The node (:mod:`sam3d_ros.ros.node`) only decides *when* to
 publish.
 
-Frames and units follow :mod:`sam3d_ros.conventions`: every output is in the frame of the source
+Frames and units follow :mod:`sam3d_ros.core.conventions`: every output is in the frame of the
+source
 image's header (the camera optical frame), metres, quaternions ``[x, y, z, w]``. The object frame
 of object *i* is its pose (``translation``, ``rotation``); the mesh of a
 ``ReconstructedObject`` and of a mesh marker is in that frame, in metres: canonical vertices
@@ -47,17 +48,17 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 from visualization_msgs.msg import Marker, MarkerArray
 
-from . import conventions as cv
-from .depth_hygiene import object_depth
-from .mesh_decimation import decimate, same_shape
-from .msg import (
+from sam3d_ros.core import conventions
+from sam3d_ros.core.depth_hygiene import object_depth
+from sam3d_ros.core.mesh_decimation import decimate, same_shape
+from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
+from sam3d_ros.msg import (
     ArtifactFile,
     Artifacts,
     ReconstructedObject,
     ReconstructedObjectArray,
     StageTiming,
 )
-from .types import CameraIntrinsics, ObjectReconstruction
 
 MESH_NS = "sam3d_meshes"
 """Marker namespace of the per-object TRIANGLE_LIST meshes (marker id = object id)."""
@@ -86,7 +87,7 @@ def object_color(object_id: int) -> Tuple[int, int, int]:
 
 def pose_msg(rotation_xyzw: Sequence[float], translation: Sequence[float]) -> Pose:
     """``geometry_msgs/Pose`` of an ``[x, y, z, w]`` rotation and a translation (metres)."""
-    q = cv.quat_canonical(np.asarray(rotation_xyzw, dtype=np.float64).reshape(4))
+    q = conventions.quat_canonical(np.asarray(rotation_xyzw, dtype=np.float64).reshape(4))
     t = np.asarray(translation, dtype=np.float64).reshape(3)
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
@@ -114,7 +115,7 @@ def object_size(obj: ObjectReconstruction) -> np.ndarray:
 def object_vertices_m(obj: ObjectReconstruction) -> np.ndarray:
     """Mesh vertices in the object frame, metres (canonical vertices times ``scale``), V×3."""
     v = np.asarray(obj.mesh.vertices, dtype=np.float64).reshape(-1, 3)
-    return v * cv.scale_vector(obj.scale)[None, :]
+    return v * conventions.scale_vector(obj.scale)[None, :]
 
 
 def _vec3(values: Iterable[float]) -> Vector3:
@@ -228,7 +229,7 @@ def reconstructed_object_msg(
     msg.label = str(obj.label)
     msg.score = float(obj.score)
     msg.pose = object_pose(obj)
-    msg.scale = _vec3(cv.scale_vector(obj.scale))
+    msg.scale = _vec3(conventions.scale_vector(obj.scale))
     msg.size = _vec3(object_size(obj))
     msg.mesh = mesh_msg(obj)
     msg.vertex_colors = _colors(obj.mesh.colors)
@@ -248,7 +249,7 @@ def _file_msg(entry: Optional[Mapping[str, Any]]) -> ArtifactFile:
 
 
 def artifacts_msg(result: Optional[Mapping[str, Any]]) -> Artifacts:
-    """``Artifacts`` of a hosted result dict (as written by :func:`sam3d_ros.export.write_run`).
+    """``Artifacts`` of a hosted result dict (as written by :func:`~.export.write_run`).
 
     ``None`` (nothing written) gives an empty message. ``result_json`` is the whole dict as JSON.
     """
@@ -319,7 +320,7 @@ def objects_array_msg(
             )
         )
     pose = np.eye(4) if camera_pose is None else np.asarray(camera_pose, dtype=np.float64)
-    msg.camera_pose = pose_msg(cv.matrix_to_quat(pose[:3, :3]), pose[:3, 3])
+    msg.camera_pose = pose_msg(conventions.matrix_to_quat(pose[:3, :3]), pose[:3, 3])
     msg.timings = timings_msgs(timings or {}, total_s)
     msg.segmentation_backend = segmentation_backend
     msg.reconstruction_backend = reconstruction_backend
@@ -388,7 +389,7 @@ class MarkerPreview(NamedTuple):
 def marker_preview(obj: ObjectReconstruction, max_triangles: int) -> MarkerPreview:
     """The object's mesh reduced to at most ``max_triangles`` (0 = all) for a marker.
 
-    Quadric edge collapse (:func:`sam3d_ros.mesh_decimation.decimate`): a closed mesh stays
+    Quadric edge collapse (:func:`sam3d_ros.core.mesh_decimation.decimate`): a closed mesh stays
     closed (an evenly spaced subset of the triangles left ~2,600 boundary edges per object), an
     open one keeps its boundary; every vertex keeps the colour of the input vertex it stands
     for. Where the collapse stops above the budget (no edge can go without tearing the surface:
@@ -410,7 +411,7 @@ def marker_preview(obj: ObjectReconstruction, max_triangles: int) -> MarkerPrevi
 def _mesh_digest(obj: ObjectReconstruction) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for array in (obj.mesh.vertices, obj.mesh.faces, obj.mesh.colors,
-                  cv.scale_vector(obj.scale)):
+                  conventions.scale_vector(obj.scale)):
         a = np.ascontiguousarray(array)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
@@ -424,7 +425,7 @@ class MarkerPreviewCache:
     go out every frame while someone subscribes, and a still object is reconstructed anew each
     frame with a few millimetres of noise. A cached preview is reused when the object's mesh is
     the same (hash of vertices, faces, colours and scale), or the same shape as the mesh it was
-    built from within :data:`~sam3d_ros.mesh_decimation.SHAPE_TOLERANCE_M` /
+    built from within :data:`~sam3d_ros.core.mesh_decimation.SHAPE_TOLERANCE_M` /
     ``SHAPE_TOLERANCE_REL`` (the rule by which MoveIt's collision mesh is kept); the marker's
     pose is always the current one. Thread-safe.
     """
@@ -574,7 +575,7 @@ def object_points(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The object's own depth points of every mask: (N×3 float32, N×3 uint8, N int32 index).
 
-    "Own" as :func:`~sam3d_ros.depth_hygiene.object_depth` decides: a mask's edge pixels that
+    "Own" as :func:`~sam3d_ros.core.depth_hygiene.object_depth` decides: a mask's edge pixels that
     carry background depth, flying pixels and smears are not published as the object. The
     index is the object's position in ``objects`` (its ``object_index`` in the array). A pixel
     in two masks is given to the first object.
@@ -601,7 +602,7 @@ def points_msg(
     objects: Sequence[ObjectReconstruction],
 ):
     """``sensor_msgs/PointCloud2`` (x y z rgb object_index) of the segmented object pixels."""
-    from .conversions import pointcloud2_from_arrays
+    from sam3d_ros.ros.conversions import pointcloud2_from_arrays
 
     xyz, col, idx = object_points(points, rgb, objects)
     return pointcloud2_from_arrays(header, xyz, col, idx)
@@ -706,10 +707,10 @@ def debug_image(
         draw_rectangle(img, box, color)
         if intrinsics is not None:
             t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
-            r = cv.quat_to_matrix(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
+            r = conventions.quat_to_matrix(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
             length = 0.5 * float(np.max(object_size(obj)))
             ends = np.vstack([t, t + length * r.T])  # rows: centre, centre + length * axis_k
-            u, v = cv.project(ends, intrinsics)
+            u, v = conventions.project(ends, intrinsics)
             for k, axis_color in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
                 draw_line(img, (u[0], v[0]), (u[k + 1], v[k + 1]), axis_color)
         draw_text(img, (box[0], box[1] - 13), object_text(obj), color)

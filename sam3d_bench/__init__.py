@@ -4,6 +4,6 @@ Needs ``pybullet`` (scenes), ``trimesh`` (ground-truth meshes) and ``scipy`` (me
 the submodules directly to avoid loading what you do not use.
 """
 
-from .sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
 
 __all__ = ["SensorNoise", "apply_depth_noise", "apply_rgb_noise"]

@@ -22,9 +22,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .conventions import posed_vertices, project
-from .mesh_decimation import is_closed_manifold
-from .types import CameraIntrinsics, ObjectReconstruction
+from sam3d_ros.core.conventions import posed_vertices, project
+from sam3d_ros.core.mesh_decimation import is_closed_manifold
+from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
 
 
 def silhouette(

@@ -36,8 +36,8 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
-from .types import CameraIntrinsics, Gaussians, ObjectReconstruction
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import CameraIntrinsics, Gaussians, ObjectReconstruction
 
 ArrayLike = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
 
@@ -608,7 +608,7 @@ def transform_gaussians(
 
 
 # --------------------------------------------------------------------------------------------
-# Grasp frame (parallel-jaw grasps, see sam3d_ros.backends.grasp_analytic)
+# Grasp frame (parallel-jaw grasps, see sam3d_ros.backends.grasp.analytic)
 # --------------------------------------------------------------------------------------------
 # A grasp is a pose in the camera optical frame: origin = midpoint between the two fingertip
 # contact points; +z = approach (the gripper moves along +z towards the object, the fingers point
@@ -751,7 +751,7 @@ def body_to_optical(points: np.ndarray) -> np.ndarray:
 # (compose_transform), utils/visualization/scene_visualizer.py (object_pointcloud),
 # model/backbone/tdfy_dit/utils/postprocessing_utils.py (to_glb) and
 # pipeline/layout_post_optimization_utils.py (get_mesh). Used by
-# sam3d_ros.backends.sam3d_objects_reconstruction; proven on synthetic data in
+# sam3d_ros.backends.sam3d_objects.reconstruction; proven on synthetic data in
 # test/test_sam3d_objects_reconstruction.py.
 
 

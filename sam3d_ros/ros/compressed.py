@@ -2,7 +2,7 @@
 
 A GPU node on another host cannot take raw RGB-D (640×480 at 30 Hz is ~45 MB/s); cameras and
 recordings offer image_transport's compressed topics. This module decodes them (OpenCV
-``cv2.imdecode``) into the arrays the raw path of :mod:`sam3d_ros.conversions` produces:
+``cv2.imdecode``) into the arrays the raw path of :mod:`sam3d_ros.ros.conversions` produces:
 
 * colour, ``<image>/compressed`` (compressed_image_transport): ``format`` is
   ``"<encoding>; jpeg compressed bgr8"`` / ``"<encoding>; png compressed bgr8"`` (``mono8``,
@@ -14,10 +14,10 @@ recordings offer image_transport's compressed topics. This module decodes them (
   0 = ``INV_DEPTH``; ``float32 depthParam[2]``) followed by a 16-bit grey PNG: for ``16UC1`` the
   millimetres themselves; for ``32FC1`` the inverse depth quantised by the publisher
   (``q = a / depth + b``, truncated; ``q = 0`` = invalid), decoded as ``depth = a / (q - b)``.
-  → H×W ``float32`` metres, NaN = invalid (:func:`sam3d_ros.conventions.depth_to_metres`).
+  → H×W ``float32`` metres, NaN = invalid (:func:`sam3d_ros.core.conventions.depth_to_metres`).
   The ``rvl`` variant is not supported (refused, naming the format).
 
-Every bad payload raises :class:`~sam3d_ros.errors.InputError` naming ``<field>.format`` or
+Every bad payload raises :class:`~sam3d_ros.core.errors.InputError` naming ``<field>.format`` or
 ``<field>.data``: an unknown format, data that is not the declared codec, a truncated or corrupt
 payload, a ``compressedDepth`` header that cannot be right, a PNG that is not 16-bit grey. The
 size an image declares in its PNG/JPEG header is checked **before decoding** (a small payload
@@ -38,9 +38,9 @@ from typing import NamedTuple, Optional, Tuple
 import cv2
 import numpy as np
 
-from .conventions import DEPTH_16UC1, DEPTH_32FC1, depth_to_metres, same_aspect
-from .conversions import _message_buffer, rgb8_from_array
-from .errors import InputError
+from sam3d_ros.core.conventions import DEPTH_16UC1, DEPTH_32FC1, depth_to_metres, same_aspect
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.ros.conversions import _message_buffer, rgb8_from_array
 
 __all__ = [
     "COMPRESSED_DEPTH_HEADER_BYTES",

@@ -230,7 +230,7 @@ def object_depth(
     Args:
         points: H×W×3 pointmap in the camera optical frame (metres; NaN = invalid).
         mask: H×W bool object mask (on the colour image).
-        plane: optional support plane (:class:`~sam3d_ros.backends.plane.Plane`); pixels less
+        plane: optional support plane (:class:`~sam3d_ros.core.support_plane.Plane`); pixels less
             than ``plane_clearance`` above it (or below it) are not the object.
         jump_abs, jump_rel: depth-jump threshold ``max(jump_abs, jump_rel · z)``.
         edge_px: pixels dropped on each side of a depth edge on the mask's outline.

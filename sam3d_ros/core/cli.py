@@ -25,9 +25,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from . import __version__
-from .errors import BackendUnavailableError, Cancelled, InputError, Sam3dError
-from .inputs import DEFAULT_MAX_BYTES, DEFAULT_SEED, InputOptions
+from sam3d_ros import __version__
+from sam3d_ros.core.errors import BackendUnavailableError, Cancelled, InputError, Sam3dError
+from sam3d_ros.core.inputs import DEFAULT_MAX_BYTES, DEFAULT_SEED, InputOptions
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -245,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace, stderr: TextIO) -> int:
-    from .engine import Engine, check_fresh_dir
+    from sam3d_ros.core.engine import Engine, check_fresh_dir
 
     output = check_fresh_dir(args.output, "--output")
     request = build_request(args)

@@ -21,7 +21,7 @@ from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
-from .errors import Cancelled
+from sam3d_ros.core.errors import Cancelled
 
 ProgressFn = Callable[[str, float, str], None]
 """progress(stage, fraction 0..1, log_line)."""

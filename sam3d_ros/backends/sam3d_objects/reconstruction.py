@@ -8,7 +8,7 @@ gated checkpoints; it is never vendored here). Its public inference API is
     out = inference(image, mask, seed=seed, pointmap=pointmap)   # ONE object per call
 
 This adapter calls it once per mask and converts each output into the frame contract of
-:mod:`sam3d_ros.conventions`. Reference conventions (read from its source, main, Nov 2025):
+:mod:`sam3d_ros.core.conventions`. Reference conventions (read from its source, main, Nov 2025):
 
 * ``pointmap``: ``torch`` tensor H×W×3 in the **PyTorch3D camera frame** (+x left, +y up,
   +z forward), used as given (``compute_pointmap``); from the optical frame ``(x, y, z) →
@@ -53,11 +53,12 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import conventions
-from ..conventions import posed_vertices
-from ..depth_hygiene import object_depth
-from ..errors import BackendError, BackendUnavailableError, InputError
-from ..types import (
+from sam3d_ros.backends.sam3.segmentation import is_out_of_memory, release_gpu_memory
+from sam3d_ros.core import conventions
+from sam3d_ros.core.conventions import posed_vertices
+from sam3d_ros.core.depth_hygiene import object_depth
+from sam3d_ros.core.errors import BackendError, BackendUnavailableError, InputError
+from sam3d_ros.core.types import (
     CameraIntrinsics,
     Frame,
     Gaussians,
@@ -65,7 +66,6 @@ from ..types import (
     ObjectMask,
     ObjectReconstruction,
 )
-from .sam3_segmentation import is_out_of_memory, release_gpu_memory
 
 _LOG = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ SH_C0 = 0.28209479177387814
 
 
 
-# The reference-model conventions live in sam3d_ros.conventions (section "SAM 3D Objects").
+# The reference-model conventions live in sam3d_ros.core.conventions (section "SAM 3D Objects").
 optical_to_pytorch3d_pointmap = conventions.optical_to_sam3d_pointmap
 sam3d_glb_to_local = conventions.sam3d_glb_to_local
 sam3d_pose_to_optical = conventions.sam3d_pose_to_optical
@@ -320,7 +320,7 @@ def align_to_depth(
     is re-rendered, until it converges. A scale about the camera centre leaves the silhouette
     unchanged and scales every point, so depth fixes it; a wrong size in the image changes the
     rendered footprint, so the silhouette fixes it. The depth points are the mask's reliable
-    ones (:func:`~sam3d_ros.depth_hygiene.object_depth`).
+    ones (:func:`~sam3d_ros.core.depth_hygiene.object_depth`).
 
     Args:
         vertices: V×3 posed mesh vertices, optical frame (metres).
@@ -354,7 +354,7 @@ def align_to_depth(
     size = float(np.ptp(surf, axis=0).max()) if len(surf) else 0.0
     if size <= 0:
         return result
-    # The object's own depth (:mod:`~sam3d_ros.depth_hygiene`): a real mask's edge carries
+    # The object's own depth (:mod:`~sam3d_ros.core.depth_hygiene`): a real mask's edge carries
     # background depth and smears that would pull the scale and offset. The outline is kept
     # (no erosion): the rendered surface is compared pixel for pixel with the same set.
     reliable = object_depth(

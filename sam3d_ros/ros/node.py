@@ -1,14 +1,14 @@
 """The ``sam3d`` lifecycle node: RGB-D frames and prompts in; objects, TF, markers out.
 
-The node only converts messages (:mod:`sam3d_ros.conversions`), schedules work and publishes
-(:mod:`sam3d_ros.ros_outputs`); segmentation and reconstruction are the ROS-free
-:class:`~sam3d_ros.engine.Engine`.
+The node only converts messages (:mod:`sam3d_ros.ros.conversions`), schedules work and publishes
+(:mod:`sam3d_ros.ros.outputs`); segmentation and reconstruction are the ROS-free
+:class:`~sam3d_ros.core.engine.Engine`.
 
 Scheduling: the three camera topics are paired by approximate time (:class:`ApproxTimeSync`);
 each synchronised frame replaces the one in a single-frame slot (:class:`LatestSlot`) and ONE
 worker thread processes whatever frame is newest when it is free, so the node never works
 through a backlog of stale frames (replaced frames are counted as drops). On-demand goals on
-``~/reconstruct`` are queued first-in-first-out (:class:`~sam3d_ros.action_queue.
+``~/reconstruct`` are queued first-in-first-out (:class:`~sam3d_ros.ros.action_queue.
 QueuedActionServer`) and share the engine with the worker.
 
 Lifecycle (``autostart`` configures and activates at start-up):
@@ -64,14 +64,11 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from . import conventions as cv
-from . import ros_grasps
-from . import ros_outputs as out
-from .action import Reconstruct
-from .action_queue import QueuedActionServer
-from .backends.grasp_analytic import GripperModel
-from .errors import Cancelled, InputError, NoObjectFound, Sam3dError
-from .inputs import (
+from sam3d_ros.action import Reconstruct
+from sam3d_ros.backends.grasp.analytic import GripperModel
+from sam3d_ros.core import conventions
+from sam3d_ros.core.errors import Cancelled, InputError, NoObjectFound, Sam3dError
+from sam3d_ros.core.inputs import (
     DEFAULT_SEED,
     MAX_SEED,
     InputOptions,
@@ -80,10 +77,13 @@ from .inputs import (
     parse_point_prompts,
     parse_request,
 )
-from .moveit_scene import CollisionPublisher, SceneOptions
-from .msg import GraspArray, Prompt, ReconstructedObjectArray
-from .tracking import ObjectTracker
-from .types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
+from sam3d_ros.core.tracking import ObjectTracker
+from sam3d_ros.core.types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
+from sam3d_ros.msg import GraspArray, Prompt, ReconstructedObjectArray
+from sam3d_ros.ros import grasps as ros_grasps
+from sam3d_ros.ros import outputs as out
+from sam3d_ros.ros.action_queue import QueuedActionServer
+from sam3d_ros.ros.moveit_scene import CollisionPublisher, SceneOptions
 
 try:  # Jazzy and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -313,7 +313,7 @@ def query_from_prompt(
 ) -> Tuple[SegmentationQuery, Dict[int, int]]:
     """Validate a ``sam3d_ros/Prompt`` and turn it into a query (hosted precedence).
 
-    Reuses the hosted request validation and grouping of :mod:`sam3d_ros.inputs`. Without an
+    Reuses the hosted request validation and grouping of :mod:`sam3d_ros.core.inputs`. Without an
     image size only the size-independent checks run (labels, mask encodings, emptiness).
 
     Returns:
@@ -330,7 +330,7 @@ def query_from_prompt(
     h = int(height) if height else _BIG
     masks = []
     for i, image in enumerate(msg.masks):
-        from .conversions import mask_from_image
+        from sam3d_ros.ros.conversions import mask_from_image
 
         mask = mask_from_image(image, f"{prefix}.masks[{i}]")
         if width and height and mask.shape != (h, w):
@@ -412,12 +412,12 @@ def build_camera_frame(
     """Decode one synchronised image / depth / CameraInfo set into a :class:`CameraFrame`.
 
     * CameraInfo for another resolution of the same camera is rescaled to the image
-      (:func:`~sam3d_ros.conventions.scale_intrinsics`);
+      (:func:`~sam3d_ros.core.conventions.scale_intrinsics`);
     * a depth image of another size with the same aspect ratio is back-projected with its own
       (rescaled) intrinsics and resampled (nearest) onto the colour pixels;
     * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug);
     * ``CompressedImage`` colour (JPEG/PNG) and ``compressedDepth`` depth are decoded by
-      :mod:`sam3d_ros.compressed`, their declared sizes checked against the CameraInfo and the
+      :mod:`sam3d_ros.ros.compressed`, their declared sizes checked against the CameraInfo and the
       colour image before decoding.
 
     ``warn(key, message)`` receives non-fatal remarks (frame ids that differ).
@@ -425,8 +425,12 @@ def build_camera_frame(
     Raises:
         InputError: naming ``image``, ``depth`` or ``camera_info`` fields.
     """
-    from .compressed import depth_from_compressed, rgb_from_compressed
-    from .conversions import depth_from_image, intrinsics_from_camera_info, rgb_from_image
+    from sam3d_ros.ros.compressed import depth_from_compressed, rgb_from_compressed
+    from sam3d_ros.ros.conversions import (
+        depth_from_image,
+        intrinsics_from_camera_info,
+        rgb_from_image,
+    )
 
     if isinstance(image, CompressedImage):
         # The CameraInfo first: it bounds the size the payload may declare.
@@ -438,13 +442,13 @@ def build_camera_frame(
         intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
     h, w = rgb.shape[:2]
     if (intr.width, intr.height) != (w, h):
-        if not cv.same_aspect(intr.width, intr.height, w, h):
+        if not conventions.same_aspect(intr.width, intr.height, w, h):
             raise InputError(
                 f"{prefix}camera_info",
                 f"is for a {intr.width}x{intr.height} image but the image is {w}x{h} "
                 "(different aspect ratio: not the same camera)",
             )
-        intr = cv.scale_intrinsics(intr, w, h)
+        intr = conventions.scale_intrinsics(intr, w, h)
     points = None
     if depth is not None:
         if warn is not None and depth.header.frame_id != image.header.frame_id:
@@ -461,25 +465,25 @@ def build_camera_frame(
             depth_m, depth_encoding = depth_from_image(depth, f"{prefix}depth"), depth.encoding
         dh, dw = depth_m.shape
         if (dw, dh) != (w, h):
-            if not cv.same_aspect(dw, dh, w, h):
+            if not conventions.same_aspect(dw, dh, w, h):
                 raise InputError(
                     f"{prefix}depth",
                     f"depth is {dw}x{dh} but the image is {w}x{h} and the aspect ratios "
                     "differ; publish depth registered to the colour image",
                 )
-            d_points = cv.backproject(depth_m, cv.scale_intrinsics(intr, dw, dh))
+            d_points = conventions.backproject(depth_m, conventions.scale_intrinsics(intr, dw, dh))
             cols = np.minimum(((np.arange(w) + 0.5) * dw / w).astype(np.int64), dw - 1)
             rows = np.minimum(((np.arange(h) + 0.5) * dh / h).astype(np.int64), dh - 1)
             points = np.ascontiguousarray(d_points[rows[:, None], cols[None, :]])
         else:
-            points = cv.backproject(depth_m, intr)
+            points = conventions.backproject(depth_m, intr)
         z = points[:, :, 2]
         valid = np.isfinite(z)
         if not valid.any():
             raise InputError(
                 f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
             )
-        if depth_encoding == cv.DEPTH_32FC1:
+        if depth_encoding == conventions.DEPTH_32FC1:
             median = float(np.median(z[valid]))
             if median > 50.0:
                 raise InputError(
@@ -850,8 +854,8 @@ class Sam3dNode(LifecycleNode):
         }
 
     def _build_engine(self) -> Any:
-        from .backends import make_reconstructor, make_segmenter
-        from .engine import Engine
+        from sam3d_ros.backends import make_reconstructor, make_segmenter
+        from sam3d_ros.core.engine import Engine
 
         options = self._backend_options()
         segmentation = self._p("segmentation_backend")
@@ -877,7 +881,7 @@ class Sam3dNode(LifecycleNode):
             palm_height=self._p("gripper_palm_height"))
 
     def _build_grasp_planner(self) -> Any:
-        from .backends import make_grasp_planner
+        from sam3d_ros.backends import make_grasp_planner
 
         if self._p("grasp_planner") == "none":
             return None
@@ -1192,7 +1196,7 @@ class Sam3dNode(LifecycleNode):
     def _write_run(self, kind: str, request: Dict[str, Any], frame: Frame,
                    objects: Sequence[ObjectReconstruction],
                    grasps: Optional[Sequence[Sequence[Any]]] = None) -> Dict[str, Any]:
-        from .export import write_run
+        from sam3d_ros.core.export import write_run
 
         base = self._runs_dir()
         with self._lock:
@@ -1242,7 +1246,7 @@ class Sam3dNode(LifecycleNode):
             self._pub_points.publish(
                 out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
         if _has_subscribers(self._pub_debug):
-            from .conversions import numpy_to_image
+            from sam3d_ros.ros.conversions import numpy_to_image
 
             img = out.debug_image(cam.frame.rgb, objects, cam.frame.intrinsics)
             self._pub_debug.publish(numpy_to_image(img, "rgb8", header))
@@ -1268,7 +1272,7 @@ class Sam3dNode(LifecycleNode):
             support_plane=bool(self._p("collision_support_plane")))
 
         def plane() -> Any:
-            from .backends.grasp_analytic import AnalyticGraspPlanner
+            from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
 
             return AnalyticGraspPlanner.fit_plane(cam.frame, objects)
 
@@ -1388,7 +1392,7 @@ class Sam3dNode(LifecycleNode):
             request["mask_urls"] = list(goal.mask_uris)
         info = goal.camera_info
         if info.width and info.height and any(info.k):
-            from .conversions import intrinsics_from_camera_info
+            from sam3d_ros.ros.conversions import intrinsics_from_camera_info
 
             k = intrinsics_from_camera_info(info, "camera_info")
             request["intrinsics"] = {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}

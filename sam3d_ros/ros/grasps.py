@@ -1,8 +1,8 @@
 """The node's grasp outputs, built from core grasps: pure functions, no ROS graph needed.
 
-Inputs are the engine's per-object grasp lists (:attr:`sam3d_ros.engine.EngineResult.grasps`:
+Inputs are the engine's per-object grasp lists (:attr:`sam3d_ros.core.engine.EngineResult.grasps`:
 same order as the objects, best first, camera optical frame, the grasp contract of
-:mod:`sam3d_ros.conventions`) and the objects with their *tracked* ids (the node renumbers
+:mod:`sam3d_ros.core.conventions`) and the objects with their *tracked* ids (the node renumbers
 objects after the engine, so a grasp's own ``object_id`` is not used: the object at the same
 index is).
 
@@ -12,7 +12,8 @@ index is).
 
 ``tcp_offset`` > 0 turns every published pose into the pose of the user's end-effector link:
 the grasp frame moved ``tcp_offset`` metres back along its ``-z``
-(:func:`sam3d_ros.conventions.grasp_to_end_effector`), same orientation. Markers always draw the
+(:func:`sam3d_ros.core.conventions.grasp_to_end_effector`), same orientation. Markers always draw
+the
 gripper around the grasp frame (the fingers at the contacts), whatever the offset.
 """
 
@@ -27,12 +28,12 @@ from geometry_msgs.msg import Point, Pose, PoseArray, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from . import conventions as cv
-from .errors import InputError
-from .msg import Grasp as GraspMsg
-from .msg import GraspArray
-from .ros_outputs import object_color, pose_msg
-from .types import Grasp, ObjectReconstruction
+from sam3d_ros.core import conventions
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import Grasp, ObjectReconstruction
+from sam3d_ros.msg import Grasp as GraspMsg
+from sam3d_ros.msg import GraspArray
+from sam3d_ros.ros.outputs import object_color, pose_msg
 
 GRASP_NS = "sam3d_grasps"
 """Marker namespace of the gripper markers (ids 0..n-1 in publishing order)."""
@@ -82,9 +83,9 @@ def published_pose(grasp: Grasp, tcp_offset: float = 0.0) -> Tuple[np.ndarray, n
     behind it along ``-z`` (same orientation).
     """
     p = np.asarray(grasp.position, dtype=np.float64).reshape(3)
-    q = cv.quat_normalize(np.asarray(grasp.orientation, dtype=np.float64).reshape(4))
+    q = conventions.quat_normalize(np.asarray(grasp.orientation, dtype=np.float64).reshape(4))
     if tcp_offset:
-        return cv.grasp_to_end_effector(p, q, float(tcp_offset))
+        return conventions.grasp_to_end_effector(p, q, float(tcp_offset))
     return p, q
 
 
@@ -98,7 +99,7 @@ def grasp_contacts(grasp: Grasp) -> np.ndarray:
     """The two contact points (2×3); from the contract (``position ∓ width/2 · y``) if unknown."""
     if grasp.contacts is not None:
         return np.asarray(grasp.contacts, dtype=np.float64).reshape(2, 3)
-    _, y, _ = cv.grasp_axes(grasp.orientation)
+    _, y, _ = conventions.grasp_axes(grasp.orientation)
     p = np.asarray(grasp.position, dtype=np.float64).reshape(3)
     half = 0.5 * float(grasp.width) * y
     return np.stack([p - half, p + half])
@@ -207,7 +208,7 @@ def grasp_markers_msg(
     The best grasp of each object is drawn opaque and thick in the object's colour, the others
     thin and faded. Ids ``count..previous_count-1`` (grasps or objects that vanished since the
     last call) get DELETE markers. ``gripper`` is a
-    :class:`~sam3d_ros.backends.grasp_analytic.GripperModel`.
+    :class:`~sam3d_ros.backends.grasp.analytic.GripperModel`.
     """
     _check_lengths(objects, grasps)
     msg = MarkerArray()

@@ -1,6 +1,7 @@
 """Writers for the hosted result: GLB meshes, Gaussian-splat PLY files, JSON and zip, atomically.
 
-Frames (see :mod:`sam3d_ros.conventions`): the combined ``model_glb`` / ``gaussian_splat`` are in
+Frames (see :mod:`sam3d_ros.core.conventions`): the combined ``model_glb`` / ``gaussian_splat``
+are in
 the camera optical frame (metres, x right, y down, z forward); per-object files are in each
 object's canonical frame (``p_camera = R(q) @ (scale ⊙ p_canonical) + translation``). Note that
 the optical frame is y-down, so a generic glTF viewer (which assumes +Y up) shows the combined
@@ -34,10 +35,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from . import __version__
-from . import conventions as cv
-from .errors import InputError
-from .types import Frame, Gaussians, Grasp, ObjectReconstruction
+from sam3d_ros import __version__
+from sam3d_ros.core import conventions
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import Frame, Gaussians, Grasp, ObjectReconstruction
 
 CONTENT_TYPE_GLB = "model/gltf-binary"
 CONTENT_TYPE_PLY = "application/octet-stream"
@@ -318,12 +319,12 @@ def _pose_splat(data: np.ndarray, q: np.ndarray, t: np.ndarray, s: np.ndarray) -
     """
     if not np.allclose(s, s[0], rtol=1e-6, atol=0):
         raise ValueError(f"Gaussians need an isotropic scale, got {s.tolist()}")
-    m = cv.pose_matrix(q, t, s).astype(np.float32)
+    m = conventions.pose_matrix(q, t, s).astype(np.float32)
     data[:, 0:3] = np.einsum("ij,nj->ni", m[:3, :3], data[:, 0:3]) + m[:3, 3]
     data[:, 10:13] += np.float32(np.log(s[0]))
     # new = q ⊗ old as one 4×4 product; rows hold w x y z, so permute the x y z w matrix
     perm = [3, 0, 1, 2]
-    left = cv.quat_left_matrix(q)[np.ix_(perm, perm)].astype(np.float32)
+    left = conventions.quat_left_matrix(q)[np.ix_(perm, perm)].astype(np.float32)
     rot = data[:, 13:17]
     rot[...] = np.einsum("ij,nj->ni", left, rot)
     np.negative(rot, out=rot, where=rot[:, 0:1] < 0)  # canonical sign w >= 0
@@ -362,9 +363,9 @@ def read_splat_ply(path: PathLike) -> Gaussians:
     body = raw[end + len(b"end_header\n"):]
     data = np.frombuffer(body, dtype="<f4", count=count * len(props)).reshape(count, len(props))
     d = data.astype(np.float64)
-    rot = cv.wxyz_to_xyzw(d[:, 13:17])
+    rot = conventions.wxyz_to_xyzw(d[:, 13:17])
     if count:
-        rot = cv.quat_normalize(rot)
+        rot = conventions.quat_normalize(rot)
     return Gaussians(
         means=data[:, 0:3].astype(np.float32),
         scales=np.exp(d[:, 10:13]).astype(np.float32),
@@ -385,11 +386,11 @@ def object_name(obj: ObjectReconstruction) -> str:
 
 
 def _pose(obj: ObjectReconstruction) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q = cv.quat_normalize(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
+    q = conventions.quat_normalize(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
     t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
     if not np.isfinite(t).all():
         raise ValueError(f"{object_name(obj)}: non-finite translation")
-    return q, t, cv.scale_vector(obj.scale)
+    return q, t, conventions.scale_vector(obj.scale)
 
 
 def object_glb_mesh(obj: ObjectReconstruction, frame: str = "canonical") -> GlbMesh:
@@ -397,7 +398,7 @@ def object_glb_mesh(obj: ObjectReconstruction, frame: str = "canonical") -> GlbM
     v = np.asarray(obj.mesh.vertices, dtype=np.float32)
     if frame == "camera":
         q, t, s = _pose(obj)
-        v = cv.canonical_to_camera(v.reshape(-1, 3), q, t, s)
+        v = conventions.canonical_to_camera(v.reshape(-1, 3), q, t, s)
     elif frame != "canonical":
         raise ValueError(f"frame must be 'canonical' or 'camera', got {frame!r}")
     return GlbMesh(object_name(obj), v, obj.mesh.faces, obj.mesh.colors)
@@ -408,7 +409,7 @@ def camera_gaussians(objects: Sequence[ObjectReconstruction]) -> Gaussians:
     parts = []
     for obj in objects:
         q, t, s = _pose(obj)
-        parts.append(cv.transform_gaussians(obj.gaussians, q, t, s))
+        parts.append(conventions.transform_gaussians(obj.gaussians, q, t, s))
     if not parts:
         return Gaussians(*(np.zeros(shape, np.float32) for shape in
                            ((0, 3), (0, 3), (0, 4), (0, 3), (0,))))
@@ -430,7 +431,7 @@ def _camera_pose(frame: Optional[Frame]) -> np.ndarray:
 def grasp_entries(grasps: Sequence[Grasp]) -> List[Dict[str, Any]]:
     """The grasp contract: ``[{"position", "orientation", "width", "score", ...}]``, best first.
 
-    Camera optical frame; see :class:`sam3d_ros.types.Grasp` for the grasp frame. Extra keys:
+    Camera optical frame; see :class:`sam3d_ros.core.types.Grasp` for the grasp frame. Extra keys:
     ``contacts`` and ``contacts_observed``.
     """
     return [g.to_dict() for g in grasps]
@@ -649,7 +650,7 @@ def _metadata_document(
         docs.append(dict(
             meta,
             extents=None if obj.extents is None else _floats(obj.extents),
-            pose_matrix=[_floats(r) for r in cv.pose_matrix(meta["rotation"][0],
+            pose_matrix=[_floats(r) for r in conventions.pose_matrix(meta["rotation"][0],
                                                             meta["translation"][0],
                                                             meta["scale"][0])],
             num_vertices=int(np.shape(obj.mesh.vertices)[0]),

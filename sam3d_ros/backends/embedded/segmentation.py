@@ -3,7 +3,7 @@
 The backend works on the pointmap (camera optical frame, metres, NaN = invalid):
 
 1. the dominant support plane is fitted once per frame (RANSAC on a subsampled pointmap, see
-   :mod:`sam3d_ros.backends.plane`); points within a few millimetres of it (or below it) are
+   :mod:`sam3d_ros.core.support_plane`); points within a few millimetres of it (or below it) are
    "support", everything above it is a foreground candidate;
 2. foreground candidates are split into depth-connected regions on the pixel grid: a pixel that
    has a 4-neighbour nearer to the camera by more than a range-dependent jump is the far side of
@@ -30,11 +30,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
-from .colour_depth_refine import refine_mask
-from .masks import pass_through_masks
-from .plane import Plane, fit_support_plane
+from sam3d_ros.backends.embedded.colour_depth_refine import refine_mask
+from sam3d_ros.backends.masks import pass_through_masks
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.support_plane import Plane, fit_support_plane
+from sam3d_ros.core.types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
 
 TEXT_UNSUPPORTED = (
     "the embedded segmentation backend cannot read text prompts; use segmentation_backend "
@@ -107,7 +107,8 @@ class EmbeddedSegmenter:
             the image and within this 3D distance (metres) are parts of it.
         seed: RANSAC seed (results are deterministic for a given seed).
         colour_refine: refine prompted masks on colour with depth-certain labels
-            (:mod:`~sam3d_ros.backends.colour_depth_refine`; real cameras' depth outlines are
+            (:mod:`~sam3d_ros.backends.embedded.colour_depth_refine`; real cameras' depth outlines
+            are
             shifted and smeared against the colour image).
     """
 

@@ -3,7 +3,7 @@
 ``make_tabletop_scene(seed)`` builds a table, drops ``n_objects`` random objects from
 ``pybullet_data/random_urdfs`` onto it, lets physics settle, and renders RGB, depth and an
 instance segmentation from a robot-head-like camera looking down at the table. Depth gets the
-:class:`~sam3d_ros.synthetic.sensor.SensorNoise` model.
+:class:`~sam3d_bench.sensor.SensorNoise` model.
 
 Frames (same contract as the rest of the core):
 
@@ -28,8 +28,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..types import BoxPrompt, CameraIntrinsics, Frame, ObjectPrompt, SegmentationQuery
-from .sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
+from sam3d_ros.core.types import (
+    BoxPrompt,
+    CameraIntrinsics,
+    Frame,
+    ObjectPrompt,
+    SegmentationQuery,
+)
 
 MAX_URDF_ID = 900
 """``random_urdfs`` ids ``0 .. MAX_URDF_ID - 1`` are ours; higher ids are held out."""

@@ -7,7 +7,7 @@ and touching objects at one depth merge. Colour alone leaks into anything of a s
 Here each does what it is good at:
 
 * depth decides what is **certainly not** the object: the support plane, everything far behind
-  or in front of the object's own surface (:func:`sam3d_ros.depth_hygiene.object_depth`), and
+  or in front of the object's own surface (:func:`sam3d_ros.core.depth_hygiene.object_depth`), and
   for a box prompt everything outside the box; for a click, everything farther from the click
   than a graspable object can reach;
 * depth decides what is **certainly** the object: the inner core of its reliable surface, and
@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..depth_hygiene import object_depth
+from sam3d_ros.core.depth_hygiene import object_depth
 
 try:  # OpenCV is a core dependency; without it the refinement is skipped.
     import cv2

@@ -3,15 +3,15 @@
 The project does not use ``cv_bridge`` or ``sensor_msgs_py`` (neither is on PyPI for ROS 2, and
 the PyPI ``cv-bridge`` is a ROS 1 port that breaks on numpy 2 and mangles ``16UC1``).
 
-Units and conventions (see :mod:`sam3d_ros.conventions`, which owns them):
+Units and conventions (see :mod:`sam3d_ros.core.conventions`, which owns them):
 
 * colour images come out as H×W×3 ``uint8`` RGB;
 * depth images come out as H×W ``float32`` metres with NaN = invalid (``16UC1`` = millimetres,
-  ``32FC1`` = metres, converted by :func:`sam3d_ros.conventions.depth_to_metres`);
+  ``32FC1`` = metres, converted by :func:`sam3d_ros.core.conventions.depth_to_metres`);
 * masks come out as H×W ``bool`` (non-zero = object);
 * point clouds hold ``float32`` metres in the message's frame.
 
-Every function raises :class:`sam3d_ros.errors.InputError` naming the offending message field
+Every function raises :class:`sam3d_ros.core.errors.InputError` naming the offending message field
 (``image.encoding``, ``depth.step``, ``camera_info.k``, ``cloud.fields``, ...) for bad input; the
 prefix is the ``field`` argument of each function.
 
@@ -34,15 +34,15 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from .conventions import (
+from sam3d_ros.core.conventions import (
     DEPTH_16UC1,
     DEPTH_32FC1,
     depth_to_metres,
     intrinsics_from_matrix,
     scale_intrinsics,
 )
-from .errors import InputError
-from .types import CameraIntrinsics
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import CameraIntrinsics
 
 __all__ = [
     "CloudArrays",
@@ -227,7 +227,8 @@ def depth_from_image(msg: Image, field: str = "depth") -> np.ndarray:
     """Decode a depth image to H×W ``float32`` metres, NaN = invalid (REP 118).
 
     ``16UC1`` (and ``mono16``) hold millimetres, ``0`` = invalid; ``32FC1`` holds metres, NaN,
-    ``±inf`` and ``<= 0`` are invalid. Converted by :func:`sam3d_ros.conventions.depth_to_metres`.
+    ``±inf`` and ``<= 0`` are invalid. Converted by
+    :func:`sam3d_ros.core.conventions.depth_to_metres`.
 
     Returns:
         a new H×W ``float32`` array in metres; every invalid pixel is NaN.
@@ -291,7 +292,7 @@ def numpy_to_image(
         image: H×W (single channel) or H×W×C array whose type matches ``encoding``
             (``uint8`` for rgb8/bgr8/mono8/8UC*, ``uint16`` for mono16/16UC1 millimetres,
             ``float32`` for 32FC1 metres, ...). The bytes are written as they are: no channel
-            reorder, no unit conversion (see :mod:`sam3d_ros.conventions` for depth units).
+            reorder, no unit conversion (see :mod:`sam3d_ros.core.conventions` for depth units).
         encoding: a key of :data:`IMAGE_ENCODINGS`.
         header: copied into the message when given.
         field: name used in errors.
@@ -339,7 +340,7 @@ def intrinsics_from_camera_info(msg: CameraInfo, field: str = "camera_info") -> 
     image's camera) is used when ``P[0] != 0``, else ``K`` (an uncalibrated or not-yet-rectified
     camera). A region of interest shifts the principal point and sets the size; binning
     ``b > 1`` scales the intrinsics to the binned image with the pixel-centre convention of
-    :func:`sam3d_ros.conventions.scale_intrinsics`. Distortion is ignored (use rectified
+    :func:`sam3d_ros.core.conventions.scale_intrinsics`. Distortion is ignored (use rectified
     images).
 
     Returns:

@@ -2,7 +2,7 @@
 
 Everything here is plain numpy + dataclasses so the core runs without ROS.
 
-Units and frames (see :mod:`sam3d_ros.conventions` for the single source of truth):
+Units and frames (see :mod:`sam3d_ros.core.conventions` for the single source of truth):
 
 * pixel coordinates: ``(x, y)`` = (column, row), origin at the top-left pixel centre;
 * 3D points: metres, camera optical frame (x right, y down, z forward, REP 103);
@@ -152,7 +152,7 @@ class Mesh:
 
 @dataclass
 class ObjectReconstruction:
-    """One reconstructed object, in the frame contract of :mod:`sam3d_ros.conventions`.
+    """One reconstructed object, in the frame contract of :mod:`sam3d_ros.core.conventions`.
 
     ``mesh`` and ``gaussians`` are in the canonical object frame; ``rotation`` ([x, y, z, w]),
     ``translation`` (metres) and ``scale`` map canonical to the camera optical frame.
@@ -201,7 +201,8 @@ class ReconstructionBackend(Protocol):
 class Grasp:
     """One parallel-jaw grasp, in the camera optical frame (the grasp contract).
 
-    Grasp frame (see :func:`sam3d_ros.conventions.grasp_rotation`): origin = midpoint between the
+    Grasp frame (see :func:`sam3d_ros.core.conventions.grasp_rotation`): origin = midpoint between
+    the
     two fingertip contact points; +z = approach (the gripper moves along +z towards the object,
     fingers point along +z); +y = closing direction (the line between the fingers); +x = y × z.
 
@@ -259,7 +260,8 @@ class GraspPlanner(Protocol):
         """Return, per object (same order), its grasps best first, in the camera optical frame.
 
         ``support_plane`` is anything with a unit ``normal`` (pointing to the camera side) and
-        an ``offset`` (``normal · p + offset = 0``), e.g. :class:`sam3d_ros.backends.plane.Plane`;
+        an ``offset`` (``normal · p + offset = 0``), e.g.
+        :class:`sam3d_ros.core.support_plane.Plane`;
         ``None`` lets the planner fit it from ``frame.points``.
         """
         ...

@@ -9,7 +9,7 @@ each frame's objects into the operations that bring MoveIt's world up to date:
   object that exists): ``id`` = the TF child frame ``<tf_prefix><id>``, ``header.frame_id`` =
   the camera optical frame, ``pose`` = the object pose (the same as its TF frame), one mesh in
   the object frame (``mesh_poses`` = identity), closed and decimated to at most
-  ``max_triangles`` (:mod:`~sam3d_ros.mesh_decimation`), and subframes ``grasp_0`` ..
+  ``max_triangles`` (:mod:`~sam3d_ros.core.mesh_decimation`), and subframes ``grasp_0`` ..
   ``grasp_{n-1}``: the object's best grasps relative to the object pose (MoveIt names them
   ``<id>/grasp_0`` ...).
 * **MOVE** when only the pose changed: the mesh MoveIt holds (in the object frame) still
@@ -40,17 +40,17 @@ from shape_msgs.msg import Mesh as MeshMsg
 from shape_msgs.msg import SolidPrimitive
 from std_msgs.msg import Header
 
-from . import conventions as cv
-from .mesh_decimation import (  # noqa: F401 - re-exported
+from sam3d_ros.core import conventions
+from sam3d_ros.core.mesh_decimation import (  # noqa: F401 - re-exported
     SHAPE_TOLERANCE_M,
     SHAPE_TOLERANCE_REL,
     decimate_closed,
     is_closed_manifold,
     same_shape,
 )
-from .ros_grasps import published_pose
-from .ros_outputs import _points, _triangles, object_size, object_vertices_m, pose_msg
-from .types import Grasp, ObjectReconstruction
+from sam3d_ros.core.types import Grasp, ObjectReconstruction
+from sam3d_ros.ros.grasps import published_pose
+from sam3d_ros.ros.outputs import _points, _triangles, object_size, object_vertices_m, pose_msg
 
 SUPPORT_ID = "support_plane"
 """Suffix of the support-plane box's id (``<tf_prefix>support_plane``)."""
@@ -86,11 +86,11 @@ def relative_pose(
     position: np.ndarray, orientation: np.ndarray,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """A camera-frame pose expressed in another camera-frame pose: ``T_frame⁻¹ · T_pose``."""
-    q_frame = cv.quat_normalize(frame_orientation)
-    r = cv.quat_to_matrix(q_frame)
+    q_frame = conventions.quat_normalize(frame_orientation)
+    r = conventions.quat_to_matrix(q_frame)
     p = r.T @ (np.asarray(position, dtype=np.float64) - np.asarray(frame_position, np.float64))
-    q = cv.quat_canonical(cv.quat_multiply(cv.quat_conjugate(q_frame),
-                                           cv.quat_normalize(orientation)))
+    q = conventions.quat_canonical(conventions.quat_multiply(conventions.quat_conjugate(q_frame),
+                                           conventions.quat_normalize(orientation)))
     return p, q
 
 
@@ -125,14 +125,15 @@ def support_box(
     """
     if plane is None or not objects:
         return None
-    normal = cv._unit(np.asarray(plane.normal, dtype=np.float64).reshape(3), "plane.normal")
+    normal = conventions._unit(np.asarray(plane.normal, dtype=np.float64).reshape(3),
+                               "plane.normal")
     offset = float(plane.offset)
     x = np.array([1.0, 0.0, 0.0]) - normal[0] * normal
     if np.linalg.norm(x) < 1e-6:  # plane facing sideways to the camera: use camera y instead
         x = np.array([0.0, 1.0, 0.0]) - normal[1] * normal
     x = x / np.linalg.norm(x)
     y = np.cross(normal, x)
-    pts = np.concatenate([cv.canonical_to_camera(np.asarray(o.mesh.vertices, np.float64),
+    pts = np.concatenate([conventions.canonical_to_camera(np.asarray(o.mesh.vertices, np.float64),
                                                  o.rotation, o.translation, o.scale)
                           for o in objects])
     on_plane = pts - (pts @ normal + offset)[:, None] * normal
@@ -145,7 +146,7 @@ def support_box(
     # origin ⟂ x, y, so the plane point with coordinates (u, w) is origin + u·x + w·y.
     centre = origin + centre_uv[0] * x + centre_uv[1] * y - 0.5 * thickness * normal
     rotation = np.stack([x, y, normal], axis=1)
-    return centre, cv.matrix_to_quat(rotation), np.array([size[0], size[1], thickness])
+    return centre, conventions.matrix_to_quat(rotation), np.array([size[0], size[1], thickness])
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +181,8 @@ class _Entry:
 
 def _pose_changed(p0, q0, p1, q1) -> bool:
     moved = float(np.linalg.norm(np.asarray(p1) - np.asarray(p0))) > MOVE_MIN_M
-    dot = min(1.0, abs(float(np.dot(cv.quat_normalize(q0), cv.quat_normalize(q1)))))
+    dot = min(1.0, abs(float(np.dot(conventions.quat_normalize(q0),
+                                    conventions.quat_normalize(q1)))))
     turned = math.degrees(2.0 * math.acos(dot)) > MOVE_MIN_DEG
     return moved or turned
 
@@ -269,7 +271,8 @@ class CollisionScene:
                    options: SceneOptions) -> Optional[CollisionObject]:
         obj_id = f"{options.prefix}{int(obj.object_id)}"
         position = np.asarray(obj.translation, dtype=np.float64).reshape(3)
-        orientation = cv.quat_normalize(np.asarray(obj.rotation, dtype=np.float64).reshape(4))
+        orientation = conventions.quat_normalize(np.asarray(obj.rotation,
+                                                            dtype=np.float64).reshape(4))
         n_sub = min(int(options.subframes), len(grasps))
         entry = self._entries.get(obj_id)
         if entry is not None and n_sub <= entry.subframes:

@@ -1,6 +1,6 @@
 """Statistics of depth-sensor artefacts, measured the same way on real and on synthetic frames.
 
-These parameterise :meth:`sam3d_ros.synthetic.sensor.SensorNoise.realsense` (measured on the real
+These parameterise :meth:`sam3d_bench.sensor.SensorNoise.realsense` (measured on the real
 RealSense frames by ``benchmarks/measure_real_sensor.py``) and let a synthetic scene set be checked
 against the real one. Every function takes a depth image in metres with ``NaN`` (or ``0``) for
 "no return", an H×W×3 ``uint8`` colour image registered to it, and optional boolean object masks

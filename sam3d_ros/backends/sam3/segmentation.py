@@ -7,7 +7,7 @@ Two models are read from ONE local checkpoint directory (a snapshot of the gated
   of the phrase, with masks, boxes and scores above ``threshold``;
 * **points / boxes** → ``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (promptable visual
   segmentation, the SAM 1/2 interactive path): ONE object per
-  :class:`~sam3d_ros.types.ObjectPrompt` (all prompts sharing an ``object_id``), not "find
+  :class:`~sam3d_ros.core.types.ObjectPrompt` (all prompts sharing an ``object_id``), not "find
   everything similar to this box";
 * **masks** pass through, validated.
 
@@ -30,9 +30,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailableError, InputError
-from ..types import Frame, ObjectMask, ObjectPrompt, SegmentationQuery
-from .masks import pass_through_masks
+from sam3d_ros.backends.masks import pass_through_masks
+from sam3d_ros.core.errors import BackendError, BackendUnavailableError, InputError
+from sam3d_ros.core.types import Frame, ObjectMask, ObjectPrompt, SegmentationQuery
 
 _LOG = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """The reconstruction pipeline: request → load → segment → reconstruct → grasp → export.
 
 :class:`Engine` is what the CLI and the ROS node share. :meth:`Engine.run` takes a hosted request
-(dict or :class:`~sam3d_ros.inputs.ParsedRequest`) and, with an ``output_dir``, writes the run
-directory atomically through :func:`sam3d_ros.export.write_run` and returns the hosted result.
+(dict or :class:`~sam3d_ros.core.inputs.ParsedRequest`) and, with an ``output_dir``, writes the run
+directory atomically through :func:`sam3d_ros.core.export.write_run` and returns the hosted result.
 :meth:`Engine.process` is the file-free part (segment + reconstruct + grasp) the ROS node calls on
-frames it built itself. The grasp stage (a :class:`~sam3d_ros.types.GraspPlanner`, ``"analytic"``
+frames it built itself. The grasp stage (a :class:`~sam3d_ros.core.types.GraspPlanner`,
+``"analytic"``
 by default, ``grasp_planner=None`` disables it) plans grasps on the reconstructed meshes; they go
 into :attr:`EngineResult.grasps` and each object's entry of the metadata.
 
@@ -12,11 +13,11 @@ Progress: ``progress(stage, fraction, message)`` is called at the start and end 
 ``fraction`` is the overall progress in ``[0, 1]`` (load 0–0.1, segment 0.1–0.3,
 reconstruct 0.3–0.85, grasp 0.85–0.9, export 0.9–1). Cancellation: ``cancel()`` is polled
 before every stage and after the last one; when it returns true the run stops with
-:class:`~sam3d_ros.errors.Cancelled` and nothing is written.
+:class:`~sam3d_ros.core.errors.Cancelled` and nothing is written.
 
 Determinism: before segmentation, Python's ``random``, NumPy's global RNG and (when already
 imported) torch are seeded from the request's seed, which is also handed to the backends. The seed
-is :data:`sam3d_ros.inputs.DEFAULT_SEED` (42) when the request has none.
+is :data:`sam3d_ros.core.inputs.DEFAULT_SEED` (42) when the request has none.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import BackendError, Cancelled, InputError, NoObjectFound, Sam3dError
-from .inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
-from .types import (
+from sam3d_ros.core.errors import BackendError, Cancelled, InputError, NoObjectFound, Sam3dError
+from sam3d_ros.core.inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
+from sam3d_ros.core.types import (
     Frame,
     Grasp,
     ObjectMask,
@@ -170,7 +171,7 @@ class Engine:
         grasp_planner: Any = "analytic",
     ):
         """Build an engine; ``None`` backends mean ``"embedded"``, ``grasp_planner=None`` none."""
-        from .backends import GRASP_PLANNERS, RECONSTRUCTORS, SEGMENTERS
+        from sam3d_ros.backends import GRASP_PLANNERS, RECONSTRUCTORS, SEGMENTERS
 
         segmenter = "embedded" if segmenter is None else segmenter
         reconstructor = "embedded" if reconstructor is None else reconstructor
@@ -192,7 +193,7 @@ class Engine:
     def segmenter(self) -> Any:
         """The segmentation backend (built from its name on first access)."""
         if isinstance(self._segmenter, str):
-            from .backends import make_segmenter
+            from sam3d_ros.backends import make_segmenter
 
             self._segmenter = make_segmenter(self._segmenter)
         return self._segmenter
@@ -201,7 +202,7 @@ class Engine:
     def reconstructor(self) -> Any:
         """The reconstruction backend (built from its name on first access)."""
         if isinstance(self._reconstructor, str):
-            from .backends import make_reconstructor
+            from sam3d_ros.backends import make_reconstructor
 
             self._reconstructor = make_reconstructor(self._reconstructor)
         return self._reconstructor
@@ -210,7 +211,7 @@ class Engine:
     def grasp_planner(self) -> Any:
         """The grasp planner (built from its name on first access), or ``None`` (disabled)."""
         if isinstance(self._grasp_planner, str):
-            from .backends import make_grasp_planner
+            from sam3d_ros.backends import make_grasp_planner
 
             self._grasp_planner = make_grasp_planner(self._grasp_planner)
         return self._grasp_planner
@@ -266,7 +267,7 @@ class Engine:
             return outcome
 
         def write() -> Dict[str, Any]:
-            from .export import write_run
+            from sam3d_ros.core.export import write_run
 
             return write_run(
                 output_dir, parsed.request, parsed.frame, outcome.objects, base_url=base_url,
@@ -289,7 +290,7 @@ class Engine:
     ) -> EngineResult:
         """Segment, reconstruct and plan grasps on one frame; writes nothing (no ``result``).
 
-        When segmentation finds nothing this raises :class:`~sam3d_ros.errors.NoObjectFound`,
+        When segmentation finds nothing this raises :class:`~sam3d_ros.core.errors.NoObjectFound`,
         or with ``allow_empty`` returns an empty result (no objects; ``grasps`` an empty list
         when a planner is configured, else ``None``).
         """

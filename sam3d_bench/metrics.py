@@ -29,7 +29,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .scenes import GroundTruthObject, SyntheticScene
+    from sam3d_bench.scenes import GroundTruthObject, SyntheticScene
 
 DEFAULT_SAMPLES = 20000
 THRESHOLDS_M = (0.005, 0.01)

@@ -23,7 +23,8 @@ Hosted fields keep their names and meaning (see ``fal_schema.md``):
     accepted as an extension.
 
 Precedence (as hosted): masks, else point/box prompts, else the text prompt, else automatic
-segmentation (an empty :class:`~sam3d_ros.types.SegmentationQuery`). Fields that lose are still
+segmentation (an empty :class:`~sam3d_ros.core.types.SegmentationQuery`). Fields that lose are
+still
 validated, then dropped.
 
 Extension fields (not in the hosted schema; ignored by the hosted service):
@@ -66,7 +67,7 @@ URIs (:func:`read_uri`): a plain path (relative to ``base_dir``, e.g. the reques
 directory), ``file://``, ``data:`` (base64 or percent-encoded) and, only with
 ``InputOptions.allow_http``, ``http(s)://``. Every source is limited to ``max_bytes``. With
 ``allowed_roots``, local paths must resolve (symlinks and ``..`` included) inside one of them.
-Every problem raises :class:`~sam3d_ros.errors.InputError` naming the field.
+Every problem raises :class:`~sam3d_ros.core.errors.InputError` naming the field.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import conventions
-from .errors import InputError
-from .types import (
+from sam3d_ros.core import conventions
+from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.types import (
     BoxPrompt,
     CameraIntrinsics,
     Frame,

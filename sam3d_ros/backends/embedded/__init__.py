@@ -1,0 +1,1 @@
+"""Embedded CPU backends (numpy, scipy, OpenCV; no weights): segmentation and reconstruction."""

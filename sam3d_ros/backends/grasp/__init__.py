@@ -1,0 +1,1 @@
+"""Grasp planners behind the GraspPlanner protocol."""

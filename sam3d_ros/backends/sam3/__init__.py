@@ -1,0 +1,1 @@
+"""SAM 3 segmentation adapter (needs torch and the gated checkpoint)."""
