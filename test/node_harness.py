@@ -19,6 +19,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from moveit_msgs.msg import CollisionObject
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -34,26 +36,31 @@ from sam3d_ros.core.conventions import metres_to_depth16, metres_to_depth32
 from sam3d_ros.ros.conversions import numpy_to_image
 
 NODE_EXE = Path(sys.prefix) / "lib" / "sam3d_ros" / "sam3d_node"
+FAKE_NODE = Path(__file__).resolve().parent / "fake_node.py"  # the node with contract fakes
 FRAME_ID = "camera_color_optical_frame"
 
 
-def node_command(ros_args: Sequence[str]) -> List[str]:
-    """The command line of the installed node executable with ``--ros-args``."""
+def node_command(ros_args: Sequence[str], fakes: bool = False) -> List[str]:
+    """The command line of the installed node executable with ``--ros-args``.
+
+    ``fakes``: the same node with the contract-fake backends (``fake_node.py``).
+    """
     assert NODE_EXE.is_file(), f"{NODE_EXE} is not installed (run tools/bootstrap.sh)"
-    return [sys.executable, str(NODE_EXE), "--ros-args", *ros_args]
+    return [sys.executable, str(FAKE_NODE if fakes else NODE_EXE), "--ros-args", *ros_args]
 
 
 class NodeProcess:
     """The node in its own process; its log lines are collected in :attr:`lines`."""
 
-    def __init__(self, ros_args: Sequence[str], env: Optional[Dict[str, str]] = None):
+    def __init__(self, ros_args: Sequence[str], env: Optional[Dict[str, str]] = None,
+                 fakes: bool = False):
         full_env = dict(os.environ)
         full_env.update({"PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
                          "RCUTILS_COLORIZED_OUTPUT": "0"})
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            node_command(ros_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=full_env)
+            node_command(ros_args, fakes), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=full_env)
         self.lines: List[str] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -102,13 +109,14 @@ class NodeProcess:
 
 @contextlib.contextmanager
 def running_node(params: Optional[Dict[str, Any]] = None, extra: Sequence[str] = (),
-                 ready: str = "active: processing"):
+                 ready: str = "active: processing", env: Optional[Dict[str, str]] = None,
+                 fakes: bool = False):
     args: List[str] = []
     for key, value in (params or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"
         args += ["-p", f"{key}:={value}"]
-    node = NodeProcess([*args, *extra])
+    node = NodeProcess([*args, *extra], env, fakes)
     try:
         if ready:
             assert node.wait_for_line(ready, 60.0), f"node did not start:\n{node.log()}"
@@ -287,6 +295,25 @@ def scene(seed: int = 1, width: int = 320, height: int = 240, n_objects: int = 3
     if key not in _SCENES:
         _SCENES[key] = make_tabletop_scene(seed, n_objects=n_objects, width=width, height=height)
     return _SCENES[key]
+
+
+def call(rec: "Recorder", client: Any, request: Any, timeout: float = 20.0) -> Any:
+    """Call a service of the node and wait for the answer."""
+    assert client.wait_for_service(timeout_sec=timeout)
+    future = client.call_async(request)
+    assert rec.wait(future.done, timeout)
+    return future.result()
+
+
+def state(rec: "Recorder", client: Any) -> str:
+    """The node's lifecycle state label (``client``: a ``GetState`` client)."""
+    return call(rec, client, GetState.Request()).current_state.label
+
+
+def transition(rec: "Recorder", client: Any, transition_id: int, timeout: float = 20.0) -> bool:
+    """Trigger a lifecycle transition (``client``: a ``ChangeState`` client)."""
+    return call(rec, client, ChangeState.Request(transition=Transition(id=transition_id)),
+                timeout).success
 
 
 @contextlib.contextmanager

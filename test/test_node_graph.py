@@ -29,8 +29,9 @@ THROTTLE = 0.5
 # Reliable camera QoS here: best-effort delivery of single 300 kB frames on a loaded 2-core host
 # loses some, and these tests publish one frame per check (test_node_lifecycle covers the
 # default best_effort QoS and the QoS-mismatch warning).
+# A 1 s diagnostics window: a case's failure is judged without the previous case's frames.
 PARAMS = {"tf_prefix": PREFIX, "sync_slop_s": 0.01, "warn_throttle_s": THROTTLE,
-          "camera_qos_reliability": "reliable"}
+          "camera_qos_reliability": "reliable", "diagnostics_window_s": 1.0}
 
 
 @pytest.fixture(scope="module")

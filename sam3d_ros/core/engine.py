@@ -12,8 +12,9 @@ into :attr:`EngineResult.grasps` and each object's entry of the metadata.
 Progress: ``progress(stage, fraction, message)`` is called at the start and end of every stage;
 ``fraction`` is the overall progress in ``[0, 1]`` (load 0–0.1, segment 0.1–0.3,
 reconstruct 0.3–0.85, grasp 0.85–0.9, export 0.9–1). Cancellation: ``cancel()`` is polled
-before every stage and after the last one; when it returns true the run stops with
-:class:`~sam3d_ros.core.errors.Cancelled` and nothing is written.
+before every stage and after the last one, and inside a stage wherever the backend calls
+:func:`~sam3d_ros.core.cancellation.check_cancelled` (between objects); when it returns true the
+run stops with :class:`~sam3d_ros.core.errors.Cancelled` and nothing is written.
 
 Determinism: before segmentation, Python's ``random``, NumPy's global RNG and (when already
 imported) torch are seeded from the request's seed, which is also handed to the backends. The seed
@@ -32,6 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from sam3d_ros.core.cancellation import cancellable
 from sam3d_ros.core.errors import BackendError, Cancelled, InputError, NoObjectFound, Sam3dError
 from sam3d_ros.core.inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
 from sam3d_ros.core.types import (
@@ -143,7 +145,8 @@ class _Stages:
             self.progress(stage, start, message)
         began = time.perf_counter()
         try:
-            value = func()
+            with cancellable(lambda: self.check_cancel(f"the end of the {stage} stage")):
+                value = func()
         except Sam3dError:
             raise
         except Exception as exc:  # a backend or writer bug: keep the stage in the message

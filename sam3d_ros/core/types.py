@@ -193,7 +193,11 @@ class ReconstructionBackend(Protocol):
     def reconstruct(
         self, frame: Frame, masks: Sequence[ObjectMask], seed: int
     ) -> List[ObjectReconstruction]:
-        """Return one reconstruction per mask, in the same order."""
+        """Return one reconstruction per mask, in the same order.
+
+        A backend that takes long per object calls
+        :func:`sam3d_ros.core.cancellation.check_cancelled` between objects.
+        """
         ...
 
 

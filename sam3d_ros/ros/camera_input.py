@@ -6,12 +6,20 @@ their approximate-time pairing; :func:`build_camera_frame` decodes one synchroni
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSCompatibility,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_check_compatible,
+)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -150,25 +158,26 @@ class CameraInput:
     Args:
         node: the node that subscribes.
         param: ``param(name)`` reads a node parameter.
-        stats: counts images, synchronised sets and lost messages, and QoS problems.
+        stats: counts images, synchronised sets and lost messages.
         on_frame: ``on_frame(CameraMessages)`` for every synchronised set.
-        on_error: ``on_error(InputError)`` for an image that found no partner.
-        warn: ``warn(key, message)``, throttled per key.
+        on_unmatched: ``on_unmatched(InputError)`` for an image that found no partner.
+        report: warnings (``warn_throttled``, ``warn_once``) and ``guarded`` callbacks.
         callback_group: of the subscriptions.
     """
 
     def __init__(self, node: Any, param: Callable[[str], Any], stats: PipelineStats,
                  on_frame: Callable[[CameraMessages], None],
-                 on_error: Callable[[InputError], None], warn: Callable[[str, str], None],
+                 on_unmatched: Callable[[InputError], None], report: Any,
                  callback_group: Any) -> None:
         self._node = node
         self._p = param
         self._stats = stats
         self._on_frame = on_frame
-        self._on_error = on_error
-        self._warn = warn
+        self._on_unmatched_error = on_unmatched
+        self._report = report
         self._group = callback_group
         self._subs: List[Any] = []
+        self._qos: Optional[QoSProfile] = None
         self._sync: Optional[ApproxTimeSync] = None
         self._latest: Optional[CameraMessages] = None
 
@@ -193,7 +202,7 @@ class CameraInput:
 
     def subscribe(self, active: Callable[[], bool]) -> None:
         """Subscribe to the three topics; messages count only while ``active()``."""
-        qos = self.qos()
+        qos = self._qos = self.qos()
         slop = float(self._p("sync_slop_s"))
         self._sync = ApproxTimeSync(
             3, slop, self._on_synced, self._on_unmatched, expire_s=max(0.5, 5.0 * slop),
@@ -205,12 +214,15 @@ class CameraInput:
             ("camera_info", CameraInfo),
         )):
             resolved = self._node.resolve_topic_name(topic)
+            guard = self._report.guarded
             events = SubscriptionEventCallbacks(
-                incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info),
-                message_lost=self._on_message_lost)
+                incompatible_qos=guard("camera QoS event",
+                                       functools.partial(self._on_incompatible_qos, resolved)),
+                message_lost=guard("camera message-lost event", self._on_message_lost))
             self._subs.append(self._node.create_subscription(
-                msg_type, topic, lambda msg, i=index: self._on_camera(i, msg, active), qos,
-                callback_group=self._group, event_callbacks=events))
+                msg_type, topic,
+                guard("camera callback", lambda msg, i=index: self._on_camera(i, msg, active)),
+                qos, callback_group=self._group, event_callbacks=events))
         names = ", ".join(s.topic_name for s in self._subs)
         self._node.get_logger().info(
             f"camera subscriptions {names} (image_transport={self._p('image_transport')}, "
@@ -239,29 +251,38 @@ class CameraInput:
 
     def _check_publisher_qos(self) -> None:
         """Warn when a publisher on a camera topic cannot reach our subscription."""
-        want_reliable = self._p("camera_qos_reliability") == "reliable"
-        for sub in self._subs:
-            try:
-                infos = self._node.get_publishers_info_by_topic(sub.topic_name)
-            except Exception:  # noqa: BLE001
-                continue
-            for info in infos:
-                if want_reliable and info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT:
-                    self._on_incompatible_qos(sub.topic_name, None, info.node_name)
+        problem = self.qos_problem()
+        if problem:
+            self._report.warn_throttled("qos:camera", problem)
 
-    def _on_incompatible_qos(self, topic: str, info: Any, publisher: str = "") -> None:
-        text = (f"QoS mismatch on {topic}: a publisher{' ' + publisher if publisher else ''} "
-                f"offers best_effort but camera_qos_reliability="
-                f"{self._p('camera_qos_reliability')}; no messages will arrive. Set "
-                "camera_qos_reliability:=best_effort")
-        if info is not None:
-            policy = str(getattr(info, "last_policy_kind", "")).rsplit("POLICY_", 1)[-1].lower()
-            text = (f"QoS mismatch on {topic}: incompatible publisher ({policy}); we "
-                    f"subscribe with reliability={self._p('camera_qos_reliability')}, "
-                    f"depth={self._p('camera_qos_depth')}. Set camera_qos_reliability to "
-                    "match the publisher")
-        self._stats.qos_problem(text)
-        self._warn(f"qos:{topic}", text)
+    def qos_problem(self) -> str:
+        """A camera publisher whose QoS cannot reach our subscription now, or ``""``.
+
+        Asked of the graph each time (not remembered from an event), so the problem clears when
+        the publisher goes or changes.
+        """
+        subs, qos = list(self._subs), self._qos
+        for sub in subs:
+            for info in self._node.get_publishers_info_by_topic(sub.topic_name):
+                compatible, reason = qos_check_compatible(info.qos_profile, qos)
+                if compatible == QoSCompatibility.ERROR:
+                    name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                    return (f"QoS mismatch on {sub.topic_name}: publisher {name} cannot reach "
+                            f"the subscription ({reason.strip()}); we subscribe with "
+                            f"reliability={self._p('camera_qos_reliability')}, depth="
+                            f"{self._p('camera_qos_depth')}. Set camera_qos_reliability to match "
+                            "the publisher")
+        return ""
+
+    def _on_incompatible_qos(self, topic: str, info: Any) -> None:
+        """Log at once (throttled); ``/diagnostics`` asks :meth:`qos_problem` of the graph."""
+        policy = str(getattr(info, "last_policy_kind", "")).rsplit("POLICY_", 1)[-1].lower()
+        self._report.warn_throttled(
+            f"qos:{topic}",
+            f"QoS mismatch on {topic}: incompatible publisher ({policy}); we subscribe with "
+            f"reliability={self._p('camera_qos_reliability')}, "
+            f"depth={self._p('camera_qos_depth')}. Set camera_qos_reliability to match the "
+            "publisher")
 
     def _on_message_lost(self, info: Any) -> None:
         self._stats.messages_lost(int(getattr(info, "total_count_change", 0)))
@@ -278,10 +299,17 @@ class CameraInput:
         cam = CameraMessages(msgs[0], msgs[1], msgs[2])
         self._latest = cam
         self._stats.frame_synced()
+        if any(cam.camera_info.d):
+            topics = [s.topic_name for s in self._subs] or list(NAMES)
+            self._report.warn_once(
+                "distortion",
+                f"{topics[2]} has non-zero distortion coefficients d={list(cam.camera_info.d)}: "
+                f"the node projects with P, so {topics[0]} must be the rectified image (e.g. "
+                "image_proc's image_rect); if it is the raw image, 3D results are distorted")
         self._on_frame(cam)
 
     def _on_unmatched(self, topic: int, reason: str) -> None:
         field_name = NAMES[topic] if 0 <= topic < 3 else "sync"
         sub = self._subs[topic] if topic < len(self._subs) else None
         where = f" (topic {sub.topic_name})" if sub is not None else ""
-        self._on_error(InputError(field_name, reason + where))
+        self._on_unmatched_error(InputError(field_name, reason + where))

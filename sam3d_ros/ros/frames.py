@@ -1,22 +1,23 @@
 """One synchronised camera frame through the node: decode, prompt, engine, ids, write, publish.
 
 A bad frame is reported (log and ``/diagnostics``) and never takes the node down; nothing found
-is an empty result (an empty table), not a failure.
+is an empty result (an empty table), not a failure. A cancelled frame (deactivate, shutdown)
+stops at the next stage boundary and publishes nothing.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
-from sam3d_ros.core.errors import InputError, Sam3dError
+from sam3d_ros.core.errors import Cancelled, InputError, Sam3dError
 from sam3d_ros.core.types import SegmentationQuery
 from sam3d_ros.ros.camera_input import CameraMessages, build_camera_frame, stamp_seconds
+from sam3d_ros.ros.diagnostics import describe
 from sam3d_ros.ros.prompts import prompt_request, query_from_prompt, query_kind, ros_field
 
 
-def process_camera(node: Any, msgs: CameraMessages) -> None:
+def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool]) -> None:
     """Process one synchronised set with the node's engine and publish the result."""
     t0 = time.monotonic()
     timings: Dict[str, float] = {}
@@ -30,13 +31,11 @@ def process_camera(node: Any, msgs: CameraMessages) -> None:
         prompt = node.prompts.prompt
         query, explicit = query_from_prompt(prompt, cam.frame.width, cam.frame.height)
         seed = node.seed(prompt.seed if prompt is not None else None)
-        host = node.engine_host
-        with host.lock:
-            if host.engine is None:
-                return
-            # Nothing found is an empty result (an empty table), not a failed frame.
-            res = host.engine.process(cam.frame, query, seed, timings=timings,
-                                      allow_empty=True)
+        # Nothing found is an empty result (an empty table), not a failed frame.
+        engine, res = node.engine_host.process(cam.frame, query, seed, cancel=cancelled,
+                                               timings=timings, allow_empty=True)
+        if cancelled():
+            raise Cancelled("cancelled after processing")
         objects = node.ids.assign(res.objects, explicit)
         result = None
         if node.param("write_artifacts") and objects:
@@ -46,13 +45,21 @@ def process_camera(node: Any, msgs: CameraMessages) -> None:
             t_export = time.monotonic()
             result = node.write_run("frame", request, cam.frame, objects, res.grasps)
             timings["export"] = time.monotonic() - t_export
-        node.publish(cam, objects, timings, result, time.monotonic() - msgs.received, res.grasps)
+        if cancelled():
+            raise Cancelled("cancelled before publishing")
+        node.publish(cam, objects, timings, result, time.monotonic() - msgs.received,
+                     res.grasps, engine)
         node.stats.frame_processed(len(objects))
+    except Cancelled:
+        return  # deactivate or shutdown: not a failure, nothing to publish
     except InputError as exc:
         report.input_error(ros_field(exc, query_kind(query)))
     except Sam3dError as exc:
         report.error("backend", str(exc))
-        report.warn_throttled("backend", f"processing failed: {exc}")
+        if exc.__cause__ is not None:  # a backend's own exception: its traceback is the clue
+            report.exception("processing failed", exc)
+        else:
+            report.warn_throttled("backend", f"processing failed: {exc}")
     except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
-        report.error("internal", f"{exc.__class__.__name__}: {exc}")
-        node.get_logger().error(f"processing failed: {traceback.format_exc()}")
+        report.error("internal", describe(exc))
+        report.exception("processing failed", exc)

@@ -18,16 +18,25 @@ from sam3d_ros.ros import grasps as ros_grasps
 from sam3d_ros.ros import outputs as out
 from sam3d_ros.ros.camera_input import CameraFrame, build_camera_frame, stamp_seconds
 from sam3d_ros.ros.conversions import intrinsics_from_camera_info
+from sam3d_ros.ros.diagnostics import describe
 from sam3d_ros.ros.prompts import prompt_request, query_from_prompt, query_kind, ros_field
 
 
 def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], None],
                  cancelled: Callable[[], bool]) -> Any:
-    """Run one goal with the node's engine; returns the ``Reconstruct`` result (error set)."""
+    """Run one goal with the node's engine; returns the ``Reconstruct`` result (error set).
+
+    The goal stops at the next stage boundary when its client cancels it or the node stops
+    being active (deactivate, shutdown).
+    """
     result = Reconstruct.Result()
     if node.state != "active":
         result.error = f"node: not active (state {node.state}); activate it first"
         return result
+
+    def cancel() -> bool:
+        return cancelled() or node.state != "active"
+
     timings: Dict[str, float] = {}
     kind = ""
     host = node.engine_host
@@ -67,11 +76,12 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         kind = query_kind(query)
         timings["load"] = time.monotonic() - t0
         progress("load", 0.1, f"inputs ready ({frame.width}x{frame.height})")
-        with host.lock:
-            res = host.engine.process(frame, query, seed, progress, cancelled, timings)
+        engine, res = host.process(frame, query, seed, progress, cancel, timings)
+        if cancel():
+            raise Cancelled("cancelled after processing")
         objects = (node.ids.assign(res.objects, explicit) if cam is not None
                    else list(res.objects))
-        if cancelled():
+        if cancel():
             raise Cancelled("cancelled before export")
         hosted = None
         if goal.write_artifacts:
@@ -85,8 +95,8 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
             stamp=node.get_clock().now().to_msg())
         total = time.monotonic() - t0
         result.objects = out.objects_array_msg(
-            header, objects, timings, host.engine.segmenter.name,
-            host.engine.reconstructor.name, hosted, frame.camera_pose, total)
+            header, objects, timings, engine.segmenter.name, engine.reconstructor.name, hosted,
+            frame.camera_pose, total)
         result.artifacts = out.artifacts_msg(hosted)
         if res.grasps is not None:
             result.grasps = ros_grasps.grasp_array_msg(header, objects, res.grasps,
@@ -94,7 +104,7 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         else:
             result.grasps.header = header
         if cam is not None:
-            node.publish(cam, objects, timings, hosted, total, res.grasps)
+            node.publish(cam, objects, timings, hosted, total, res.grasps, engine)
         node.stats.goal_done()
         progress("done", 1.0, f"{len(objects)} object(s) in {total:.2f} s")
         return result
@@ -111,7 +121,13 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         result.error = f"{err.field}: {err.reason}"
     except Sam3dError as exc:
         node.report.error("backend", str(exc))
+        if exc.__cause__ is not None:  # a backend's own exception: its traceback is the clue
+            node.report.exception("goal failed", exc)
         result.error = f"backend: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, goal aborted
+        node.report.error("internal", describe(exc))
+        node.report.exception("goal failed", exc)
+        result.error = f"internal: {describe(exc)}"
     return result
 
 

@@ -20,11 +20,12 @@ Segmentation and reconstruction are the ROS-free :class:`~sam3d_ros.core.engine.
 
 Lifecycle (``autostart`` configures and activates at start-up):
 
-* configure: read parameters, build and load the backends, create publishers, the prompt
-  subscription and the action server;
-* activate: subscribe to the camera topics, start the worker;
-* deactivate: stop the worker, unsubscribe, clear markers, unload the backends (GPU memory);
-* cleanup / shutdown: destroy everything configure created.
+* configure: build and load the backends (all or nothing), create publishers, the prompt
+  subscriptions and the action server;
+* activate: subscribe to the camera topics, resume the worker;
+* deactivate: stop work (unsubscribe; the frame and goal running stop at their next stage
+  boundary), clear markers; the backends stay loaded;
+* cleanup / shutdown / error: unload the backends, destroy what configure created.
 
 Parameters and topics are documented in ``docs/node.md``.
 """
@@ -36,20 +37,18 @@ import os
 import re
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 
 from sam3d_ros.action import Reconstruct
+from sam3d_ros.core.errors import Sam3dError
 from sam3d_ros.core.inputs import MAX_SEED
 from sam3d_ros.core.types import Frame, ObjectReconstruction
 from sam3d_ros.msg import Prompt
@@ -57,7 +56,7 @@ from sam3d_ros.ros import outputs as out
 from sam3d_ros.ros import parameters
 from sam3d_ros.ros.action_queue import QueuedActionServer
 from sam3d_ros.ros.camera_input import CameraFrame, CameraInput
-from sam3d_ros.ros.diagnostics import Reporter, pipeline_status
+from sam3d_ros.ros.diagnostics import Reporter, describe, pipeline_status
 from sam3d_ros.ros.engine_host import EngineHost
 from sam3d_ros.ros.frame_worker import FrameWorker
 from sam3d_ros.ros.frames import process_camera
@@ -98,41 +97,38 @@ class Sam3dNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, parameters.descriptor(spec))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_on_set_parameters_callback(
+            lambda params: parameters.check_set(params, self.state))
         group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self.state = "unconfigured"
         self.last_size: Optional[tuple] = None
         self.stats = PipelineStats()
         self.report = Reporter(self.get_logger(), self.stats,
-                               lambda: self.param("warn_throttle_s"), self._publish_diagnostics)
+                               lambda: self.param("warn_throttle_s"))
         self.engine_host = EngineHost(self.param, self.get_logger())
         self.ids = ObjectIds()
         self.outputs = ResultPublishers(self, self.param, self.stats, self.report.warn_once)
-        self.camera = CameraInput(self, self.param, self.stats, self._on_frame,
-                                  self.report.input_error, self.report.warn_throttled, group)
-        self.prompts = PromptInput(self, lambda: self.last_size, self.report.input_error,
-                                   self._on_prompt, self.report.warn_throttled, group)
-        self._worker = FrameWorker(lambda msgs: process_camera(self, msgs),
-                                   lambda: self.param("max_rate_hz"),
-                                   lambda: self.param("continuous"))
+        self.camera = CameraInput(
+            self, self.param, self.stats, self._on_frame,
+            lambda exc: self.report.input_error(exc, pairing=True), self.report, group)
+        self.prompts = PromptInput(self, lambda: self.last_size, self._on_prompt, self.report,
+                                   group)
+        self._worker = FrameWorker(
+            lambda msgs, cancelled: process_camera(self, msgs, cancelled), self.report.exception,
+            lambda: self.param("max_rate_hz"), lambda: self.param("continuous"))
         self._action: Optional[QueuedActionServer] = None
         self._runs = itertools.count(1)
-        self._diag_lock = threading.Lock()
-        # Diagnostics exist from construction: a configure that fails is reported too.
+        # Diagnostics exist from construction: a configure that fails is reported too. They are
+        # published by the timer only (never from a camera or worker thread).
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_period = float(self.param("diagnostics_period_s"))
-        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics,
-                                             callback_group=self._timer_group)
-
-    # ---------------------------------------------------------------- parameters
+        self._diag_period = 0.0
+        self._diag_timer: Any = None
+        self._set_diagnostics_period(float(self.param("diagnostics_period_s")))
 
     def param(self, name: str) -> Any:
         """The value of parameter ``name``."""
         return self.get_parameter(name).value
-
-    def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
-        return parameters.check_set(params)
 
     def seed(self, *candidates: Optional[int]) -> int:
         """The first candidate that is a valid seed, else ``default_seed``."""
@@ -145,15 +141,16 @@ class Sam3dNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, build and load the backends, create publishers and the action."""
-        self.stats.clear_error()
+        self.stats.clear_fault()
         self._set_diagnostics_period(float(self.param("diagnostics_period_s")))
         try:
-            self.engine_host.build()
+            self.engine_host.build()  # all or nothing: a failure leaves nothing loaded
         except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
-            self.engine_host.engine = None
-            self.engine_host.state = "failed to load"
-            self.report.error("backend", f"cannot build the backends: {exc}")
-            self.get_logger().error(f"configure failed: {exc}")
+            reason = str(exc) if isinstance(exc, Sam3dError) else describe(exc)
+            if not isinstance(exc, Sam3dError):
+                self.report.exception("configure", exc)
+            self.stats.fault("backend", f"cannot build the backends: {reason}")
+            self.get_logger().error(f"configure failed: {reason}")
             return TransitionCallbackReturn.FAILURE
         self.ids.configure(self.param("track_gate_m"), self.param("track_max_age"))
         self.outputs.create()
@@ -168,13 +165,7 @@ class Sam3dNode(LifecycleNode):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Load unloaded backends, subscribe to the camera topics and start the worker."""
-        try:
-            self.engine_host.load()
-        except Exception as exc:  # noqa: BLE001
-            self.report.error("backend", f"cannot load the backends: {exc}")
-            self.get_logger().error(f"activate failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+        """Subscribe to the camera topics and (re)start the worker (backends stay loaded)."""
         self.camera.subscribe(lambda: self.state == "active")
         self.state = "active"
         self.stats.activated()
@@ -185,50 +176,59 @@ class Sam3dNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the worker, unsubscribe, clear markers and unload the backends."""
-        self._stop_processing()
+        """Stop work: unsubscribe, cancel the frame and goal running, clear markers.
+
+        The backends stay loaded (activate resumes at once).
+        """
+        self.state = "inactive"  # goals and camera callbacks see it at once
+        self._stop_work(close=False)
         self.outputs.clear()
-        self.engine_host.unload()
-        self.state = "inactive"
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Destroy what configure created and drop the backends."""
-        self._destroy_configured()
+        """Unload the backends and destroy what configure created."""
+        self._release()
         self.state = "unconfigured"
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything (from any state)."""
-        self._stop_processing()
-        self.engine_host.unload()
-        self._destroy_configured()
+        """Stop everything (from any state) and unload the backends."""
         self.state = "finalized"
+        self._stop_work(close=True)
+        self._release()
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Recover to unconfigured after a failed transition."""
-        self._stop_processing()
-        self._destroy_configured()
+        """Recover to unconfigured after a transition raised; the backends are unloaded."""
         self.state = "unconfigured"
+        self._stop_work(close=False)
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def shutdown(self) -> None:
-        """Stop the worker and release the backends (for main()'s exit path)."""
-        self._stop_processing()
-        self.engine_host.unload()
+        """Stop the worker and unload the backends (main()'s exit path; destroy_node follows)."""
+        self.state = "finalized"
+        self._stop_work(close=True)
+        self.engine_host.release()
 
-    def _stop_processing(self) -> None:
-        self._worker.stop()
+    def _stop_work(self, close: bool) -> None:
+        """Unsubscribe; cancel the frame in progress and wait for it (``stop_timeout_s``)."""
         self.camera.destroy()
+        timeout = float(self.param("stop_timeout_s"))
+        idle = self._worker.close(timeout) if close else self._worker.stop(timeout)
+        if not idle:
+            self.get_logger().warning(
+                f"the frame in progress did not reach a stage boundary within stop_timeout_s="
+                f"{timeout:g} s; it stops there and publishes nothing")
 
-    def _destroy_configured(self) -> None:
+    def _release(self) -> None:
+        """Unload the backends (after a running stage) and destroy what configure created."""
+        self.engine_host.release()
         self.outputs.destroy()
         self.prompts.destroy()
         if self._action is not None:
             self._action.destroy()
             self._action = None
-        self.engine_host.drop()
         self.ids.drop()
 
     # ---------------------------------------------------------------- input
@@ -247,12 +247,11 @@ class Sam3dNode(LifecycleNode):
 
     def publish(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
                 timings: Dict[str, float], result: Optional[Dict[str, Any]], total_s: float,
-                grasps: Optional[Sequence[Sequence[Any]]] = None) -> None:
-        """Publish one frame's (or goal's) result on every output."""
-        engine = self.engine_host.engine
+                grasps: Optional[Sequence[Sequence[Any]]], engine: Any) -> None:
+        """Publish one frame's (or goal's) result, computed by ``engine``, on every output."""
         self.outputs.publish(cam, objects, timings, result, total_s, grasps,
                              (engine.segmenter.name, engine.reconstructor.name),
-                             self.engine_host.gripper(), self.ids.tracked)
+                             self.engine_host.gripper(engine), self.ids.tracked)
 
     def runs_dir(self) -> Path:
         """Where run directories are written (``output_dir``, else ``$ROS_HOME/sam3d_runs``)."""
@@ -280,13 +279,23 @@ class Sam3dNode(LifecycleNode):
 
     def _set_diagnostics_period(self, period: float) -> None:
         if period != self._diag_period:
-            self.destroy_timer(self._diag_timer)
+            if self._diag_timer is not None:
+                self.destroy_timer(self._diag_timer)
             self._diag_period = period
-            self._diag_timer = self.create_timer(period, self._publish_diagnostics,
-                                                 callback_group=self._timer_group)
+            # Guarded: an exception here must not end the executor (and the node).
+            self._diag_timer = self.create_timer(
+                period, self.report.guarded("diagnostics timer", self._on_diagnostics_timer),
+                callback_group=self._timer_group)
+
+    def _on_diagnostics_timer(self) -> None:
+        if self.state == "active":
+            died = self._worker.revive()
+            if died:
+                self.report.error("internal", f"frame worker died ({died}); restarted")
+        self._publish_diagnostics()
 
     def _publish_diagnostics(self) -> None:
-        now = time.monotonic()
+        active = self.state == "active"
         settings = {
             "continuous": self.param("continuous"),
             "input_timeout_s": self.param("input_timeout_s"),
@@ -299,13 +308,13 @@ class Sam3dNode(LifecycleNode):
             "depth_transport": self.param("depth_transport"),
         }
         counts = {"frames_dropped": self._worker.drops, "frames_unmatched": self.camera.unmatched,
-                  "goals_queued": self._action.queue_length if self._action is not None else 0}
-        level, message, values = pipeline_status(self.state, self.stats.snapshot(now), settings,
-                                                 counts, now)
-        msg = out.diagnostics_msg(self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
-                                  self.get_fully_qualified_name(), level, message, values)
-        with self._diag_lock:
-            self._pub_diag.publish(msg)
+                  "goals_queued": self._action.queue_length if self._action is not None else 0,
+                  "qos_problem": self.camera.qos_problem() if active else ""}
+        snap = self.stats.snapshot(float(self.param("diagnostics_window_s")))
+        level, message, values = pipeline_status(self.state, snap, settings, counts)
+        self._pub_diag.publish(out.diagnostics_msg(
+            self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
+            self.get_fully_qualified_name(), level, message, values))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

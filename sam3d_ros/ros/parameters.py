@@ -51,6 +51,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "backend); empty = $SAM3D_OBJECTS_CONFIG", when="configure"),
     ParamSpec("device", "auto", "torch device of the model backends: auto, cpu, cuda, cuda:N",
               when="configure"),
+    ParamSpec("max_objects", 32, "most objects one frame or goal may have: more prompted "
+              "objects or masks are refused (the field named), automatic or text segmentation "
+              "keeps the best-scoring ones", range=(1, 10000), when="configure"),
     ParamSpec("default_seed", DEFAULT_SEED, "seed when neither goal nor prompt gives one",
               range=(0, BIG)),
     ParamSpec("continuous", True, "process camera frames continuously (false: only on "
@@ -126,6 +129,12 @@ PARAMS: Tuple[ParamSpec, ...] = (
               range=(0, 1000)),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.05, 60.0),
               when="configure"),
+    ParamSpec("diagnostics_window_s", 10.0, "/diagnostics levels come from the failures of the "
+              "last this many seconds (a failure older than this no longer counts)",
+              range=(0.5, 3600.0)),
+    ParamSpec("stop_timeout_s", 30.0, "deactivate and shutdown wait at most this long for the "
+              "frame being processed (it is cancelled at its next stage boundary)",
+              range=(0.1, 3600.0)),
     ParamSpec("input_timeout_s", 2.0, "no synchronised frame for this long while active gives "
               "a diagnostics warning", range=(0.1, 3600.0)),
     ParamSpec("warn_throttle_s", 2.0, "a warning about the same input field is logged at most "
@@ -143,7 +152,8 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     if spec.choices:
         desc += f" ({'|'.join(spec.choices)})"
     desc += f" [applied at {spec.when}]" if spec.when != "runtime" else " [runtime]"
-    d = ParameterDescriptor(description=desc)
+    # Read at start-up only: a later set could never take effect.
+    d = ParameterDescriptor(description=desc, read_only=spec.when == "start-up")
     if spec.choices:
         d.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.range is not None:
@@ -159,15 +169,31 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
 SPECS = {spec.name: spec for spec in PARAMS}
 
 
-def check_set(params: List[Parameter]) -> SetParametersResult:
-    """Accept or refuse a runtime parameter set, with the reason (choices, ``grasp_approach``)."""
+# Lifecycle states in which a parameter may be set, by when it takes effect.
+_SETTABLE = {"configure": ("unconfigured",), "activate": ("unconfigured", "inactive")}
+_HOW = {"configure": "cleanup, set it, configure again",
+        "activate": "deactivate, set it, activate again"}
+
+
+def check_set(params: List[Parameter], state: str) -> SetParametersResult:
+    """Accept or refuse a parameter set in lifecycle ``state``, with the reason.
+
+    A parameter applied at configure can be set only while unconfigured, one applied at
+    activate only while not active: a set that would not take effect is refused, not ignored.
+    Values are checked against their choices (and ``grasp_approach`` parsed).
+    """
     for param in params:
+        spec = SPECS.get(param.name)
+        if spec is not None and spec.when in _SETTABLE and state not in _SETTABLE[spec.when]:
+            return SetParametersResult(
+                successful=False,
+                reason=f"{param.name} is applied at {spec.when} and the node is {state}: "
+                f"{_HOW[spec.when]}")
         if param.name == "grasp_approach":
             try:
                 parse_approach(param.value)
             except InputError as exc:
                 return SetParametersResult(successful=False, reason=f"{exc.field}: {exc.reason}")
-        spec = SPECS.get(param.name)
         if spec is None or not spec.choices:
             continue
         if param.value not in spec.choices:

@@ -210,20 +210,18 @@ class PromptInput:
     Args:
         node: the node that subscribes.
         size: returns the ``(width, height)`` of the last frame, or ``None``.
-        on_error: ``on_error(InputError)`` for a rejected prompt.
         on_prompt: ``on_prompt(msg)`` after a prompt was accepted.
-        warn: ``warn(key, message)``, throttled per key.
+        report: reports a rejected prompt (``input_error``), warns (``warn_throttled``) and
+            guards the callbacks (``guarded``).
         callback_group: of the subscriptions.
     """
 
     def __init__(self, node: Any, size: Callable[[], Optional[Tuple[int, int]]],
-                 on_error: Callable[[InputError], None], on_prompt: Callable[[Prompt], None],
-                 warn: Callable[[str, str], None], callback_group: Any) -> None:
+                 on_prompt: Callable[[Prompt], None], report: Any, callback_group: Any) -> None:
         self._node = node
         self._size = size
-        self._on_error = on_error
         self._on_prompt = on_prompt
-        self._warn = warn
+        self._report = report
         self._group = callback_group
         self._subs: List[Any] = []
         self._seen = FirstDelivery()
@@ -243,10 +241,11 @@ class PromptInput:
                              durability=durability)
             events = None
             if durability == DurabilityPolicy.VOLATILE:
-                events = SubscriptionEventCallbacks(incompatible_qos=self._on_qos)
+                events = SubscriptionEventCallbacks(
+                    incompatible_qos=self._report.guarded("prompt QoS event", self._on_qos))
             self._subs.append(self._node.create_subscription(
-                Prompt, "prompt", self._on_message, qos, callback_group=self._group,
-                event_callbacks=events))
+                Prompt, "prompt", self._report.guarded("prompt callback", self._on_message),
+                qos, callback_group=self._group, event_callbacks=events))
 
     def destroy(self) -> None:
         """Destroy the subscriptions (the prompt in force stays)."""
@@ -259,7 +258,7 @@ class PromptInput:
         publishers = [f"{i.node_namespace.rstrip('/')}/{i.node_name}"
                       for i in self._node.get_publishers_info_by_topic(topic)
                       if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
-        self._warn(
+        self._report.warn_throttled(
             f"qos:{topic}", f"QoS mismatch on {topic}: publisher {', '.join(publishers) or '?'} "
             "is best_effort; prompts are subscribed reliable and its prompts will not arrive. "
             "Publish prompts reliable")
@@ -271,7 +270,8 @@ class PromptInput:
             query_from_prompt(msg, *(self._size() or (None, None)))
         except InputError as exc:
             kept = "keeping the previous prompt" if self.prompt is not None else "no prompt set"
-            self._on_error(InputError(exc.field, f"{exc.reason}; prompt rejected, {kept}"))
+            self._report.input_error(
+                InputError(exc.field, f"{exc.reason}; prompt rejected, {kept}"))
             return
         with self._lock:
             self._prompt = msg

@@ -64,6 +64,7 @@ from sam3d_ros.backends.embedded.shape_completion import (
     taubin_smooth,
     vertex_normals,
 )
+from sam3d_ros.core.cancellation import check_cancelled
 from sam3d_ros.core.conventions import (
     backproject_pixels,
     camera_to_canonical,
@@ -252,6 +253,7 @@ class EmbeddedReconstructor:
         cleaned = [self._clean_points(ctx, arr) for arr in mask_arrays]
         out = []
         for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
+            check_cancelled()
             out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed), cleaned[i]))
         return out
 

@@ -38,6 +38,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from sam3d_ros.core import conventions
+from sam3d_ros.core.cancellation import check_cancelled
 from sam3d_ros.core.support_plane import fit_support_plane
 from sam3d_ros.core.types import Frame, Grasp, ObjectReconstruction
 
@@ -215,10 +216,11 @@ class AnalyticGraspPlanner:
             plane = self.fit_plane(frame, objects)
         targets = [self._target(o, seed) for o in objects]
         scene = self._scene_points(frame, plane)
-        return [
-            self.plan_object(frame, objects, i, targets, scene, plane, seed)
-            for i in range(len(objects))
-        ]
+        grasps = []
+        for i in range(len(objects)):
+            check_cancelled()
+            grasps.append(self.plan_object(frame, objects, i, targets, scene, plane, seed))
+        return grasps
 
     @staticmethod
     def fit_plane(frame: Frame, objects: Sequence[ObjectReconstruction]) -> Optional[Any]:

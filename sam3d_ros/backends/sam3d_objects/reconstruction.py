@@ -55,6 +55,7 @@ import numpy as np
 
 from sam3d_ros.backends.sam3.segmentation import is_out_of_memory, release_gpu_memory
 from sam3d_ros.core import conventions
+from sam3d_ros.core.cancellation import check_cancelled
 from sam3d_ros.core.conventions import posed_vertices
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import BackendError, BackendUnavailableError, InputError
@@ -563,6 +564,7 @@ class Sam3dObjectsReconstructor:
         self.last_alignments = []
         with self._lock:
             for index, (m, mk) in enumerate(zip(masks, checked, strict=True)):
+                check_cancelled()  # minutes per object on a GPU: stop between objects
                 try:
                     out = self._inference(rgb, mk, seed=seed, pointmap=pointmap)
                     obj = reference_output_to_object(
