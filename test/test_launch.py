@@ -82,8 +82,8 @@ def test_launch_file_defaults_and_rviz():
     assert plan["params"] == [str(SHARE / "config" / "sam3d.yaml")]
     assert Path(plan["params"][0]).is_file()
     assert dict(plan["remaps"]) == {
-        "image": "/camera/color/image_raw",
-        "depth": "/camera/aligned_depth_to_color/image_raw",
+        "image": "/camera/color/image_rect",
+        "depth": "/camera/depth_registered/image_rect",
         "camera_info": "/camera/color/camera_info",
         "prompt": "prompt",
     }
