@@ -432,6 +432,18 @@ def test_idless_points_form_one_object_otherwise():
     ]
 
 
+def test_object_ids_stay_in_int32_range(scene):
+    top = 2**31 - 1
+    # An id-less box next to an id at the top of int32 gets the lowest free id, not 2**31.
+    objects = group_prompts([], [BoxPrompt(0, 0, 4, 4, object_id=top), BoxPrompt(5, 5, 9, 9)])
+    assert [o.object_id for o in objects] == [0, top]
+    for bad in (top + 1, -1):
+        with pytest.raises(InputError, match=r"must be in \[0, 2147483647\]") as err:
+            parse_request({"image_url": "rgb.png", "box_prompts": [dict(BOX, object_id=bad)]},
+                          scene)
+        assert err.value.field == "box_prompts[0].object_id"
+
+
 def test_grouping_is_deterministic():
     points = [PointPrompt(i, i, 1, object_id=i % 3 if i % 2 else None) for i in range(8)]
     boxes = [BoxPrompt(i, i, i + 2, i + 2, object_id=None if i % 2 else 9) for i in range(4)]
@@ -491,45 +503,148 @@ def test_extension_fields(scene):
 # ---------------------------------------------------------------------------------- http
 
 
+LOOPBACK = InputOptions(allow_http=True, timeout_s=5, http_allowed_hosts=("127.0.0.1",))
+
+
 @pytest.fixture
-def http_server(scene):
+def serve(scene):
+    """Start http servers (handler class, bind address) in threads; stop them afterwards."""
     import functools
     import http.server
     import threading
+
+    servers = []
+
+    def start(handler=http.server.SimpleHTTPRequestHandler, host="127.0.0.1"):
+        class Quiet(handler):
+            def log_message(self, *args):
+                pass
+
+        if issubclass(handler, http.server.SimpleHTTPRequestHandler):  # serves the scene
+            Quiet = functools.partial(Quiet, directory=str(scene))  # noqa: N806
+        server = http.server.ThreadingHTTPServer((host, 0), Quiet)
+        server.daemon_threads = True
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://{host}:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def redirecting(target):
+    import http.server
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             if self.path == "/redirect":
                 self.send_response(302)
-                self.send_header("Location", (scene / "rgb.png").as_uri())
+                self.send_header("Location", target())
                 self.end_headers()
                 return
             super().do_GET()
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(scene))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return Handler
 
 
-def test_http_opt_in(http_server):
-    options = InputOptions(allow_http=True, timeout_s=5)
-    parsed = parse_request({"image_url": f"{http_server}/rgb.png"}, options=options)
+def test_http_opt_in(serve, scene):
+    url = serve(redirecting(lambda: (scene / "rgb.png").as_uri()))
+    parsed = parse_request({"image_url": f"{url}/rgb.png"}, options=LOOPBACK)
     np.testing.assert_array_equal(parsed.frame.rgb, rgb_image())
-    small = InputOptions(allow_http=True, timeout_s=5, max_bytes=100)
+    small = InputOptions(allow_http=True, timeout_s=5, max_bytes=100,
+                         http_allowed_hosts=("127.0.0.1",))
     with pytest.raises(InputError, match="oversized"):
-        read_uri(f"{http_server}/rgb.png", "image_url", options=small)
-    with pytest.raises(InputError, match="download failed"):
-        read_uri(f"{http_server}/missing.png", "image_url", options=options)
-    with pytest.raises(InputError, match="download failed.*(refused|not allowed)"):
-        read_uri(f"{http_server}/redirect", "image_url", options=options)
+        read_uri(f"{url}/rgb.png", "image_url", options=small)
+    with pytest.raises(InputError, match="download failed: HTTP 404"):
+        read_uri(f"{url}/missing.png", "image_url", options=LOOPBACK)
+    with pytest.raises(InputError, match="download failed.*non-http.* refused"):
+        read_uri(f"{url}/redirect", "image_url", options=LOOPBACK)
+
+
+@pytest.mark.parametrize("host, kind", [
+    ("127.0.0.1", "loopback"), ("[::1]", "loopback"), ("[::ffff:127.0.0.1]", "loopback"),
+    ("169.254.169.254", "link-local"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
+    ("100.64.0.1", "non-global"), ("0.0.0.0", "private"),
+])
+def test_http_refuses_non_global_addresses(host, kind):
+    # Refused before any connection: nothing listens on most of these here.
+    options = InputOptions(allow_http=True, timeout_s=5)
+    with pytest.raises(InputError, match=f"download refused: .*a {kind}") as err:
+        read_uri(f"http://{host}:9/latest/meta-data", "image_url", options=options)
+    assert err.value.field == "image_url" and "--http-allow-host" in err.value.reason
+
+
+def test_http_redirect_is_checked_again(serve):
+    import http.server
+
+    hits = []
+
+    class Secret(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            super().do_GET()
+
+    inner = serve(Secret, host="127.0.0.2")  # an "internal" host the user did not allow
+    outer = serve(redirecting(lambda: f"{inner}/rgb.png"))
+    with pytest.raises(InputError, match="download refused: 127.0.0.2 is a loopback"):
+        read_uri(f"{outer}/redirect", "image_url", options=LOOPBACK)
+    assert hits == []
+    # Allowed as a network, the same redirect is followed.
+    both = InputOptions(allow_http=True, timeout_s=5, http_allowed_hosts=("127.0.0.0/8",))
+    assert read_uri(f"{outer}/redirect", "image_url", options=both) == png_bytes(rgb_image())
+    assert hits == ["/rgb.png"]
+
+
+def test_http_total_deadline_against_a_trickling_server(serve):
+    import http.server
+    import threading
+
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            # Status line, headers and body one byte at a time: every single read is quick.
+            body = b"x" * 200
+            response = (b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+            for i in range(len(response)):
+                if stop.wait(0.05):
+                    return
+                self.wfile.write(response[i:i + 1])
+                self.wfile.flush()
+
+    url = serve(Trickle)
+    options = InputOptions(allow_http=True, timeout_s=1.0, http_allowed_hosts=("127.0.0.1",))
+    try:
+        with pytest.raises(InputError, match="did not finish within the 1 s deadline"):
+            read_uri(f"{url}/slow", "image_url", options=options)
+    finally:
+        stop.set()
+
+
+def test_http_ignores_proxy_variables(serve, monkeypatch):
+    import http.server
+
+    proxied = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            proxied.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"proxied")
+
+    proxy = serve(Proxy)
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    url = serve()
+    assert read_uri(f"{url}/rgb.png", "image_url", options=LOOPBACK) == png_bytes(rgb_image())
+    assert proxied == []
 
 
 def test_relative_file_uri_refused():

@@ -1,7 +1,6 @@
 """The node's ROS-free helpers: approximate-time sync, latest-frame slot, prompt validation,
-camera frame building, run retention, parameter documentation (no ROS graph)."""
+camera frame building, parameter documentation (no ROS graph)."""
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from sam3d_ros.ros.node import (
     ApproxTimeSync,
     LatestSlot,
     build_camera_frame,
-    prune_runs,
     query_from_prompt,
 )
 
@@ -225,19 +223,6 @@ class TestCameraFrame:
         warnings = []
         build_camera_frame(rgb, depth, info(), warn=lambda k, m: warnings.append(k))
         assert warnings == ["depth_frame_id"]
-
-
-def test_prune_runs_keeps_newest_node_runs_only(tmp_path):
-    for i in range(5):
-        d = tmp_path / f"frame_20260101T00000{i}_000000_{i}"
-        d.mkdir()
-        os.utime(d, (1000 + i, 1000 + i))
-    (tmp_path / "my_notes").mkdir()
-    deleted = prune_runs(tmp_path, 2)
-    assert len(deleted) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "frame_20260101T000003_000000_3", "frame_20260101T000004_000000_4", "my_notes"]
-    assert prune_runs(tmp_path, 0) == []
 
 
 def test_every_parameter_is_in_the_yaml_and_the_docs():

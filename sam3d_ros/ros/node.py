@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -77,6 +76,7 @@ from sam3d_ros.core.inputs import (
     parse_point_prompts,
     parse_request,
 )
+from sam3d_ros.core.run_dirs import prune_runs
 from sam3d_ros.core.tracking import ObjectTracker
 from sam3d_ros.core.types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
 from sam3d_ros.msg import GraspArray, Prompt, ReconstructedObjectArray
@@ -93,7 +93,6 @@ except ImportError:  # pragma: no cover - Humble
 NODE_NAME = "sam3d"
 _BIG = 2**31 - 1
 _GRIPPER = GripperModel()  # defaults of the gripper parameters (a Franka Hand)
-_RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,34 +483,9 @@ def build_camera_frame(
                 f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
             )
         if depth_encoding == conventions.DEPTH_32FC1:
-            median = float(np.median(z[valid]))
-            if median > 50.0:
-                raise InputError(
-                    f"{prefix}depth.encoding",
-                    f"32FC1 depth must be metres; its median {median:.1f} looks like "
-                    "millimetres (publish 16UC1 for millimetres)",
-                )
+            conventions.check_float_depth_is_metres(z, f"{prefix}depth.encoding")
     frame = Frame(rgb=rgb, points=points, intrinsics=intr)
     return CameraFrame(header=image.header, frame=frame, received=time.monotonic())
-
-
-def prune_runs(output_dir: Path, keep: int) -> List[Path]:
-    """Delete the oldest run directories written by the node beyond ``keep`` (0 = keep all).
-
-    Only directories named like the node's runs (``frame_...`` / ``goal_...``) are considered.
-    Returns the deleted paths.
-    """
-    if keep <= 0 or not output_dir.is_dir():
-        return []
-    runs = sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name)),
-        key=lambda p: (p.stat().st_mtime, p.name),
-    )
-    deleted = []
-    for path in runs[: max(0, len(runs) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-    return deleted
 
 
 # --------------------------------------------------------------------------------------------
@@ -1585,6 +1559,5 @@ __all__ = [
     "Sam3dNode",
     "build_camera_frame",
     "main",
-    "prune_runs",
     "query_from_prompt",
 ]
