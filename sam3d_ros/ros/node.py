@@ -1096,6 +1096,9 @@ class Sam3dNode(LifecycleNode):
                 # Nothing found is an empty result (an empty table), not a failed frame.
                 res = self._engine.process(cam.frame, query, seed, timings=timings,
                                            allow_empty=True)
+            for failure in res.failed_objects:  # the others are published
+                self._warn_throttled("object", "object {object_id} skipped: {reason}".format(
+                    **failure))
             objects = self._assign_ids(res.objects, res.masks, explicit)
             result = None
             if self._p("write_artifacts") and objects:
@@ -1306,6 +1309,9 @@ class Sam3dNode(LifecycleNode):
             progress("load", 0.1, f"inputs ready ({frame.width}x{frame.height})")
             with self._engine_lock:
                 res = self._engine.process(frame, query, seed, progress, cancelled, timings)
+            for failure in res.failed_objects:  # the others are returned
+                progress("reconstruct", 0.85, "warning: object {object_id} skipped: {reason}"
+                         .format(**failure))
             objects = (self._assign_ids(res.objects, res.masks, explicit) if cam is not None
                        else list(res.objects))
             if cancelled():
