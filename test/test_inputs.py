@@ -313,6 +313,121 @@ def test_pickled_npy_refused(scene):
         assert field_of(excinfo) == "pointmap_url"
 
 
+# ------------------------------------------------------------------- declared sizes, bombs
+
+
+def npy_declaring(shape, descr="<f4", data=b"\0" * 1024):
+    """A real NPY header declaring ``shape`` followed by a little data (what a bomb looks like)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue() + data
+
+
+def npz_member_declaring(shape, zeros=8 * 2**20, descr="<f4", **others):
+    """An NPZ whose ``points.npy`` declares ``shape`` and inflates ``zeros`` zero bytes."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("points.npy", npy_declaring(shape, descr, b"\0" * zeros))
+        for key, array in others.items():
+            archive.writestr(f"{key}.npy", npy_bytes(array))
+    return buf.getvalue()
+
+
+def peak_bytes(func):
+    """Peak Python + numpy heap allocation while ``func`` runs (numpy reports to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        func()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("data, field, message", [
+    # 112 GiB declared in a 1 KiB NPY (was "internal error", exit 1)
+    (npy_declaring((100000, 100000, 3)), "pointmap_url", "pointmap is 100000x100000"),
+    # an NPZ member of 1.2 GB (8 MiB of it present, deflated to a few KiB)
+    (npz_member_declaring((10000, 10000, 3)), "pointmap_url", "pointmap is 10000x10000"),
+    (npy_declaring((H, W, 3), data=b"\0" * 100), "pointmap_url", "truncated"),
+])
+def test_declared_array_sizes_checked_before_allocating(data, field, message):
+    def load():
+        with pytest.raises(InputError, match=message) as excinfo:
+            load_pointmap(data, H, W, K)
+        assert field_of(excinfo) == field
+
+    assert peak_bytes(load) < 4 * 2**20
+
+
+def test_npz_huge_intrinsics_member_not_read():
+    data = npz_member_declaring((H, W, 3), zeros=H * W * 12)
+    import zipfile
+
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("K.npy", npy_declaring((30000, 30000), "<f8", b"\0" * 2**20))
+
+    def load():
+        with pytest.raises(InputError, match=r"must be \[fx, fy, cx, cy\] or 3x3") as excinfo:
+            load_pointmap(buf.getvalue(), H, W)
+        assert field_of(excinfo) == "pointmap_url[K]"
+
+    assert peak_bytes(load) < 4 * 2**20
+
+
+def png_declaring(width, height, mode=2):
+    """A PNG whose header declares width × height (colour type ``mode``) with a cut IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 65536)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+
+
+def test_image_and_mask_sizes_checked_from_their_headers(scene):
+    (scene / "huge.png").write_bytes(png_declaring(8000, 8000))
+    with pytest.raises(InputError, match="image too large: 8000x8000 = 64000000 pixels, "
+                                         "the limit is 40000000") as excinfo:
+        parse_request({"image_url": "huge.png"}, scene)
+    assert field_of(excinfo) == "image_url"
+    (scene / "huge_mask.png").write_bytes(png_declaring(8000, 8000, mode=0))
+    with pytest.raises(InputError, match="mask is 8000x8000 but the image is 32x24") as excinfo:
+        parse_request({"image_url": "rgb.png", "mask_urls": ["huge_mask.png"]}, scene)
+    assert field_of(excinfo) == "mask_urls[0]"
+    with pytest.raises(InputError, match="image too large") as excinfo:
+        parse_request({"image_url": "rgb.png"}, scene, InputOptions(max_pixels=W * H - 1))
+
+
+def test_object_and_prompt_counts_capped_before_reading_files(scene):
+    boxes = [dict(BOX)] * 33
+    with pytest.raises(InputError, match="33 objects prompted; at most 32 objects") as excinfo:
+        parse_request({"image_url": "rgb.png", "box_prompts": boxes}, scene)
+    assert field_of(excinfo) == "box_prompts"
+    with pytest.raises(InputError, match="10000 prompts; at most 512") as excinfo:
+        parse_request({"image_url": "missing.png", "box_prompts": [dict(BOX)] * 10000}, scene)
+    assert field_of(excinfo) == "box_prompts"
+    with pytest.raises(InputError, match="3 masks; at most 2") as excinfo:  # no file is read
+        parse_request({"image_url": "missing.png", "mask_urls": ["a.png"] * 3}, scene,
+                      InputOptions(max_objects=2))
+    assert field_of(excinfo) == "mask_urls"
+    # many prompts refining few objects are fine
+    points = [{"x": 1, "y": 1, "object_id": 0}] * 40
+    assert len(parse_request({"image_url": "rgb.png", "point_prompts": points}, scene)
+               .query.objects) == 1
+
+
 def test_pointmap_in_pytorch3d_axes_is_refused():
     flipped = points_map() * np.array([-1, -1, 1], np.float32)
     with pytest.raises(InputError, match="optical frame"):

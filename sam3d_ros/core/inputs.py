@@ -690,13 +690,13 @@ def _npy_array(handle: BinaryIO, field_name: str, available: int) -> _Array:
     shape, fortran, dtype = _npy_header(handle, field_name)
     nbytes = math.prod(shape) * dtype.itemsize
     have = available - (handle.tell() - start)
-    if nbytes > have:
-        raise InputError(
-            field_name, f"truncated: the NPY header declares {nbytes} bytes of data, "
-            f"the file holds {max(have, 0)}"
-        )
 
     def read() -> np.ndarray:
+        if nbytes > have:
+            raise InputError(
+                field_name, f"truncated: the NPY header declares {nbytes} bytes of data, "
+                f"the file holds {max(have, 0)}"
+            )
         raw = handle.read(nbytes)
         if len(raw) != nbytes:
             raise InputError(field_name, f"truncated: {len(raw)} of {nbytes} bytes of data")
