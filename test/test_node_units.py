@@ -197,6 +197,7 @@ class TestCameraFrame:
     @pytest.mark.parametrize("case,field", [
         ("aspect", "depth"), ("zero", "depth"), ("mm_in_32fc1", "depth.encoding"),
         ("info_aspect", "camera_info"), ("encoding", "image.encoding"), ("k", "camera_info.k"),
+        ("empty_image", "image.width"),  # a 0x0 image, not blamed on the camera_info
     ])
     def test_bad_frames_name_the_field(self, case, field):
         rgb, depth = images()
@@ -213,6 +214,8 @@ class TestCameraFrame:
             rgb.encoding = "yuv422"
         elif case == "k":
             cam.k = [0.0] * 9
+        elif case == "empty_image":
+            rgb = numpy_to_image(np.zeros((0, 0, 3), np.uint8), "rgb8")
         with pytest.raises(InputError) as err:
             build_camera_frame(rgb, depth, cam)
         assert err.value.field == field
