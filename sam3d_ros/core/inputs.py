@@ -73,12 +73,9 @@ directory), ``file://``, ``data:`` (base64 or percent-encoded) and, only with
 ``InputOptions.allow_http``, ``http(s)://``. Every source is limited to ``max_bytes``. With
 ``allowed_roots``, local paths must resolve (symlinks and ``..`` included) inside one of them.
 
-http(s) downloads have one total deadline (``timeout_s``: name resolution, connection,
-redirects, headers and body together), ignore proxy variables, follow at most
-:data:`MAX_REDIRECTS` redirects, and connect only to global addresses: loopback, private,
-link-local (cloud metadata, ``169.254.169.254``), shared, multicast and reserved addresses are
-refused unless the host name or an address network is in ``http_allowed_hosts``. The policy is
-checked for every redirect, against the address actually connected to.
+http(s) downloads (:mod:`sam3d_ros.core.http_fetch`) have one total deadline (``timeout_s``),
+ignore proxy variables, and reach only global addresses (loopback, private, link-local / cloud
+metadata, ... are refused unless in ``http_allowed_hosts``), checked again on every redirect.
 
 Limits against resource exhaustion, each checked before anything large is allocated: image and
 mask sizes from their headers (``max_pixels``; a mask or PNG depth must match the image size);
@@ -95,16 +92,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import http.client
 import io
-import ipaddress
 import math
 import os
 import re
-import socket
-import ssl
-import threading
-import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -116,6 +107,7 @@ import numpy as np
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.http_fetch import fetch
 from sam3d_ros.core.types import (
     MAX_OBJECT_ID,
     BoxPrompt,
@@ -143,9 +135,6 @@ MAX_PROMPTS_PER_OBJECT = 16
 
 MAX_NESTING = 64
 """Deepest JSON nesting a request may have (deeper ones exhaust recursion when written)."""
-
-MAX_REDIRECTS = 5
-"""http(s) redirects followed per download."""
 
 MAX_SEED = 2**32 - 1
 
@@ -284,185 +273,13 @@ def _read_data_uri(uri: str, field_name: str, options: InputOptions) -> bytes:
     return data
 
 
-def _allowed_entries(entries: Sequence[str]) -> Tuple[set, list]:
-    names, networks = set(), []
-    for entry in entries:
-        text = str(entry).strip()
-        try:
-            networks.append(ipaddress.ip_network(text.strip("[]"), strict=False))
-        except ValueError:
-            names.add(text.lower().rstrip("."))
-    return names, networks
-
-
-def _refusal(address: str, host: str, options: InputOptions) -> Optional[str]:
-    """Why ``address`` (of ``host``) may not be reached, or ``None`` when it may."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_global and not ip.is_multicast:
-        return None
-    names, networks = _allowed_entries(options.http_allowed_hosts)
-    if host.lower().rstrip(".") in names or any(ip in net for net in networks):
-        return None
-    if ip.is_loopback:
-        kind = "a loopback"
-    elif ip.is_link_local:
-        kind = "a link-local (cloud metadata)"
-    elif ip.is_private:
-        kind = "a private"
-    elif ip.is_multicast:
-        kind = "a multicast"
-    else:
-        kind = "a non-global"
-    where = f"{host} is" if host.strip("[]") == address else f"{host} resolves to {ip},"
-    return (f"{where} {kind} address; allow it explicitly (http_allowed_hosts / "
-            "--http-allow-host) if it is meant")
-
-
-def _within(deadline: float, what: str, func: Callable[[], Any]) -> Any:
-    """Run ``func`` in a helper thread, giving up at ``deadline`` (name resolution has none)."""
-    box: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = func()
-        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=what, daemon=True)
-    thread.start()
-    thread.join(max(0.0, deadline - time.monotonic()))
-    if thread.is_alive():
-        raise TimeoutError(what)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class _PinnedConnection(http.client.HTTPSConnection):
-    """An http or https connection to one checked address (no proxy, no second lookup).
-
-    The Host header and the TLS certificate check use the URL's host name.
-    """
-
-    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._tls = scheme == "https"
-        self._address = address
-        self._raw: Optional[socket.socket] = None
-
-    def connect(self) -> None:  # noqa: D102
-        self._raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = (self._context.wrap_socket(self._raw, server_hostname=self.host)
-                     if self._tls else self._raw)
-
-    def abort(self) -> None:
-        """Unblock a read in progress (called by the deadline timer)."""
-        if self._raw is not None:
-            try:
-                self._raw.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def _connection(url: str, field_name: str, options: InputOptions, deadline: float
-                ) -> Tuple[_PinnedConnection, str]:
-    """Resolve the URL's host, check every address, and return an unopened connection + path."""
-    parsed = urllib.parse.urlsplit(url)
-    scheme = parsed.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise InputError(field_name, f"download failed: redirect to a non-http(s) URL refused: "
-                                     f"{url}")
-    try:
-        host, port = parsed.hostname, parsed.port or (443 if scheme == "https" else 80)
-    except ValueError as exc:
-        raise InputError(field_name, f"malformed URL {url!r}: {exc}") from None
-    if not host:
-        raise InputError(field_name, f"URL without a host: {url!r}")
-    infos = _within(deadline, "resolve",
-                    lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-    addresses = [info[4][0] for info in infos]
-    for address in addresses:
-        reason = _refusal(address, host, options)
-        if reason is not None:
-            raise InputError(field_name, f"download refused: {reason}")
-    timeout = max(deadline - time.monotonic(), 0.001)
-    path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-    return _PinnedConnection(scheme, host, port, addresses[0], timeout), path
-
-
-def _get_once(url: str, field_name: str, options: InputOptions, deadline: float
-              ) -> Tuple[Optional[str], bytes]:
-    """One GET: ``(redirect URL, b"")`` for a redirect, else ``(None, body)``."""
-    conns: List[_PinnedConnection] = []
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        for conn in conns:
-            conn.abort()
-
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        conn, path = _connection(url, field_name, options, deadline)
-        conns.append(conn)
-        if expired.is_set():
-            raise TimeoutError
-        conn.request("GET", path, headers={"User-Agent": "sam3d_ros",
-                                           "Accept-Encoding": "identity"})
-        response = conn.getresponse()
-        location = response.getheader("Location")
-        if response.status in (301, 302, 303, 307, 308) and location:
-            return urllib.parse.urljoin(url, location), b""
-        if response.status != 200:
-            raise InputError(
-                field_name, f"download failed: HTTP {response.status} {response.reason}"
-            )
-        length = response.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > options.max_bytes:
-            raise InputError(
-                field_name, f"oversized: {length} bytes, the limit is {options.max_bytes}"
-            )
-        data = bytearray()
-        while len(data) <= options.max_bytes:
-            chunk = response.read1(65536)
-            if not chunk:
-                break
-            data += chunk
-        if expired.is_set():  # the deadline cut the body short
-            raise TimeoutError
-    except InputError:
-        raise
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-            raise InputError(
-                field_name, f"download did not finish within the {options.timeout_s:g} s deadline"
-            ) from None
-        raise InputError(field_name, f"download failed: {exc}") from None
-    finally:
-        timer.cancel()
-        for conn in conns:
-            conn.close()
-    if len(data) > options.max_bytes:
-        raise InputError(field_name, f"oversized: more than {options.max_bytes} bytes")
-    return None, bytes(data)
-
-
 def _read_http(uri: str, field_name: str, options: InputOptions) -> bytes:
     if not options.allow_http:
         raise InputError(
             field_name, "http(s) URLs are disabled; enable them explicitly (--allow-http)"
         )
-    deadline = time.monotonic() + options.timeout_s
-    url: Optional[str] = uri
-    for _ in range(MAX_REDIRECTS + 1):
-        url, data = _get_once(url, field_name, options, deadline)
-        if url is None:
-            return data
-    raise InputError(field_name, f"download failed: more than {MAX_REDIRECTS} redirects")
+    return fetch(uri, field_name, options.timeout_s, options.max_bytes,
+                 options.http_allowed_hosts)
 
 
 def read_uri(
