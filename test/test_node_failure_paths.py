@@ -606,3 +606,29 @@ def test_a_frame_longer_than_the_stop_timeout_leaves_one_worker(tmp_path):
             assert len(threads) == 1, events
         finally:
             rec.close()
+
+
+# ------------------------------------------------------------------------------ 16: max_objects
+
+
+def test_max_objects_caps_prompts_goals_and_automatic_segmentation():
+    sc = scene(seed=1)  # three objects
+    with ros_context(), running_node({**RELIABLE, "max_objects": 2}) as node:
+        rec = Recorder()
+        try:
+            client = action_client(rec)
+            assert rec.wait_subscribed(), node.log()
+            transforms = tf_for(rec, publish_scene(rec, sc))[0].transforms
+            assert len(transforms) == 2, node.log()[-3000:]
+            assert node.wait_for_line("kept the 2 highest-scoring (max_objects)", 5.0)
+            start = node.line_count()
+            rec.pub_prompt.publish(box_prompt(sc))
+            assert node.wait_for_line("bad input: prompt.boxes: 3 objects prompted; at most 2 "
+                                      "objects per request (max_objects); prompt rejected",
+                                      10.0, start=start), node.log()[-3000:]
+            res = run_goal(rec, client, explicit_goal(sc))
+            assert res.status == GoalStatus.STATUS_ABORTED
+            assert res.result.error.startswith("goal.prompt.boxes: 3 objects prompted"), (
+                res.result.error)
+        finally:
+            rec.close()

@@ -63,7 +63,8 @@ class EngineHost:
             input_options = InputOptions(allow_http=self._p("allow_http"),
                                          allowed_roots=roots or None)
             engine = Engine(segmenter, reconstructor, input_options=input_options,
-                            grasp_planner=self._grasp_planner())
+                            grasp_planner=self._grasp_planner(),
+                            max_objects=int(self._p("max_objects")))
             loaded: List[Any] = []
             try:
                 for backend in _backends(engine):

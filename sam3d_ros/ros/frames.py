@@ -36,6 +36,11 @@ def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool
                                                timings=timings, allow_empty=True)
         if cancelled():
             raise Cancelled("cancelled after processing")
+        for warning in res.warnings:  # e.g. automatic segmentation kept max_objects
+            report.warn_throttled(f"engine:{warning[:40]}", warning)
+        for failure in res.failed_objects:  # the others are published
+            report.warn_throttled("object", "object {object_id} skipped: {reason}".format(
+                **failure))
         objects = node.ids.assign(res.objects, explicit)
         result = None
         if node.param("write_artifacts") and objects:

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,6 +48,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sam3d_ros.action import Reconstruct
 from sam3d_ros.core.errors import Sam3dError
 from sam3d_ros.core.inputs import MAX_SEED
+from sam3d_ros.core.run_dirs import prune_runs
 from sam3d_ros.core.types import Frame, ObjectReconstruction
 from sam3d_ros.msg import Prompt
 from sam3d_ros.ros import outputs as out
@@ -68,26 +67,6 @@ from sam3d_ros.ros.publishers import ResultPublishers
 from sam3d_ros.ros.stats import PipelineStats
 
 NODE_NAME = "sam3d"
-_RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
-
-
-def prune_runs(output_dir: Path, keep: int) -> List[Path]:
-    """Delete the oldest run directories written by the node beyond ``keep`` (0 = keep all).
-
-    Only directories named like the node's runs (``frame_...`` / ``goal_...``) are considered.
-    Returns the deleted paths.
-    """
-    if keep <= 0 or not output_dir.is_dir():
-        return []
-    runs = sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name)),
-        key=lambda p: (p.stat().st_mtime, p.name),
-    )
-    deleted = []
-    for path in runs[: max(0, len(runs) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-    return deleted
 
 
 class Sam3dNode(LifecycleNode):
@@ -112,8 +91,9 @@ class Sam3dNode(LifecycleNode):
         self.camera = CameraInput(
             self, self.param, self.stats, self._on_frame,
             lambda exc: self.report.input_error(exc, pairing=True), self.report, group)
-        self.prompts = PromptInput(self, lambda: self.last_size, self._on_prompt, self.report,
-                                   group)
+        self.prompts = PromptInput(self, lambda: self.last_size,
+                                   lambda: self.param("max_objects"), self._on_prompt,
+                                   self.report, group)
         self._worker = FrameWorker(
             lambda msgs, cancelled: process_camera(self, msgs, cancelled), self.report.exception,
             lambda: self.param("max_rate_hz"), lambda: self.param("continuous"))
@@ -341,4 +321,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     return status
 
 
-__all__ = ["NODE_NAME", "Sam3dNode", "main", "prune_runs"]
+__all__ = ["NODE_NAME", "Sam3dNode", "main"]

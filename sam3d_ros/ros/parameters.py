@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter
 
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core.errors import InputError
-from sam3d_ros.core.inputs import DEFAULT_SEED
+from sam3d_ros.core.inputs import DEFAULT_MAX_OBJECTS, DEFAULT_SEED
 from sam3d_ros.ros.grasps import parse_approach
 
 BIG = 2**31 - 1
@@ -51,7 +51,8 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "backend); empty = $SAM3D_OBJECTS_CONFIG", when="configure"),
     ParamSpec("device", "auto", "torch device of the model backends: auto, cpu, cuda, cuda:N",
               when="configure"),
-    ParamSpec("max_objects", 32, "most objects one frame or goal may have: more prompted "
+    ParamSpec("max_objects", DEFAULT_MAX_OBJECTS, "most objects one frame or goal may have: "
+              "more prompted "
               "objects or masks are refused (the field named), automatic or text segmentation "
               "keeps the best-scoring ones", range=(1, 10000), when="configure"),
     ParamSpec("default_seed", DEFAULT_SEED, "seed when neither goal nor prompt gives one",

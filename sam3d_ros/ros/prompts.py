@@ -21,6 +21,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.inputs import (
     MAX_SEED,
+    check_object_count,
     group_prompts,
     parse_box_prompts,
     parse_point_prompts,
@@ -207,9 +208,13 @@ class PromptInput:
     transient-local publisher reaches both: :class:`FirstDelivery` applies its prompt once. Only
     a best-effort publisher is left out, and is warned about.
 
+    A prompt is checked when it arrives (with the last frame's size, and against
+    ``max_objects``); a bad one is reported and the previous prompt stays.
+
     Args:
         node: the node that subscribes.
         size: returns the ``(width, height)`` of the last frame, or ``None``.
+        max_objects: returns the most objects a prompt may ask for.
         on_prompt: ``on_prompt(msg)`` after a prompt was accepted.
         report: reports a rejected prompt (``input_error``), warns (``warn_throttled``) and
             guards the callbacks (``guarded``).
@@ -217,9 +222,11 @@ class PromptInput:
     """
 
     def __init__(self, node: Any, size: Callable[[], Optional[Tuple[int, int]]],
-                 on_prompt: Callable[[Prompt], None], report: Any, callback_group: Any) -> None:
+                 max_objects: Callable[[], int], on_prompt: Callable[[Prompt], None],
+                 report: Any, callback_group: Any) -> None:
         self._node = node
         self._size = size
+        self._max_objects = max_objects
         self._on_prompt = on_prompt
         self._report = report
         self._group = callback_group
@@ -267,7 +274,11 @@ class PromptInput:
         if not self._seen.first(info):
             return  # the same publication through the other prompt subscription
         try:
-            query_from_prompt(msg, *(self._size() or (None, None)))
+            query, _ = query_from_prompt(msg, *(self._size() or (None, None)))
+            try:
+                check_object_count(query, int(self._max_objects()))
+            except InputError as exc:
+                raise ros_field(exc, query_kind(query)) from None
         except InputError as exc:
             kept = "keeping the previous prompt" if self.prompt is not None else "no prompt set"
             self._report.input_error(
