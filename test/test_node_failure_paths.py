@@ -452,7 +452,9 @@ def test_diagnostics_are_published_by_the_timer_only():
         rec = Recorder()
         try:
             assert rec.wait_subscribed(), node.log()
-            assert rec.wait(lambda: rec.node.count_publishers("/diagnostics") > 0)
+            assert rec.wait(lambda: any(
+                (i.node_namespace, i.node_name) == ("/", "sam3d")
+                for i in rec.node.get_publishers_info_by_topic("/diagnostics")))
             started = time.monotonic()
             start_log = node.line_count()
             for _ in range(5):
