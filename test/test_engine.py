@@ -322,3 +322,23 @@ def test_automatic_segmentation_keeps_the_best_max_objects():
     assert [o.object_id for o in res.objects] == [1, 3]
     assert res.warnings == ["segmentation found 5 objects; kept the 2 highest-scoring "
                             "(max_objects)"]
+
+
+def test_cancel_inside_a_backend_loop():
+    """A stage that loops over objects ends at the next object when cancelled, not at its end:
+    the embedded reconstructor calls check_cancelled() between objects."""
+    from sam3d_bench.scenes import make_tabletop_scene
+    from sam3d_ros.backends.embedded.reconstruction import EmbeddedReconstructor
+
+    scene = make_tabletop_scene(1, n_objects=3, width=160, height=120)
+    query = SegmentationQuery(masks=[o.visible_mask for o in scene.objects])
+    polls = []
+
+    def cancel():  # polled before segment, before reconstruct, then inside reconstruct
+        polls.append(1)
+        return len(polls) >= 3
+
+    eng = Engine("embedded", EmbeddedReconstructor(), grasp_planner=None)
+    with pytest.raises(Cancelled, match="before the end of the reconstruct stage"):
+        eng.process(scene.frame, query, cancel=cancel)
+    assert len(polls) == 3
