@@ -21,7 +21,8 @@ from sam3d_ros.msg import Prompt
 from visualization_msgs.msg import Marker
 
 from sam3d_ros.core.conventions import metres_to_depth16
-from sam3d_ros.ros.conversions import numpy_to_image, pointcloud2_to_arrays
+from sam3d_ros.core.point_clouds import pointcloud2_to_arrays
+from sam3d_ros.ros.conversions import numpy_to_image
 
 PREFIX = "obj_"
 ERROR = DiagnosticStatus.ERROR
@@ -81,8 +82,9 @@ def publish_good(sc, rec):
 
 
 def test_tf_one_frame_per_object_matches_the_core(env):
+    from sam3d_ros.core.camera_frame import build_camera_frame
     from sam3d_ros.core.engine import Engine
-    from sam3d_ros.ros.node import build_camera_frame, query_from_prompt
+    from sam3d_ros.core.prompt_messages import query_from_prompt
 
     sc, node, rec = env
     header = publish_good(sc, rec)

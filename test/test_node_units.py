@@ -13,16 +13,16 @@ from sam3d_ros.msg import BoxPrompt, PointPrompt, Prompt
 from sensor_msgs.msg import CameraInfo
 
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.camera_frame import build_camera_frame
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.prompt_messages import query_from_prompt
 from sam3d_ros.core.types import CameraIntrinsics
 from sam3d_ros.ros.conversions import numpy_to_image
 from sam3d_ros.ros.node import (
     PARAMS,
     ApproxTimeSync,
     LatestSlot,
-    build_camera_frame,
     prune_runs,
-    query_from_prompt,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

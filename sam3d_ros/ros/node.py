@@ -1,8 +1,8 @@
 """The ``sam3d`` lifecycle node: RGB-D frames and prompts in; objects, TF, markers out.
 
-The node only converts messages (:mod:`sam3d_ros.ros.conversions`), schedules work and publishes
-(:mod:`sam3d_ros.ros.outputs`); segmentation and reconstruction are the ROS-free
-:class:`~sam3d_ros.core.engine.Engine`.
+The node only converts messages (:mod:`sam3d_ros.core.camera_frame`), schedules work and
+publishes (:mod:`sam3d_ros.core.output_messages` with the rclpy kit); segmentation and
+reconstruction are the ROS-free :class:`~sam3d_ros.core.engine.Engine`.
 
 Scheduling: the three camera topics are paired by approximate time (:class:`ApproxTimeSync`);
 each synchronised frame replaces the one in a single-frame slot (:class:`LatestSlot`) and ONE
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
@@ -66,23 +65,22 @@ from visualization_msgs.msg import MarkerArray
 
 from sam3d_ros.action import Reconstruct
 from sam3d_ros.backends.grasp.analytic import GripperModel
-from sam3d_ros.core import conventions
+from sam3d_ros.core import grasp_messages as ros_grasps
+from sam3d_ros.core import output_messages as out
+from sam3d_ros.core.camera_frame import CameraFrame, build_camera_frame, stamp_seconds
 from sam3d_ros.core.errors import Cancelled, InputError, NoObjectFound, Sam3dError
 from sam3d_ros.core.inputs import (
     DEFAULT_SEED,
     MAX_SEED,
     InputOptions,
-    group_prompts,
-    parse_box_prompts,
-    parse_point_prompts,
     parse_request,
 )
-from sam3d_ros.core.tracking import ObjectTracker
+from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt, rename_field
+from sam3d_ros.core.tracking import ObjectTracker, relabel
 from sam3d_ros.core.types import CameraIntrinsics, Frame, ObjectReconstruction, SegmentationQuery
 from sam3d_ros.msg import GraspArray, Prompt, ReconstructedObjectArray
-from sam3d_ros.ros import grasps as ros_grasps
-from sam3d_ros.ros import outputs as out
 from sam3d_ros.ros.action_queue import QueuedActionServer
+from sam3d_ros.ros.message_kit import RCLPY
 from sam3d_ros.ros.moveit_scene import CollisionPublisher, SceneOptions
 
 try:  # Jazzy and later
@@ -111,20 +109,6 @@ class CameraMessages:
     depth: Union[Image, CompressedImage]
     camera_info: CameraInfo
     received: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class CameraFrame:
-    """A decoded camera frame: the core :class:`Frame` and the image header it came with."""
-
-    header: Header
-    frame: Frame
-    received: float
-
-
-def stamp_seconds(header: Header) -> float:
-    """Header stamp in seconds."""
-    return header.stamp.sec + 1e-9 * header.stamp.nanosec
 
 
 class ApproxTimeSync:
@@ -296,203 +280,6 @@ class FirstDelivery:
                 return False
             self._keys.append(key)
             return True
-
-
-def rename_field(name: str, prefix: str = "prompt") -> str:
-    """Map a hosted request field name to the ROS message field (``box_prompts[0]`` → ...)."""
-    name = re.sub(r"^box_prompts", f"{prefix}.boxes", name)
-    name = re.sub(r"^point_prompts", f"{prefix}.points", name)
-    return name
-
-
-def query_from_prompt(
-    msg: Optional[Prompt],
-    width: Optional[int] = None,
-    height: Optional[int] = None,
-    prefix: str = "prompt",
-) -> Tuple[SegmentationQuery, Dict[int, int]]:
-    """Validate a ``sam3d_ros/Prompt`` and turn it into a query (hosted precedence).
-
-    Reuses the hosted request validation and grouping of :mod:`sam3d_ros.core.inputs`. Without an
-    image size only the size-independent checks run (labels, mask encodings, emptiness).
-
-    Returns:
-        ``(query, explicit)``: ``explicit`` maps the segmenter's object id to the id the prompt
-        gave explicitly (prompt ``object_id >= 0`` or ``mask_object_ids``); objects not in it
-        get tracked ids.
-
-    Raises:
-        InputError: naming the Prompt field, e.g. ``prompt.boxes[0].x_max``.
-    """
-    if msg is None:
-        return SegmentationQuery(), {}
-    w = int(width) if width else _BIG
-    h = int(height) if height else _BIG
-    masks = []
-    for i, image in enumerate(msg.masks):
-        from sam3d_ros.ros.conversions import mask_from_image
-
-        mask = mask_from_image(image, f"{prefix}.masks[{i}]")
-        if width and height and mask.shape != (h, w):
-            raise InputError(
-                f"{prefix}.masks[{i}]",
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}",
-            )
-        if not mask.any():
-            raise InputError(f"{prefix}.masks[{i}]", "mask is empty (no non-zero pixel)")
-        masks.append(mask)
-    ids = [int(v) for v in msg.mask_object_ids]
-    if ids and len(ids) != len(masks):
-        raise InputError(
-            f"{prefix}.mask_object_ids",
-            f"has {len(ids)} ids for {len(masks)} masks; give one per mask or none",
-        )
-    if len(set(ids)) != len(ids):
-        raise InputError(f"{prefix}.mask_object_ids", f"ids repeat: {ids}")
-    if any(v < 0 for v in ids):
-        raise InputError(f"{prefix}.mask_object_ids", f"ids must be >= 0, got {ids}")
-    points = [
-        {"x": p.x, "y": p.y, "label": int(p.label),
-         "object_id": None if p.object_id < 0 else int(p.object_id)}
-        for p in msg.points
-    ]
-    boxes = [
-        {"x_min": b.x_min, "y_min": b.y_min, "x_max": b.x_max, "y_max": b.y_max,
-         "label": int(b.label), "object_id": None if b.object_id < 0 else int(b.object_id)}
-        for b in msg.boxes
-    ]
-    try:
-        point_prompts = parse_point_prompts(points, w, h)
-        box_prompts = parse_box_prompts(boxes, w, h)
-        objects = group_prompts(point_prompts, box_prompts)
-    except InputError as exc:
-        raise InputError(rename_field(exc.field, prefix), exc.reason) from None
-    if msg.seed > MAX_SEED:
-        raise InputError(f"{prefix}.seed", f"must be in [0, {MAX_SEED}] or -1, got {msg.seed}")
-    if masks:
-        explicit = {i: v for i, v in enumerate(ids)}
-        return SegmentationQuery(masks=masks), explicit
-    if objects:
-        given = {p["object_id"] for p in points + boxes if p["object_id"] is not None}
-        return SegmentationQuery(objects=objects), {i: i for i in given}
-    return SegmentationQuery(text=msg.text.strip() or None), {}
-
-
-def prompt_request(msg: Optional[Prompt]) -> Dict[str, Any]:
-    """The hosted-request view of a Prompt (for ``request.json`` of written runs)."""
-    if msg is None:
-        return {}
-    req: Dict[str, Any] = {}
-    if msg.text.strip():
-        req["prompt"] = msg.text.strip()
-    if msg.points:
-        req["point_prompts"] = [
-            {"x": p.x, "y": p.y, "label": int(p.label),
-             **({"object_id": p.object_id} if p.object_id >= 0 else {})}
-            for p in msg.points
-        ]
-    if msg.boxes:
-        req["box_prompts"] = [
-            {"x_min": b.x_min, "y_min": b.y_min, "x_max": b.x_max, "y_max": b.y_max,
-             "label": int(b.label), **({"object_id": b.object_id} if b.object_id >= 0 else {})}
-            for b in msg.boxes
-        ]
-    if msg.masks:
-        req["mask_count"] = len(msg.masks)
-    return req
-
-
-def build_camera_frame(
-    image: Union[Image, CompressedImage],
-    depth: Optional[Union[Image, CompressedImage]],
-    camera_info: CameraInfo,
-    prefix: str = "",
-    warn: Optional[Callable[[str, str], None]] = None,
-) -> CameraFrame:
-    """Decode one synchronised image / depth / CameraInfo set into a :class:`CameraFrame`.
-
-    * CameraInfo for another resolution of the same camera is rescaled to the image
-      (:func:`~sam3d_ros.core.conventions.scale_intrinsics`);
-    * a depth image of another size with the same aspect ratio is back-projected with its own
-      (rescaled) intrinsics and resampled (nearest) onto the colour pixels;
-    * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug);
-    * ``CompressedImage`` colour (JPEG/PNG) and ``compressedDepth`` depth are decoded by
-      :mod:`sam3d_ros.ros.compressed`, their declared sizes checked against the CameraInfo and the
-      colour image before decoding.
-
-    ``warn(key, message)`` receives non-fatal remarks (frame ids that differ).
-
-    Raises:
-        InputError: naming ``image``, ``depth`` or ``camera_info`` fields.
-    """
-    from sam3d_ros.ros.compressed import depth_from_compressed, rgb_from_compressed
-    from sam3d_ros.ros.conversions import (
-        depth_from_image,
-        intrinsics_from_camera_info,
-        rgb_from_image,
-    )
-
-    if isinstance(image, CompressedImage):
-        # The CameraInfo first: it bounds the size the payload may declare.
-        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
-        rgb = rgb_from_compressed(image, f"{prefix}image", (intr.width, intr.height),
-                                  f"{prefix}camera_info")
-    else:
-        rgb = rgb_from_image(image, f"{prefix}image")
-        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
-    h, w = rgb.shape[:2]
-    if (intr.width, intr.height) != (w, h):
-        if not conventions.same_aspect(intr.width, intr.height, w, h):
-            raise InputError(
-                f"{prefix}camera_info",
-                f"is for a {intr.width}x{intr.height} image but the image is {w}x{h} "
-                "(different aspect ratio: not the same camera)",
-            )
-        intr = conventions.scale_intrinsics(intr, w, h)
-    points = None
-    if depth is not None:
-        if warn is not None and depth.header.frame_id != image.header.frame_id:
-            warn(
-                "depth_frame_id",
-                f"depth frame_id {depth.header.frame_id!r} differs from image frame_id "
-                f"{image.header.frame_id!r}; depth must be registered to the colour image "
-                "(outputs use the image's frame)",
-            )
-        if isinstance(depth, CompressedImage):
-            depth_m, depth_encoding = depth_from_compressed(depth, f"{prefix}depth", (w, h),
-                                                            f"the {w}x{h} {prefix}image")
-        else:
-            depth_m, depth_encoding = depth_from_image(depth, f"{prefix}depth"), depth.encoding
-        dh, dw = depth_m.shape
-        if (dw, dh) != (w, h):
-            if not conventions.same_aspect(dw, dh, w, h):
-                raise InputError(
-                    f"{prefix}depth",
-                    f"depth is {dw}x{dh} but the image is {w}x{h} and the aspect ratios "
-                    "differ; publish depth registered to the colour image",
-                )
-            d_points = conventions.backproject(depth_m, conventions.scale_intrinsics(intr, dw, dh))
-            cols = np.minimum(((np.arange(w) + 0.5) * dw / w).astype(np.int64), dw - 1)
-            rows = np.minimum(((np.arange(h) + 0.5) * dh / h).astype(np.int64), dh - 1)
-            points = np.ascontiguousarray(d_points[rows[:, None], cols[None, :]])
-        else:
-            points = conventions.backproject(depth_m, intr)
-        z = points[:, :, 2]
-        valid = np.isfinite(z)
-        if not valid.any():
-            raise InputError(
-                f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
-            )
-        if depth_encoding == conventions.DEPTH_32FC1:
-            median = float(np.median(z[valid]))
-            if median > 50.0:
-                raise InputError(
-                    f"{prefix}depth.encoding",
-                    f"32FC1 depth must be metres; its median {median:.1f} looks like "
-                    "millimetres (publish 16UC1 for millimetres)",
-                )
-    frame = Frame(rgb=rgb, points=points, intrinsics=intr)
-    return CameraFrame(header=image.header, frame=frame, received=time.monotonic())
 
 
 def prune_runs(output_dir: Path, keep: int) -> List[Path]:
@@ -759,6 +546,7 @@ class Sam3dNode(LifecycleNode):
         self._pub_tf = self.create_lifecycle_publisher(
             TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self._grasp_out = ros_grasps.GraspOutputs(
+            RCLPY,
             self.create_lifecycle_publisher(GraspArray, "~/grasps", reliable),
             self.create_lifecycle_publisher(PoseArray, "~/grasp_poses", reliable),
             self.create_lifecycle_publisher(MarkerArray, "~/grasp_markers", reliable))
@@ -801,7 +589,7 @@ class Sam3dNode(LifecycleNode):
         self._stop_processing()
         if self._pub_markers is not None and self._marker_ids:
             header = Header(stamp=self.get_clock().now().to_msg())
-            self._pub_markers.publish(out.delete_all_markers(header))
+            self._pub_markers.publish(out.delete_all_markers(RCLPY, header))
             self._marker_ids = []
         self._marker_cache.clear()
         header = Header(stamp=self.get_clock().now().to_msg())
@@ -1174,17 +962,11 @@ class Sam3dNode(LifecycleNode):
         self, objects: Sequence[ObjectReconstruction], masks: Sequence[Any],
         explicit: Mapping[int, int],
     ) -> List[ObjectReconstruction]:
-        centres = [np.asarray(o.translation, dtype=np.float64) for o in objects]
-        given = [explicit.get(int(o.object_id)) for o in objects]
         with self._tracker_lock:
-            if self._tracker is None:
-                ids = [int(o.object_id) for o in objects]
-                self._tracked_ids = list(ids)
-            else:
-                ids = self._tracker.assign(centres, given)
-                self._tracked_ids = [t.object_id for t in self._tracker.tracks]
-        return [dataclasses.replace(o, object_id=int(i), object_index=k)
-                for k, (o, i) in enumerate(zip(objects, ids, strict=True))]
+            relabelled = relabel(self._tracker, objects, explicit)
+            self._tracked_ids = ([o.object_id for o in relabelled] if self._tracker is None
+                                 else [t.object_id for t in self._tracker.tracks])
+        return relabelled
 
     def _runs_dir(self) -> Path:
         configured = self._p("output_dir")
@@ -1221,17 +1003,17 @@ class Sam3dNode(LifecycleNode):
                             "the image header has an empty frame_id; outputs and TF need one")
         if self._p("publish_tf") and self._pub_tf is not None and objects:
             # TF has no delete: frames of objects gone are simply no longer published.
-            self._pub_tf.publish(out.tf_msg(header, objects, self._p("tf_prefix")))
+            self._pub_tf.publish(out.tf_msg(RCLPY, header, objects, self._p("tf_prefix")))
             now = self.get_clock().now().nanoseconds * 1e-9
             self._latency.add("frame_to_tf", now - stamp_seconds(header))
         self._latency.add("receive_to_publish", total_s)
         for stage, seconds in timings.items():
             self._latency.add(stage, seconds)
         if _has_subscribers(self._pub_detections):
-            self._pub_detections.publish(out.detections_msg(header, objects))
+            self._pub_detections.publish(out.detections_msg(RCLPY, header, objects))
         if _has_subscribers(self._pub_objects):
             self._pub_objects.publish(out.objects_array_msg(
-                header, objects, timings, self._engine.segmenter.name,
+                RCLPY, header, objects, timings, self._engine.segmenter.name,
                 self._engine.reconstructor.name, result, cam.frame.camera_pose, total_s))
         if self._pub_markers is not None:
             with self._lock:
@@ -1239,12 +1021,12 @@ class Sam3dNode(LifecycleNode):
             if _has_subscribers(self._pub_markers):
                 t_markers = time.monotonic()
                 self._pub_markers.publish(out.markers_msg(
-                    header, objects, previous, int(self._p("marker_max_triangles")),
+                    RCLPY, header, objects, previous, int(self._p("marker_max_triangles")),
                     cache=self._marker_cache))
                 self._latency.add("markers", time.monotonic() - t_markers)
         if _has_subscribers(self._pub_points):
             self._pub_points.publish(
-                out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
+                out.points_msg(RCLPY, header, cam.frame.points, cam.frame.rgb, objects))
         if _has_subscribers(self._pub_debug):
             from sam3d_ros.ros.conversions import numpy_to_image
 
@@ -1348,11 +1130,11 @@ class Sam3dNode(LifecycleNode):
                 stamp=self.get_clock().now().to_msg())
             total = time.monotonic() - t0
             result.objects = out.objects_array_msg(
-                header, objects, timings, self._engine.segmenter.name,
+                RCLPY, header, objects, timings, self._engine.segmenter.name,
                 self._engine.reconstructor.name, hosted, frame.camera_pose, total)
-            result.artifacts = out.artifacts_msg(hosted)
+            result.artifacts = out.artifacts_msg(RCLPY, hosted)
             if res.grasps is not None:
-                result.grasps = ros_grasps.grasp_array_msg(header, objects, res.grasps,
+                result.grasps = ros_grasps.grasp_array_msg(RCLPY, header, objects, res.grasps,
                                                            float(self._p("tcp_offset_m")))
             else:
                 result.grasps.header = header
@@ -1392,7 +1174,7 @@ class Sam3dNode(LifecycleNode):
             request["mask_urls"] = list(goal.mask_uris)
         info = goal.camera_info
         if info.width and info.height and any(info.k):
-            from sam3d_ros.ros.conversions import intrinsics_from_camera_info
+            from sam3d_ros.core.image_decoding import intrinsics_from_camera_info
 
             k = intrinsics_from_camera_info(info, "camera_info")
             request["intrinsics"] = {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
@@ -1507,7 +1289,8 @@ class Sam3dNode(LifecycleNode):
         values["last_error"] = last_error
         values["last_error_field"] = error_field
         values["last_error_age_s"] = "" if error_age is None else f"{error_age:.1f}"
-        msg = out.diagnostics_msg(self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
+        msg = out.diagnostics_msg(RCLPY, self.get_clock().now().to_msg(),
+                                  f"{self.get_name()}: pipeline",
                                   self.get_fully_qualified_name(), level, message, values)
         with self._diag_lock:
             self._pub_diag.publish(msg)
@@ -1577,14 +1360,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 __all__ = [
     "ApproxTimeSync",
-    "CameraFrame",
     "CameraIntrinsics",
     "LatestSlot",
     "NODE_NAME",
     "PARAMS",
     "Sam3dNode",
-    "build_camera_frame",
     "main",
     "prune_runs",
-    "query_from_prompt",
 ]
