@@ -283,13 +283,24 @@ def synced_frames(recording: Recording, topics: CameraTopics, selection: FrameSe
     prompt = None
     synced = kept = 0
     last_stamp: Optional[float] = None
+    pending: List[float] = []  # image stamps not yet paired
     for topic, log_ns, msg in recording.messages(wanted, start_ns, stop_ns):
         if topic == topics.prompt:
             prompt = msg
             continue
-        sync.add(order[topic], stamp_seconds(msg.header), (topic, log_ns, msg))
+        stamp = stamp_seconds(msg.header)
+        if topic == topics.image:
+            pending.append(stamp)
+        sync.add(order[topic], stamp, (topic, log_ns, msg))
         while matched:
             sets = matched.pop(0)
+            paired = stamp_seconds(sets[0][2].header)
+            # The pairing drops older images silently when a newer one pairs (as in the node).
+            for old in (s for s in pending if s < paired):
+                unmatched.append(f"image: stamp {old:.6f} not paired: no depth and CameraInfo "
+                                 f"within sync_slop_s={slop_s:g} s of it before a newer image "
+                                 "paired")
+            pending = [s for s in pending if s > paired]
             synced += 1
             if (synced - 1) % max(1, selection.every):
                 continue

@@ -1,8 +1,9 @@
-"""Small recordings made in the tests (no tests here): the example scene at 160×120, with rosbags.
+"""Recordings made for tests and benchmarks: the example scene, written with rosbags.
 
-The frames are the example tabletop scene (``examples/tabletop``) taken every 4th pixel, with
-its intrinsics scaled to match, its box prompts divided by 4, and new sensor noise per frame
-(0.5 mm, seeded) so consecutive frames are not byte-identical.
+The frames are the example tabletop scene (``examples/tabletop``) taken every ``step``-th pixel
+(4: 160×120 for tests; 1: 640×480 for benchmarks), with its intrinsics scaled to match, its box
+prompts divided by ``step``, and new sensor noise per frame (0.5 mm, seeded) so consecutive
+frames are not byte-identical.
 """
 
 from __future__ import annotations
@@ -20,31 +21,28 @@ from sam3d_ros.core.recording.typestore import RosbagsKit, make_typestore
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tabletop"
 FRAME_ID = "camera_color_optical_frame"
-STEP = 4
 TOPICS = {"image": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
           "camera_info": "/camera/color/camera_info", "prompt": "/sam3d/prompt"}
 COMPRESSED_TOPICS = {**TOPICS, "image": "/camera/color/image_raw/compressed",
                      "depth": "/camera/depth/image_raw/compressedDepth"}
 
 
-def example_frame() -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Dict[str, int]]]:
-    """``(rgb uint8, depth metres float32, K 3×3, box prompts)`` at 160×120."""
+def example_frame(step: int = 4,
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Dict[str, int]]]:
+    """``(rgb uint8, depth metres float32, K 3×3, box prompts)``, every ``step``-th pixel."""
     rgb = cv2.cvtColor(cv2.imread(str(EXAMPLE / "rgb.png")), cv2.COLOR_BGR2RGB)
     data = np.load(EXAMPLE / "pointmap.npz", allow_pickle=False)
     depth = data["depth"].astype(np.float32) / 1000.0
     depth[data["depth"] == 0] = np.nan
     k = data["K"].astype(np.float64).copy()
-    # Pixel centres at integer coordinates: pixel j of the subsampled image is pixel STEP*j.
-    k[0, 0] /= STEP
-    k[1, 1] /= STEP
-    k[0, 2] /= STEP
-    k[1, 2] /= STEP
+    # Pixel centres at integer coordinates: pixel j of the subsampled image is pixel step*j.
+    k[:2, :] /= step
     request = json.loads((EXAMPLE / "request.json").read_text())
-    boxes = [{"x_min": b["x_min"] // STEP, "y_min": b["y_min"] // STEP,
-              "x_max": b["x_max"] // STEP, "y_max": b["y_max"] // STEP,
+    boxes = [{"x_min": b["x_min"] // step, "y_min": b["y_min"] // step,
+              "x_max": b["x_max"] // step, "y_max": b["y_max"] // step,
               "object_id": b["object_id"]} for b in request["box_prompts"]]
-    return (np.ascontiguousarray(rgb[::STEP, ::STEP]),
-            np.ascontiguousarray(depth[::STEP, ::STEP]), k, boxes)
+    return (np.ascontiguousarray(rgb[::step, ::step]),
+            np.ascontiguousarray(depth[::step, ::step]), k, boxes)
 
 
 def _header(kit: RosbagsKit, stamp_ns: int) -> Any:
@@ -55,7 +53,7 @@ def _header(kit: RosbagsKit, stamp_ns: int) -> Any:
 
 def image_msgs(kit: RosbagsKit, store: Any, rgb: np.ndarray, depth_m: np.ndarray,
                k: np.ndarray, stamp_ns: int, compressed: bool) -> Dict[str, Tuple[str, Any]]:
-    """image / depth / camera_info messages (rosbags) of one frame: topic key → (type, msg)."""
+    """Image / depth / camera_info messages (rosbags) of one frame: topic key → (type, msg)."""
     h, w = depth_m.shape
     image_cls = store.types["sensor_msgs/msg/Image"]
     compressed_cls = store.types["sensor_msgs/msg/CompressedImage"]
@@ -91,7 +89,7 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
                    storage: str = "mcap", compressed: bool = False,
                    depth_offset_ns: Sequence[int] = (), skip: Sequence[str] = (),
                    boxes_topic: bool = False, start_ns: int = 1_700_000_000_000_000_000,
-                   ) -> Path:
+                   step: int = 4) -> Path:
     """Write a rosbag2 folder of ``frames`` example frames; returns its path.
 
     Args:
@@ -100,10 +98,11 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
         depth_offset_ns: per frame, how far the depth stamp is from the image stamp.
         skip: topic keys (``"depth"``, ...) not written at all.
         boxes_topic: also record a ``sam3d_ros/Prompt`` with the example boxes before frame 0.
+        step: pixel step (4: 160×120, 1: 640×480).
     """
     store = make_typestore("jazzy")
     kit = RosbagsKit(store)
-    rgb, depth, k, boxes = example_frame()
+    rgb, depth, k, boxes = example_frame(step)
     rng = np.random.default_rng(0)
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with Writer(path, version=9, storage_plugin=plugin) as writer:
@@ -135,9 +134,9 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
     return path
 
 
-def example_request(path: Path) -> Path:
-    """A request file with the example's box prompts at 160×120 (no image: for ``--bag``)."""
-    _, _, _, boxes = example_frame()
+def example_request(path: Path, step: int = 4) -> Path:
+    """A request file with the example's box prompts (no image: for ``--bag``)."""
+    _, _, _, boxes = example_frame(step)
     path.write_text(json.dumps({"box_prompts": boxes, "seed": 42}))
     return path
 
