@@ -179,9 +179,6 @@ def test_interrupted_run_leaves_a_readable_recording(tmp_path):
     assert not list(tmp_path.glob(".out*"))
 
 
-@pytest.mark.xfail(strict=True, reason="ApproxTimeSync still lives in ros/node.py (rclpy) until "
-                   "the node branch moves it to core/frame_pairing.py (issue 10): remove this "
-                   "marker then")
 def test_offline_path_never_imports_rclpy(tmp_path):
     bag = make_recording(tmp_path / "in", frames=1)
     request = example_request(tmp_path / "request.json")

@@ -4,7 +4,7 @@ Every function takes a message kit (:mod:`sam3d_ros.core.message_kit`: rclpy's c
 node, rosbags' for a recording written offline), plain core objects
 (:class:`~sam3d_ros.core.types.ObjectReconstruction`, numpy arrays, the hosted result dict) and a
 ``std_msgs/Header`` of that kit, and returns a message, so each output can be tested by building
-it directly. The node (:mod:`sam3d_ros.ros.node`) only decides *when* to publish.
+it directly. The node (:mod:`sam3d_ros.ros.publishers`) only decides *when* to publish.
 
 Frames and units follow :mod:`sam3d_ros.core.conventions`: every output is in the frame of the
 source

@@ -1,7 +1,12 @@
-"""``sam3d_ros/Prompt`` ↔ the hosted request's prompt fields, ROS-free.
+"""The one translation between ``sam3d_ros/Prompt`` and the core's request, and back; ROS-free.
 
-The node's ``prompt`` topic and a Prompt topic inside a recording are read alike: only the
-message's fields are used (rclpy or rosbags messages).
+The Prompt of the node's topic, of its goals and of a recording becomes a core query here, and
+the core's field names map back to the ROS fields here and nowhere else. Only the message's
+fields are read (rclpy or rosbags messages).
+
+:func:`query_from_prompt` validates a Prompt with the hosted request's rules
+(:mod:`sam3d_ros.core.inputs`); :func:`prompt_request` is its hosted-request view (for
+``request.json``); :func:`ros_field` names the ROS field behind a core error.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from sam3d_ros.core.image_decoding import mask_from_image
 from sam3d_ros.core.inputs import MAX_SEED, group_prompts, parse_box_prompts, parse_point_prompts
 from sam3d_ros.core.types import SegmentationQuery
 
-__all__ = ["prompt_request", "query_from_prompt", "rename_field"]
+__all__ = ["prompt_request", "query_from_prompt", "query_kind", "rename_field", "ros_field"]
 
 _BIG = 2**31 - 1
 
@@ -119,3 +124,40 @@ def prompt_request(msg: Optional[Any]) -> Dict[str, Any]:
     if msg.masks:
         req["mask_count"] = len(msg.masks)
     return req
+
+
+def query_kind(query: Optional[SegmentationQuery]) -> str:
+    """How a query asks for objects: ``masks``, ``prompts``, ``text``, ``auto`` (none: ``""``)."""
+    if query is None:
+        return ""
+    if query.masks:
+        return "masks"
+    if query.objects:
+        return "prompts"
+    return "text" if query.text else "auto"
+
+
+def ros_field(exc: InputError, kind: str = "", prefix: str = "", uris: bool = False) -> InputError:
+    """Name the ROS field (topic or goal field) behind a core error's hosted field name.
+
+    ``kind`` is the query's :func:`query_kind`, ``prefix`` the goal's ``"goal."`` (topics:
+    ``""``), ``uris`` true for a goal given by ``image_uri`` / ``pointmap_uri`` / ``mask_uris``.
+    """
+    name = exc.field
+    if uris:
+        for hosted, ros in (("image_url", "image_uri"), ("pointmap_url", "pointmap_uri"),
+                            ("mask_urls", "mask_uris")):
+            if name.startswith(hosted):
+                return InputError(ros + name[len(hosted):], exc.reason)
+    if name.startswith("mask_urls"):
+        name = name.replace("mask_urls", f"{prefix}prompt.masks" if kind == "masks"
+                            else f"{prefix}objects", 1)
+    elif name.startswith(("box_prompts", "point_prompts")):
+        name = rename_field(name, f"{prefix}prompt")
+    elif name == "prompt":
+        name = f"{prefix}prompt.text"
+    elif name == "image_url":
+        name = f"{prefix}image"
+    elif name == "pointmap_url":
+        name = f"{prefix}depth"
+    return InputError(name, exc.reason)

@@ -21,12 +21,8 @@ from rosbags.typesys.store import Typestore
 
 from sam3d_ros.core.camera_frame import stamp_seconds
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.frame_pairing import ApproxTimeSync
 from sam3d_ros.core.recording.typestore import make_typestore
-
-try:  # its home once the node branch lands (issue 10)
-    from sam3d_ros.core.frame_pairing import ApproxTimeSync
-except ImportError:  # until then, where the node defines it (that import needs rclpy)
-    from sam3d_ros.ros.node import ApproxTimeSync
 
 __all__ = ["CameraTopics", "FrameSelection", "Recording", "SyncedFrame", "detect_topics",
            "synced_frames"]
