@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam3d_bench.recordings import example_request, make_recording  # noqa: E402
 from sam3d_ros.core.engine import Engine  # noqa: E402

@@ -9,13 +9,14 @@ builders (:mod:`~sam3d_ros.core.output_messages`, :mod:`~sam3d_ros.core.grasp_me
 A kit's classes (attributes named as in :data:`MESSAGE_TYPES`) construct from keyword arguments
 for any subset of their fields (the rest take the message defaults), allow attribute assignment
 and carry the message constants (``kit.Marker.ADD``), as rclpy's generated classes do. The bulk
-helpers build the long element lists of meshes and point clouds; a kit overrides them where its
-library has a faster way.
+helpers turn the long arrays of meshes and point clouds into a sequence field's value; a kit
+overrides them where its library has a faster way (rclpy: filling slots; rosbags: the array
+itself, serialised in one copy).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -67,18 +68,18 @@ class MessageKit:
         for name, cls in classes.items():
             setattr(self, name, cls)
 
-    def points(self, rows: List[List[float]]) -> List[Any]:
-        """``geometry_msgs/Point`` per ``[x, y, z]`` row (Python floats)."""
+    def points(self, xyz: np.ndarray) -> Any:
+        """``geometry_msgs/Point[]`` of an N×3 ``float64`` array."""
         point = self.Point
-        return [point(x=x, y=y, z=z) for x, y, z in rows]
+        return [point(x=x, y=y, z=z) for x, y, z in xyz.tolist()]
 
-    def colors(self, rows: List[List[float]], alpha: float) -> List[Any]:
-        """``std_msgs/ColorRGBA`` per ``[r, g, b]`` row (0..1 Python floats)."""
+    def colors(self, rgb: np.ndarray, alpha: float) -> Any:
+        """``std_msgs/ColorRGBA[]`` of an N×3 ``float64`` array of 0..1 values, alpha ``alpha``."""
         color = self.ColorRGBA
-        return [color(r=r, g=g, b=b, a=alpha) for r, g, b in rows]
+        return [color(r=r, g=g, b=b, a=alpha) for r, g, b in rgb.tolist()]
 
-    def triangles(self, faces: np.ndarray) -> List[Any]:
-        """``shape_msgs/MeshTriangle`` per row of an F×3 ``uint32`` array."""
+    def triangles(self, faces: np.ndarray) -> Any:
+        """``shape_msgs/MeshTriangle[]`` of an F×3 ``uint32`` array."""
         triangle = self.MeshTriangle
         return [triangle(vertex_indices=row) for row in faces]
 

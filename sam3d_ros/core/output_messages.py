@@ -126,19 +126,19 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _points(kit: MessageKit, array: np.ndarray) -> List[Any]:
-    rows = np.asarray(array, dtype=np.float64).reshape(-1, 3).tolist()
+def _points(kit: MessageKit, array: np.ndarray) -> Any:
+    xyz = np.ascontiguousarray(np.asarray(array, dtype=np.float64).reshape(-1, 3))
     with _no_gc():
-        return kit.points(rows)
+        return kit.points(xyz)
 
 
-def _colors(kit: MessageKit, rgb: np.ndarray, alpha: float = 1.0) -> List[Any]:
-    c = (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0).tolist()
+def _colors(kit: MessageKit, rgb: np.ndarray, alpha: float = 1.0) -> Any:
+    c = np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0
     with _no_gc():
         return kit.colors(c, float(alpha))
 
 
-def _triangles(kit: MessageKit, faces: np.ndarray) -> List[Any]:
+def _triangles(kit: MessageKit, faces: np.ndarray) -> Any:
     f = np.ascontiguousarray(np.asarray(faces, dtype=np.int64).reshape(-1, 3), dtype=np.uint32)
     with _no_gc():
         return kit.triangles(f)

@@ -64,14 +64,14 @@ class RclpyKit(MessageKit):
                       and _has_slots(self.ColorRGBA, ("r", "g", "b", "a"))
                       and _has_slots(self.MeshTriangle, ("vertex_indices",)))
 
-    def points(self, rows: List[List[float]]) -> List[Any]:
+    def points(self, xyz: np.ndarray) -> List[Any]:
         """``Point`` per row, slots filled directly (see the module docstring)."""
         if not self._fast:
-            return super().points(rows)
+            return super().points(xyz)
         cls = self.Point
         new = cls.__new__
         out = []
-        for x, y, z in rows:
+        for x, y, z in xyz.tolist():
             p = new(cls)
             p._x = x
             p._y = y
@@ -80,14 +80,14 @@ class RclpyKit(MessageKit):
             out.append(p)
         return out
 
-    def colors(self, rows: List[List[float]], alpha: float) -> List[Any]:
+    def colors(self, rgb: np.ndarray, alpha: float) -> List[Any]:
         """``ColorRGBA`` per row, slots filled directly."""
         if not self._fast:
-            return super().colors(rows, alpha)
+            return super().colors(rgb, alpha)
         cls = self.ColorRGBA
         new = cls.__new__
         out = []
-        for r, g, b in rows:
+        for r, g, b in rgb.tolist():
             c = new(cls)
             c._r = r
             c._g = g

@@ -9,7 +9,9 @@ source tree or a ROS install's ``share/`` directories.
 
 :class:`RosbagsKit` gives rosbags' message classes the construction rclpy's have (keyword
 arguments for any subset of the fields, defaults for the rest; numeric arrays stored as numpy
-arrays), so the builders of :mod:`sam3d_ros.core.output_messages` write recordings too.
+arrays), so the builders of :mod:`sam3d_ros.core.output_messages` write recordings too. Its
+bulk helpers leave mesh-sized sequences (points, colours, triangles) as numpy arrays, which
+:mod:`~sam3d_ros.core.recording.bulk_cdr` serialises in one copy: the kit is for writing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from sam3d_ros.core.message_kit import MESSAGE_TYPES, MessageKit
+from sam3d_ros.core.recording import bulk_cdr
 
 __all__ = ["DISTROS", "RosbagsKit", "interface_files", "make_typestore"]
 
@@ -108,9 +111,9 @@ class RosbagsKit(MessageKit):
         self.store = store
         self._classes: Dict[str, type] = {}
         super().__init__({name: self.message_class(full) for name, full in MESSAGE_TYPES.items()})
-        self._point = store.types["geometry_msgs/msg/Point"]
-        self._color = store.types["std_msgs/msg/ColorRGBA"]
-        self._triangle = store.types["shape_msgs/msg/MeshTriangle"]
+        seen: set = set()
+        for full in MESSAGE_TYPES.values():
+            bulk_cdr.install(store, full, seen)
 
     def _default_maker(self, desc: Tuple[Any, Any]) -> Callable[[], Any]:
         kind, spec = desc
@@ -168,17 +171,17 @@ class RosbagsKit(MessageKit):
             cls.__setattr__ = __setattr__
         return cls
 
-    def points(self, rows: List[List[float]]) -> List[Any]:
-        """``Point`` per row, through the plain dataclass constructor."""
-        point = self._point
-        return [point(x, y, z) for x, y, z in rows]
+    def points(self, xyz: np.ndarray) -> np.ndarray:
+        """The N×3 ``float64`` array itself (serialised in one copy, :mod:`.bulk_cdr`)."""
+        return np.ascontiguousarray(xyz, dtype="<f8")
 
-    def colors(self, rows: List[List[float]], alpha: float) -> List[Any]:
-        """``ColorRGBA`` per row, through the plain dataclass constructor."""
-        color = self._color
-        return [color(r, g, b, alpha) for r, g, b in rows]
+    def colors(self, rgb: np.ndarray, alpha: float) -> np.ndarray:
+        """N×4 ``float32`` RGBA (serialised in one copy)."""
+        out = np.empty((len(rgb), 4), dtype="<f4")
+        out[:, :3] = rgb
+        out[:, 3] = alpha
+        return out
 
-    def triangles(self, faces: np.ndarray) -> List[Any]:
-        """``MeshTriangle`` per ``uint32`` row, through the plain dataclass constructor."""
-        triangle = self._triangle
-        return [triangle(row) for row in faces]
+    def triangles(self, faces: np.ndarray) -> np.ndarray:
+        """The F×3 ``uint32`` array itself (serialised in one copy)."""
+        return np.ascontiguousarray(faces, dtype="<u4")
