@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam3d_bench.evaluation import (  # noqa: E402
     load_real_frame,
     posed_vertices,
+    real_rgbd_dir,
     sanity_figures,
     silhouette,
     silhouette_iou,
@@ -57,14 +57,6 @@ KNOWN_SIZES = {
     ("m2t2_1", 101): ("cracker box", CRACKER_BOX),
 }
 MODES = ("boxes", "points", "masks")
-
-
-def default_data_dir() -> Path:
-    """``$SAM3D_REAL_RGBD``, else ``<repo>/../shared/real_rgbd``."""
-    env = os.environ.get("SAM3D_REAL_RGBD")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "real_rgbd"
 
 
 def object_ids(request: Dict[str, Any]) -> List[int]:
@@ -248,7 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help="request kinds to run")
     p.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = p.parse_args(argv)
-    data = args.data or default_data_dir()
+    data = args.data or real_rgbd_dir()
     if not data.is_dir():
         print(f"real frames not found at {data} (set --data or SAM3D_REAL_RGBD)", file=sys.stderr)
         return 2

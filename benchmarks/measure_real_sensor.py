@@ -40,8 +40,6 @@ sys.path.insert(0, str(REPO))
 
 from sam3d_bench import sensor_stats as ss  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "real_rgbd"
-
 
 def synthetic_frames(n: int, sensor: str, regime: str, seed: int = 1000) -> List[ss.RGBDFrame]:
     from sam3d_bench.scenes import SCENE_REGIMES, make_tabletop_scene
@@ -99,7 +97,8 @@ def report(name: str, frames: Sequence[ss.RGBDFrame], verbose: bool) -> Dict[str
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real_rgbd folder")
+    p.add_argument("--data", type=Path, default=None,
+                   help="real_rgbd folder (default: $SAM3D_REAL_RGBD or ../shared/real_rgbd)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="measure N synthetic scenes instead of the real frames")
     p.add_argument("--sensor", default="realsense", choices=("default", "realsense"))
@@ -113,6 +112,10 @@ def main(argv=None) -> int:
         groups = {}
         title = f"synthetic ({args.sensor} sensor, {args.regime})"
     else:
+        if args.data is None:
+            from sam3d_bench.evaluation import real_rgbd_dir
+
+            args.data = real_rgbd_dir()
         if not args.data.is_dir():
             print(f"no real frames at {args.data} (pass --data DIR)", file=sys.stderr)
             return 2

@@ -9,12 +9,14 @@ saw (the frame's masks and depth), which is all a real frame offers.
 * :func:`sanity_figures`: share of the mesh in front of the observed depth, depth over width along
   the horizontal viewing direction, mesh extent over the visible points' extent, watertightness;
 * :func:`load_real_frame`: the ``../shared/real_rgbd`` folder layout (``rgb.png``, ``depth.npz``,
-  ``masks/<id>.png``, ``request_*.json``).
+  ``masks/<id>.png``, ``request_*.json``);
+* :func:`real_rgbd_dir`: where those frames are (the one place tests and benchmarks ask).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -25,6 +27,17 @@ from scipy import ndimage
 from sam3d_ros.core.conventions import posed_vertices, project
 from sam3d_ros.core.mesh_decimation import is_closed_manifold
 from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
+
+
+def real_rgbd_dir() -> Path:
+    """Folder of the real RGB-D frames: ``$SAM3D_REAL_RGBD``, else ``<repo>/../shared/real_rgbd``.
+
+    It may not exist (a user's clone has no ``../shared``); callers decide whether to skip.
+    """
+    env = os.environ.get("SAM3D_REAL_RGBD")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "real_rgbd"
 
 
 def silhouette(

@@ -10,15 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def real_rgbd_dir() -> Path:
-    """Folder of the real RGB-D frames (it may not exist)."""
-    env = os.environ.get("SAM3D_REAL_RGBD")
-    if env:
-        return Path(env)
-    return REPO.parent / "shared" / "real_rgbd"
+from sam3d_bench.evaluation import real_rgbd_dir
 
 
 def require_real_rgbd() -> Path:

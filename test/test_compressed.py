@@ -20,8 +20,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage
 from sam3d_ros.core import conventions as conv
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.ros import compressed as cmp
+from sam3d_ros.ros.camera_input import build_camera_frame
 from sam3d_ros.ros.conversions import numpy_to_image
-from sam3d_ros.ros.node import build_camera_frame
 
 W, H = 160, 120
 

@@ -21,7 +21,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sam3d_ros.msg import Prompt
 from visualization_msgs.msg import Marker
 
-from sam3d_ros.ros.node import FirstDelivery
+from sam3d_ros.ros.prompts import FirstDelivery
 
 ERROR = int.from_bytes(DiagnosticStatus.ERROR, "little")
 REMOVE = int.from_bytes(CollisionObject.REMOVE, "little")

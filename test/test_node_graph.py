@@ -82,7 +82,8 @@ def publish_good(sc, rec):
 
 def test_tf_one_frame_per_object_matches_the_core(env):
     from sam3d_ros.core.engine import Engine
-    from sam3d_ros.ros.node import build_camera_frame, query_from_prompt
+    from sam3d_ros.ros.camera_input import build_camera_frame
+    from sam3d_ros.ros.prompts import query_from_prompt
 
     sc, node, rec = env
     header = publish_good(sc, rec)

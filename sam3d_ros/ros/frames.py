@@ -1,0 +1,58 @@
+"""One synchronised camera frame through the node: decode, prompt, engine, ids, write, publish.
+
+A bad frame is reported (log and ``/diagnostics``) and never takes the node down; nothing found
+is an empty result (an empty table), not a failure.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Dict, Optional
+
+from sam3d_ros.core.errors import InputError, Sam3dError
+from sam3d_ros.core.types import SegmentationQuery
+from sam3d_ros.ros.camera_input import CameraMessages, build_camera_frame, stamp_seconds
+from sam3d_ros.ros.prompts import prompt_request, query_from_prompt, query_kind, ros_field
+
+
+def process_camera(node: Any, msgs: CameraMessages) -> None:
+    """Process one synchronised set with the node's engine and publish the result."""
+    t0 = time.monotonic()
+    timings: Dict[str, float] = {}
+    query: Optional[SegmentationQuery] = None
+    report = node.report
+    try:
+        cam = build_camera_frame(msgs.image, msgs.depth, msgs.camera_info,
+                                 warn=report.warn_once)
+        node.last_size = (cam.frame.width, cam.frame.height)
+        timings["load"] = time.monotonic() - t0
+        prompt = node.prompts.prompt
+        query, explicit = query_from_prompt(prompt, cam.frame.width, cam.frame.height)
+        seed = node.seed(prompt.seed if prompt is not None else None)
+        host = node.engine_host
+        with host.lock:
+            if host.engine is None:
+                return
+            # Nothing found is an empty result (an empty table), not a failed frame.
+            res = host.engine.process(cam.frame, query, seed, timings=timings,
+                                      allow_empty=True)
+        objects = node.ids.assign(res.objects, explicit)
+        result = None
+        if node.param("write_artifacts") and objects:
+            request = {"source": "ros", "frame_id": cam.header.frame_id,
+                       "stamp": stamp_seconds(cam.header), "seed": seed,
+                       **prompt_request(prompt)}
+            t_export = time.monotonic()
+            result = node.write_run("frame", request, cam.frame, objects, res.grasps)
+            timings["export"] = time.monotonic() - t_export
+        node.publish(cam, objects, timings, result, time.monotonic() - msgs.received, res.grasps)
+        node.stats.frame_processed(len(objects))
+    except InputError as exc:
+        report.input_error(ros_field(exc, query_kind(query)))
+    except Sam3dError as exc:
+        report.error("backend", str(exc))
+        report.warn_throttled("backend", f"processing failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
+        report.error("internal", f"{exc.__class__.__name__}: {exc}")
+        node.get_logger().error(f"processing failed: {traceback.format_exc()}")
