@@ -84,7 +84,7 @@ def test_no_frame_enters_while_a_goal_is_queued():
         gate.release_claim()
     with gate.frame(timeout=WAIT_S) as entered:
         assert entered and gate.holder == "frame"
-    assert gate.holder is None and gate.claims == 0
+    assert gate.holder is None and gate.claims == 0 and gate.turned_away == 2
 
 
 def test_a_goal_goes_first_even_without_a_claim_and_goals_take_turns():

@@ -35,6 +35,7 @@ class WorkGate:
         self._claims = 0
         self._holder: Optional[str] = None
         self._poll_s = float(poll_s)
+        self._turned_away = 0
 
     @property
     def holder(self) -> Optional[str]:
@@ -47,6 +48,12 @@ class WorkGate:
         """Goals accepted and not finished (each holds off new frames)."""
         with self._cond:
             return self._claims
+
+    @property
+    def turned_away(self) -> int:
+        """Frames that did not enter because a goal held or claimed the gate."""
+        with self._cond:
+            return self._turned_away
 
     def claim(self) -> None:
         """A goal was accepted: no new frame enters until :meth:`release_claim`."""
@@ -96,6 +103,8 @@ class WorkGate:
                 lambda: self._holder is None and self._claims == 0, timeout)
             if entered:
                 self._holder = "frame"
+            else:
+                self._turned_away += 1
         try:
             yield entered
         finally:
