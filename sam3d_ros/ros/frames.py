@@ -37,6 +37,9 @@ def process_camera(node: Any, msgs: CameraMessages) -> None:
             # Nothing found is an empty result (an empty table), not a failed frame.
             res = host.engine.process(cam.frame, query, seed, timings=timings,
                                       allow_empty=True)
+        for failure in res.failed_objects:  # the others are published
+            report.warn_throttled("object", "object {object_id} skipped: {reason}".format(
+                **failure))
         objects = node.ids.assign(res.objects, explicit)
         result = None
         if node.param("write_artifacts") and objects:

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import shutil
 import sys
 import threading
 import time
@@ -51,6 +49,7 @@ from rclpy.parameter import Parameter
 
 from sam3d_ros.action import Reconstruct
 from sam3d_ros.core.inputs import MAX_SEED
+from sam3d_ros.core.run_dirs import prune_runs
 from sam3d_ros.core.types import Frame, ObjectReconstruction
 from sam3d_ros.msg import Prompt
 from sam3d_ros.ros import outputs as out
@@ -69,26 +68,6 @@ from sam3d_ros.ros.publishers import ResultPublishers
 from sam3d_ros.ros.stats import PipelineStats
 
 NODE_NAME = "sam3d"
-_RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
-
-
-def prune_runs(output_dir: Path, keep: int) -> List[Path]:
-    """Delete the oldest run directories written by the node beyond ``keep`` (0 = keep all).
-
-    Only directories named like the node's runs (``frame_...`` / ``goal_...``) are considered.
-    Returns the deleted paths.
-    """
-    if keep <= 0 or not output_dir.is_dir():
-        return []
-    runs = sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name)),
-        key=lambda p: (p.stat().st_mtime, p.name),
-    )
-    deleted = []
-    for path in runs[: max(0, len(runs) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-    return deleted
 
 
 class Sam3dNode(LifecycleNode):
@@ -343,4 +322,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     return status
 
 
-__all__ = ["NODE_NAME", "Sam3dNode", "main", "prune_runs"]
+__all__ = ["NODE_NAME", "Sam3dNode", "main"]
