@@ -3,6 +3,7 @@
 import base64
 import importlib
 import importlib.util
+import io
 import json
 import pickle
 from pathlib import Path
@@ -313,3 +314,167 @@ def test_internal_error_and_interrupt_write_nothing(
     got, stdout, err = run(argv, capsys)
     assert got == code and message in err, err
     assert stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- failure paths (issue 10)
+
+
+def test_one_object_without_depth_does_not_fail_the_others(scene_dir, tmp_path, capsys):
+    npz = np.load(scene_dir / "pointmap.npz")
+    depth = npz["depth"].copy()
+    request = json.loads((scene_dir / "request.json").read_text())
+    box = request["box_prompts"][1]  # object 2: its depth is missing (a black, shiny object)
+    depth[box["y_min"]: box["y_max"] + 1, box["x_min"]: box["x_max"] + 1] = 0
+    np.savez(tmp_path / "holed.npz", depth=depth, K=npz["K"])
+    request.update(image_url=str(scene_dir / "rgb.png"), pointmap_url=str(tmp_path / "holed.npz"))
+    req = write_request(tmp_path / "req.json", request)
+    out = tmp_path / "run"
+    code, stdout, err = run(["--request", req, "--output", out], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    check_result_schema(result, out, 2)
+    assert [m["object_id"] for m in result["metadata"]] == [1, 3]
+    [failed] = result["failed_objects"]
+    assert failed["object_id"] == 2 and "no valid depth" in failed["reason"]
+    assert "warning: object 2 not reconstructed: " in err and "1 failed" in err
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["failed_objects"] == result["failed_objects"]
+    assert sorted(p.name for p in (out / "objects").iterdir()) == [
+        "object_1.glb", "object_1.ply", "object_3.glb", "object_3.ply"]
+
+
+def test_every_object_without_depth_is_bad_input(scene_dir, tmp_path, capsys):
+    npz = np.load(scene_dir / "pointmap.npz")
+    depth = npz["depth"].copy()
+    request = json.loads((scene_dir / "request.json").read_text())
+    for box in request["box_prompts"]:
+        depth[box["y_min"]: box["y_max"] + 1, box["x_min"]: box["x_max"] + 1] = 0
+    np.savez(tmp_path / "holed.npz", depth=depth, K=npz["K"])
+    request.update(image_url=str(scene_dir / "rgb.png"), pointmap_url=str(tmp_path / "holed.npz"))
+    req = write_request(tmp_path / "req.json", request)
+    code, stdout, err = run(["--request", req, "--output", tmp_path / "run"], capsys)
+    assert code == 2 and stdout == ""
+    assert "error: mask_urls[2]: object 3 has no valid depth" in err  # named by query position
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("array", [
+    np.full((H, W), 1500.0, np.float32),  # depth, millimetres saved as float
+    points_map() * 1000.0,  # points in millimetres
+])
+def test_float_depth_in_millimetres_is_refused(inputs, tmp_path, capsys, array):
+    # The same rule as the node's for 32FC1 (was: exit 0, objects ~1.5 km away, a warning).
+    np.save(inputs / "mm.npy", array)
+    argv = ["--image", inputs / "rgb.png", "--depth", inputs / "mm.npy", "--intrinsics",
+            f"{30.0},{30.0},{15.5},{11.5}", "--output", tmp_path / "out"]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "", err
+    assert "error: pointmap_url: float depth must be metres; its median 1500.0 looks like " \
+           "millimetres" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ten_thousand_boxes_refused_before_any_work(inputs, tmp_path, capsys):
+    boxes = [{"x_min": 1, "y_min": 1, "x_max": 5, "y_max": 5}] * 10000
+    req = write_request(inputs / "req.json", {"image_url": "rgb.png", "box_prompts": boxes})
+    code, out, err = run(["--request", req, "--output", tmp_path / "out"], capsys)
+    assert code == 2 and out == ""
+    assert "error: box_prompts: 10000 prompts; at most 512" in err
+    argv = ["--image", inputs / "rgb.png", "--pointmap", inputs / "points.npy", "--box",
+            "1,1,5,5", "--box", "8,8,12,12", "--max-objects", "1", "--output", tmp_path / "out"]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and "error: box_prompts: 2 objects prompted; at most 1" in err
+    assert list(tmp_path.iterdir()) == [inputs]
+
+
+def test_npy_declaring_112_gib_is_bad_input(inputs, tmp_path, capsys):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000, 3)})
+    (inputs / "bomb.npy").write_bytes(header.getvalue() + b"\0" * 4096)
+    argv = ["--image", inputs / "rgb.png", "--pointmap", inputs / "bomb.npy",
+            "--output", tmp_path / "out"]
+    code, out, err = run(argv, capsys)
+    assert code == 2, err  # was "internal error: MemoryError", exit 1
+    assert "error: pointmap_url: pointmap is 100000x100000 but the image is 32x24" in err
+
+
+@pytest.mark.parametrize("depth", [100000, 500])
+def test_deeply_nested_json_is_bad_input(inputs, tmp_path, capsys, depth):
+    text = '{"image_url": "rgb.png", "extra": ' + "[" * depth + "]" * depth + "}"
+    (inputs / "req.json").write_text(text)
+    code, out, err = run(["--request", inputs / "req.json", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and out == "", err  # was RecursionError, exit 1 (after the work for 500)
+    assert "nested" in err and "64 levels" in err
+    assert "] segment: " not in err  # refused while reading the request
+
+
+def test_output_under_a_file_refused_before_any_work(inputs, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    argv = ["--image", inputs / "rgb.png", "--pointmap", inputs / "points.npy",
+            "--output", tmp_path / "afile" / "sub" / "out"]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "", err  # was NotADirectoryError at export, exit 1
+    assert "error: --output: " in err and "afile' is not a directory" in err
+    assert "] load: " not in err
+
+
+def test_symlinked_output_dir(scene_dir, tmp_path, capsys):
+    target = tmp_path / "disk" / "run1"
+    target.mkdir(parents=True)
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+    argv = ["--request", scene_dir / "request.json", "--output", link, "--quiet"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err  # was refused as "already exists" after all the work
+    assert link.is_symlink() and (link / "result.json").is_file()
+    check_result_schema(json.loads(out), target, 3)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["run1"]  # no temp dir left
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, _, err = run(["--request", scene_dir / "request.json", "--output", dangling], capsys)
+    assert code == 2 and "symlink to nothing" in err
+
+
+def test_interrupt_after_the_run_is_written_says_so(scene_dir, tmp_path, capsys, monkeypatch):
+    import sam3d_ros.core.cli as cli
+
+    class Interrupted:
+        def write(self, text):
+            raise KeyboardInterrupt
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(cli.sys, "stdout", Interrupted())
+    out = tmp_path / "run"
+    code, _, err = run(["--request", scene_dir / "request.json", "--output", out], capsys)
+    assert code == 130
+    assert f"cancelled after the run was written to {out}" in err
+    assert "nothing written" not in err and (out / "result.json").is_file()
+
+
+def test_http_allow_host_flag(scene_dir, tmp_path, capsys):
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(scene_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/rgb.png"
+        argv = ["--request", scene_dir / "request.json", "--image", url, "--allow-http",
+                "--quiet", "--output", tmp_path / "run"]
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "error: image_url: download refused: 127.0.0.1 is a loopback" in err
+        code, out, err = run(argv + ["--http-allow-host", "127.0.0.1"], capsys)
+        assert code == 0, err
+        check_result_schema(json.loads(out), tmp_path / "run", 3)
+    finally:
+        server.shutdown()
+        server.server_close()

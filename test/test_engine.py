@@ -271,3 +271,54 @@ def test_same_seed_same_files(tmp_path):
     assert first.result == second.result
     for name in ("result.json", "scene.glb", "scene.ply", "artifacts.zip", "metadata.json"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "run" / name).read_bytes()
+
+
+# ----------------------------------------------------------------------- objects per request
+
+
+def three_boxes():
+    from sam3d_ros.core.types import BoxPrompt, ObjectPrompt
+
+    return SegmentationQuery(objects=[
+        ObjectPrompt(i, boxes=[BoxPrompt(2 + 8 * i, 2, 6 + 8 * i, 6, object_id=i)])
+        for i in range(3)
+    ])
+
+
+def test_max_objects_bounds_queries_built_without_parse_request():
+    # The node builds its queries itself (Prompt messages): the engine's cap applies to them.
+    segmenter = FakeSegmenter()
+    eng = Engine(segmenter, FakeReconstructor(), max_objects=2)
+    assert eng.max_objects == 2 and eng.input_options.max_objects == 2
+    frame = Frame(rgb=image())
+    with pytest.raises(InputError, match="3 objects prompted; at most 2") as err:
+        eng.process(frame, three_boxes())
+    assert err.value.field == "box_prompts" and segmenter.calls == []
+    with pytest.raises(InputError, match="3 masks; at most 2") as err:
+        eng.process(frame, SegmentationQuery(masks=[np.ones((H, W), bool)] * 3))
+    assert err.value.field == "mask_urls"
+    with pytest.raises(InputError, match="must be at least 1"):
+        Engine(segmenter, FakeReconstructor(), max_objects=0)
+
+
+class ManyFound:
+    """Contract fake: automatic segmentation that finds more objects than the cap."""
+
+    name = "many"
+
+    def segment(self, frame, query):
+        masks = []
+        for i, score in enumerate([0.2, 0.9, 0.5, 0.95, 0.1]):
+            mask = np.zeros((frame.height, frame.width), bool)
+            mask[2:6, 2 + 5 * i: 5 + 5 * i] = True
+            masks.append(ObjectMask(i, mask, score=score))
+        return masks
+
+
+def test_automatic_segmentation_keeps_the_best_max_objects():
+    eng = Engine(ManyFound(), FakeReconstructor(), max_objects=2, grasp_planner=None)
+    res = eng.process(Frame(rgb=image()), SegmentationQuery())
+    assert [m.object_id for m in res.masks] == [1, 3]  # the two best, in segmentation order
+    assert [o.object_id for o in res.objects] == [1, 3]
+    assert res.warnings == ["segmentation found 5 objects; kept the 2 highest-scoring "
+                            "(max_objects)"]

@@ -313,6 +313,121 @@ def test_pickled_npy_refused(scene):
         assert field_of(excinfo) == "pointmap_url"
 
 
+# ------------------------------------------------------------------- declared sizes, bombs
+
+
+def npy_declaring(shape, descr="<f4", data=b"\0" * 1024):
+    """A real NPY header declaring ``shape`` followed by a little data (what a bomb looks like)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue() + data
+
+
+def npz_member_declaring(shape, zeros=8 * 2**20, descr="<f4", **others):
+    """An NPZ whose ``points.npy`` declares ``shape`` and inflates ``zeros`` zero bytes."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("points.npy", npy_declaring(shape, descr, b"\0" * zeros))
+        for key, array in others.items():
+            archive.writestr(f"{key}.npy", npy_bytes(array))
+    return buf.getvalue()
+
+
+def peak_bytes(func):
+    """Peak Python + numpy heap allocation while ``func`` runs (numpy reports to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        func()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("data, field, message", [
+    # 112 GiB declared in a 1 KiB NPY (was "internal error", exit 1)
+    (npy_declaring((100000, 100000, 3)), "pointmap_url", "pointmap is 100000x100000"),
+    # an NPZ member of 1.2 GB (8 MiB of it present, deflated to a few KiB)
+    (npz_member_declaring((10000, 10000, 3)), "pointmap_url", "pointmap is 10000x10000"),
+    (npy_declaring((H, W, 3), data=b"\0" * 100), "pointmap_url", "truncated"),
+])
+def test_declared_array_sizes_checked_before_allocating(data, field, message):
+    def load():
+        with pytest.raises(InputError, match=message) as excinfo:
+            load_pointmap(data, H, W, K)
+        assert field_of(excinfo) == field
+
+    assert peak_bytes(load) < 4 * 2**20
+
+
+def test_npz_huge_intrinsics_member_not_read():
+    data = npz_member_declaring((H, W, 3), zeros=H * W * 12)
+    import zipfile
+
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("K.npy", npy_declaring((30000, 30000), "<f8", b"\0" * 2**20))
+
+    def load():
+        with pytest.raises(InputError, match=r"must be \[fx, fy, cx, cy\] or 3x3") as excinfo:
+            load_pointmap(buf.getvalue(), H, W)
+        assert field_of(excinfo) == "pointmap_url[K]"
+
+    assert peak_bytes(load) < 4 * 2**20
+
+
+def png_declaring(width, height, mode=2):
+    """A PNG whose header declares width × height (colour type ``mode``) with a cut IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 65536)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+
+
+def test_image_and_mask_sizes_checked_from_their_headers(scene):
+    (scene / "huge.png").write_bytes(png_declaring(8000, 8000))
+    with pytest.raises(InputError, match="image too large: 8000x8000 = 64000000 pixels, "
+                                         "the limit is 40000000") as excinfo:
+        parse_request({"image_url": "huge.png"}, scene)
+    assert field_of(excinfo) == "image_url"
+    (scene / "huge_mask.png").write_bytes(png_declaring(8000, 8000, mode=0))
+    with pytest.raises(InputError, match="mask is 8000x8000 but the image is 32x24") as excinfo:
+        parse_request({"image_url": "rgb.png", "mask_urls": ["huge_mask.png"]}, scene)
+    assert field_of(excinfo) == "mask_urls[0]"
+    with pytest.raises(InputError, match="image too large") as excinfo:
+        parse_request({"image_url": "rgb.png"}, scene, InputOptions(max_pixels=W * H - 1))
+
+
+def test_object_and_prompt_counts_capped_before_reading_files(scene):
+    boxes = [dict(BOX)] * 33
+    with pytest.raises(InputError, match="33 objects prompted; at most 32 objects") as excinfo:
+        parse_request({"image_url": "rgb.png", "box_prompts": boxes}, scene)
+    assert field_of(excinfo) == "box_prompts"
+    with pytest.raises(InputError, match="10000 prompts; at most 512") as excinfo:
+        parse_request({"image_url": "missing.png", "box_prompts": [dict(BOX)] * 10000}, scene)
+    assert field_of(excinfo) == "box_prompts"
+    with pytest.raises(InputError, match="3 masks; at most 2") as excinfo:  # no file is read
+        parse_request({"image_url": "missing.png", "mask_urls": ["a.png"] * 3}, scene,
+                      InputOptions(max_objects=2))
+    assert field_of(excinfo) == "mask_urls"
+    # many prompts refining few objects are fine
+    points = [{"x": 1, "y": 1, "object_id": 0}] * 40
+    assert len(parse_request({"image_url": "rgb.png", "point_prompts": points}, scene)
+               .query.objects) == 1
+
+
 def test_pointmap_in_pytorch3d_axes_is_refused():
     flipped = points_map() * np.array([-1, -1, 1], np.float32)
     with pytest.raises(InputError, match="optical frame"):
@@ -432,6 +547,18 @@ def test_idless_points_form_one_object_otherwise():
     ]
 
 
+def test_object_ids_stay_in_int32_range(scene):
+    top = 2**31 - 1
+    # An id-less box next to an id at the top of int32 gets the lowest free id, not 2**31.
+    objects = group_prompts([], [BoxPrompt(0, 0, 4, 4, object_id=top), BoxPrompt(5, 5, 9, 9)])
+    assert [o.object_id for o in objects] == [0, top]
+    for bad in (top + 1, -1):
+        with pytest.raises(InputError, match=r"must be in \[0, 2147483647\]") as err:
+            parse_request({"image_url": "rgb.png", "box_prompts": [dict(BOX, object_id=bad)]},
+                          scene)
+        assert err.value.field == "box_prompts[0].object_id"
+
+
 def test_grouping_is_deterministic():
     points = [PointPrompt(i, i, 1, object_id=i % 3 if i % 2 else None) for i in range(8)]
     boxes = [BoxPrompt(i, i, i + 2, i + 2, object_id=None if i % 2 else 9) for i in range(4)]
@@ -491,45 +618,148 @@ def test_extension_fields(scene):
 # ---------------------------------------------------------------------------------- http
 
 
+LOOPBACK = InputOptions(allow_http=True, timeout_s=5, http_allowed_hosts=("127.0.0.1",))
+
+
 @pytest.fixture
-def http_server(scene):
+def serve(scene):
+    """Start http servers (handler class, bind address) in threads; stop them afterwards."""
     import functools
     import http.server
     import threading
+
+    servers = []
+
+    def start(handler=http.server.SimpleHTTPRequestHandler, host="127.0.0.1"):
+        class Quiet(handler):
+            def log_message(self, *args):
+                pass
+
+        if issubclass(handler, http.server.SimpleHTTPRequestHandler):  # serves the scene
+            Quiet = functools.partial(Quiet, directory=str(scene))  # noqa: N806
+        server = http.server.ThreadingHTTPServer((host, 0), Quiet)
+        server.daemon_threads = True
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://{host}:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def redirecting(target):
+    import http.server
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             if self.path == "/redirect":
                 self.send_response(302)
-                self.send_header("Location", (scene / "rgb.png").as_uri())
+                self.send_header("Location", target())
                 self.end_headers()
                 return
             super().do_GET()
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(scene))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return Handler
 
 
-def test_http_opt_in(http_server):
-    options = InputOptions(allow_http=True, timeout_s=5)
-    parsed = parse_request({"image_url": f"{http_server}/rgb.png"}, options=options)
+def test_http_opt_in(serve, scene):
+    url = serve(redirecting(lambda: (scene / "rgb.png").as_uri()))
+    parsed = parse_request({"image_url": f"{url}/rgb.png"}, options=LOOPBACK)
     np.testing.assert_array_equal(parsed.frame.rgb, rgb_image())
-    small = InputOptions(allow_http=True, timeout_s=5, max_bytes=100)
+    small = InputOptions(allow_http=True, timeout_s=5, max_bytes=100,
+                         http_allowed_hosts=("127.0.0.1",))
     with pytest.raises(InputError, match="oversized"):
-        read_uri(f"{http_server}/rgb.png", "image_url", options=small)
-    with pytest.raises(InputError, match="download failed"):
-        read_uri(f"{http_server}/missing.png", "image_url", options=options)
-    with pytest.raises(InputError, match="download failed.*(refused|not allowed)"):
-        read_uri(f"{http_server}/redirect", "image_url", options=options)
+        read_uri(f"{url}/rgb.png", "image_url", options=small)
+    with pytest.raises(InputError, match="download failed: HTTP 404"):
+        read_uri(f"{url}/missing.png", "image_url", options=LOOPBACK)
+    with pytest.raises(InputError, match="download failed.*non-http.* refused"):
+        read_uri(f"{url}/redirect", "image_url", options=LOOPBACK)
+
+
+@pytest.mark.parametrize("host, kind", [
+    ("127.0.0.1", "loopback"), ("[::1]", "loopback"), ("[::ffff:127.0.0.1]", "loopback"),
+    ("169.254.169.254", "link-local"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
+    ("100.64.0.1", "non-global"), ("0.0.0.0", "private"),
+])
+def test_http_refuses_non_global_addresses(host, kind):
+    # Refused before any connection: nothing listens on most of these here.
+    options = InputOptions(allow_http=True, timeout_s=5)
+    with pytest.raises(InputError, match=f"download refused: .*a {kind}") as err:
+        read_uri(f"http://{host}:9/latest/meta-data", "image_url", options=options)
+    assert err.value.field == "image_url" and "--http-allow-host" in err.value.reason
+
+
+def test_http_redirect_is_checked_again(serve):
+    import http.server
+
+    hits = []
+
+    class Secret(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            super().do_GET()
+
+    inner = serve(Secret, host="127.0.0.2")  # an "internal" host the user did not allow
+    outer = serve(redirecting(lambda: f"{inner}/rgb.png"))
+    with pytest.raises(InputError, match="download refused: 127.0.0.2 is a loopback"):
+        read_uri(f"{outer}/redirect", "image_url", options=LOOPBACK)
+    assert hits == []
+    # Allowed as a network, the same redirect is followed.
+    both = InputOptions(allow_http=True, timeout_s=5, http_allowed_hosts=("127.0.0.0/8",))
+    assert read_uri(f"{outer}/redirect", "image_url", options=both) == png_bytes(rgb_image())
+    assert hits == ["/rgb.png"]
+
+
+def test_http_total_deadline_against_a_trickling_server(serve):
+    import http.server
+    import threading
+
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            # Status line, headers and body one byte at a time: every single read is quick.
+            body = b"x" * 200
+            response = (b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+            for i in range(len(response)):
+                if stop.wait(0.05):
+                    return
+                self.wfile.write(response[i:i + 1])
+                self.wfile.flush()
+
+    url = serve(Trickle)
+    options = InputOptions(allow_http=True, timeout_s=1.0, http_allowed_hosts=("127.0.0.1",))
+    try:
+        with pytest.raises(InputError, match="did not finish within the 1 s deadline"):
+            read_uri(f"{url}/slow", "image_url", options=options)
+    finally:
+        stop.set()
+
+
+def test_http_ignores_proxy_variables(serve, monkeypatch):
+    import http.server
+
+    proxied = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            proxied.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"proxied")
+
+    proxy = serve(Proxy)
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    url = serve()
+    assert read_uri(f"{url}/rgb.png", "image_url", options=LOOPBACK) == png_bytes(rgb_image())
+    assert proxied == []
 
 
 def test_relative_file_uri_refused():

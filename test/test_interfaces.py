@@ -15,7 +15,7 @@ def test_generated_and_handwritten_modules_share_the_installed_package():
 
     package_dir = os.path.dirname(sam3d_ros.__file__)
     assert os.path.dirname(generated_msgs.__file__).startswith(package_dir)
-    assert os.path.isfile(os.path.join(package_dir, "types.py"))
+    assert os.path.isfile(os.path.join(package_dir, "core", "types.py"))
     assert "site-packages" in package_dir, "tests must run against the installed package"
 
 

@@ -161,6 +161,13 @@ def test_markers_points_detections_objects_agree(env):
     assert all(m.header.frame_id == FRAME_ID for m in markers)
     for m in meshes:
         assert len(m.points) % 3 == 0 and len(m.colors) == len(m.points) > 0
+    # Labels sit above their objects along the table's normal (the camera looks down 35-55°,
+    # so camera -y is far from "up").
+    up = np.asarray(sc.table_plane.normal)
+    for m in labels:
+        offset = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z]) - tf_xyz[m.id]
+        angle = np.degrees(np.arccos(offset @ up / np.linalg.norm(offset)))
+        assert angle < 5.0, f"label {m.id} is {angle:.1f}° off the table normal"
     assert (debug.width, debug.height, debug.encoding) == (sc.frame.width, sc.frame.height,
                                                            "rgb8")
 

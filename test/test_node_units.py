@@ -1,7 +1,6 @@
 """The node's ROS-free helpers: approximate-time sync, latest-frame slot, prompt validation,
-camera frame building, run retention, parameter documentation (no ROS graph)."""
+camera frame building, parameter documentation (no ROS graph)."""
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ from sam3d_ros.core.frame_pairing import ApproxTimeSync, LatestSlot
 from sam3d_ros.core.prompt_messages import query_from_prompt
 from sam3d_ros.core.types import CameraIntrinsics
 from sam3d_ros.ros.conversions import numpy_to_image
-from sam3d_ros.ros.node import prune_runs
 from sam3d_ros.ros.parameters import PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +194,7 @@ class TestCameraFrame:
     @pytest.mark.parametrize("case,field", [
         ("aspect", "depth"), ("zero", "depth"), ("mm_in_32fc1", "depth.encoding"),
         ("info_aspect", "camera_info"), ("encoding", "image.encoding"), ("k", "camera_info.k"),
+        ("empty_image", "image.width"),  # a 0x0 image, not blamed on the camera_info
     ])
     def test_bad_frames_name_the_field(self, case, field):
         rgb, depth = images()
@@ -212,6 +211,8 @@ class TestCameraFrame:
             rgb.encoding = "yuv422"
         elif case == "k":
             cam.k = [0.0] * 9
+        elif case == "empty_image":
+            rgb = numpy_to_image(np.zeros((0, 0, 3), np.uint8), "rgb8")
         with pytest.raises(InputError) as err:
             build_camera_frame(rgb, depth, cam)
         assert err.value.field == field
@@ -222,19 +223,6 @@ class TestCameraFrame:
         warnings = []
         build_camera_frame(rgb, depth, info(), warn=lambda k, m: warnings.append(k))
         assert warnings == ["depth_frame_id"]
-
-
-def test_prune_runs_keeps_newest_node_runs_only(tmp_path):
-    for i in range(5):
-        d = tmp_path / f"frame_20260101T00000{i}_000000_{i}"
-        d.mkdir()
-        os.utime(d, (1000 + i, 1000 + i))
-    (tmp_path / "my_notes").mkdir()
-    deleted = prune_runs(tmp_path, 2)
-    assert len(deleted) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "frame_20260101T000003_000000_3", "frame_20260101T000004_000000_4", "my_notes"]
-    assert prune_runs(tmp_path, 0) == []
 
 
 def test_every_parameter_is_in_the_yaml_and_the_docs():

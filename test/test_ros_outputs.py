@@ -125,6 +125,38 @@ def test_markers_mesh_label_and_deletes():
     assert clear.markers[0].action == Marker.DELETEALL
 
 
+def _label_position(marker):
+    return np.array([marker.pose.position.x, marker.pose.position.y, marker.pose.position.z])
+
+
+def test_label_goes_above_the_box_along_the_support_plane_normal():
+    # A table seen by a camera pitched 50° down: its normal (toward the camera) is far from −y.
+    tilt = np.radians(50.0)
+    normal = np.array([0.0, -np.cos(tilt), -np.sin(tilt)])
+    # A box standing on the table: its z axis (0.1 m, the height) along the normal.
+    x_axis = np.array([1.0, 0.0, 0.0])
+    axes = np.column_stack([x_axis, np.cross(normal, x_axis), normal])
+    obj = cube_object(3, t=(0.05, 0.1, 0.7))
+    obj.rotation = conv.matrix_to_quat(axes)
+    corners = conv.posed_vertices(obj)  # the box's 8 corners, camera frame
+    t = np.asarray(obj.translation)
+
+    arr = out.markers_msg(RCLPY, HEADER, [obj], up=normal)
+    label = _label_position(next(m for m in arr.markers if m.ns == out.LABEL_NS))
+    # On the normal through the box centre, the gap above the box's top face.
+    assert np.allclose(label, t + (0.05 + out.LABEL_GAP_M) * normal, atol=1e-9)
+    assert (label - t) @ normal == pytest.approx(np.max((corners - t) @ normal)
+                                                 + out.LABEL_GAP_M)
+    # Camera −y (no plane known) would put it off to the side of the tilted box's top.
+    level = _label_position(out.label_marker(RCLPY, HEADER, obj))
+    assert np.linalg.norm(np.cross(level - t, normal)) > 0.05
+    assert np.allclose(np.cross(level - t, [0.0, -1.0, 0.0]), 0.0)
+    # A normal of any length is a direction.
+    assert np.allclose(_label_position(out.label_marker(RCLPY, HEADER, obj, up=3.0 * normal)), label)
+    with pytest.raises(ValueError, match="up"):
+        out.label_marker(RCLPY, HEADER, obj, up=[0.0, 0.0, 0.0])
+
+
 def test_points_of_masks_with_object_index():
     objs = [cube_object(5, 0), cube_object(9, 1)]
     objs[1].mask[:] = False

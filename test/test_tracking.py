@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sam3d_ros.core.tracking import ObjectTracker
+from sam3d_ros.core.types import MAX_OBJECT_ID
 
 
 def test_new_ids_then_nearest_match_within_gate():
@@ -57,5 +58,24 @@ def test_nan_centre_and_validation():
         t.assign([[0, 0, 1]], [None, None])
     with pytest.raises(ValueError):
         ObjectTracker(max_age=0)
+    with pytest.raises(ValueError, match="must lie in"):
+        t.assign([[0, 0, 1]], [MAX_OBJECT_ID + 1])
+
+
+def test_reset_restarts_ids():
+    t = ObjectTracker()
+    assert t.assign([[0.0, 0.0, 1.0], [0.5, 0.0, 1.0]], [9, None]) == [9, 10]
     t.reset()
-    assert t.tracks == [] and t.assign([[0.0, 0.0, 1.0]]) == [2]
+    assert t.tracks == [] and t.assign([[0.0, 0.0, 1.0]]) == [0]
+
+
+def test_ids_stay_in_int32_range():
+    # An explicit id at the top of int32 must not push new ids past it (TF said 2147483648,
+    # the int32 message fields -2147483648): new ids wrap to the lowest free one.
+    t = ObjectTracker(max_age=3)
+    assert t.assign([[0.0, 0.0, 1.0], [0.5, 0.0, 1.0]], [MAX_OBJECT_ID, None]) == [
+        MAX_OBJECT_ID, 0]
+    ids = t.assign([[0.0, 0.0, 1.0], [0.5, 0.0, 1.0], [1.0, 0.0, 1.0], [1.5, 0.0, 1.0]])
+    assert ids == [MAX_OBJECT_ID, 0, 1, 2]  # remembered ids are skipped, none overflows
+    assert all(0 <= i <= MAX_OBJECT_ID for i in ids)
+

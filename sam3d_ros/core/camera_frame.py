@@ -122,12 +122,6 @@ def build_camera_frame(
                 f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
             )
         if depth_encoding == conventions.DEPTH_32FC1:
-            median = float(np.median(z[valid]))
-            if median > 50.0:
-                raise InputError(
-                    f"{prefix}depth.encoding",
-                    f"32FC1 depth must be metres; its median {median:.1f} looks like "
-                    "millimetres (publish 16UC1 for millimetres)",
-                )
+            conventions.check_float_depth_is_metres(z, f"{prefix}depth.encoding")
     frame = Frame(rgb=rgb, points=points, intrinsics=intr)
     return CameraFrame(header=image.header, frame=frame, received=time.monotonic())

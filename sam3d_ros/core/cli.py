@@ -9,8 +9,11 @@ Usage::
 
 ``--request`` reads a hosted "SAM 3D Objects" JSON request (relative paths in it are taken from
 the file's directory); the convenience flags build or override its fields (their paths are taken
-from the current directory). ``DIR`` must not exist or be empty; it is written atomically and
-``DIR/result.json`` (the hosted result) is also printed on stdout. Progress goes to stderr.
+from the current directory). ``DIR`` must not exist or be empty (a symlink to an empty directory
+is that directory), and is checked before any work; it is written atomically (a hidden
+temporary sibling renamed at the end) and ``DIR/result.json`` (the hosted result) is also printed
+on stdout. Progress goes to stderr. Objects the reconstruction refuses while others succeed are
+listed in ``failed_objects`` of the result.
 
 ``--bag IN`` (a rosbag2 folder, sqlite3 or MCAP, or a bare ``.mcap``) processes every selected
 synchronised frame of a recording as the node would and writes ``OUT``, an MCAP rosbag2 folder
@@ -19,7 +22,9 @@ comes from a ``sam3d_ros/Prompt`` topic of the recording or from the request fie
 goes to stdout.
 
 Exit status: 0 success; 2 bad input (``error: <field>: <reason>``, nothing written); 1 internal
-or backend error; 130 interrupted.
+or backend error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the temporary directory is
+removed. A temporary directory left by a killed run (SIGKILL) is removed by the next run writing
+into the same parent directory.
 """
 
 from __future__ import annotations
@@ -27,19 +32,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from sam3d_ros import __version__
 from sam3d_ros.core.errors import BackendUnavailableError, Cancelled, InputError, Sam3dError
-from sam3d_ros.core.inputs import DEFAULT_MAX_BYTES, DEFAULT_SEED, InputOptions
+from sam3d_ros.core.inputs import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_OBJECTS,
+    DEFAULT_SEED,
+    MAX_NESTING,
+    InputOptions,
+)
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt, so cleanup code sees it)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     backends.add_argument("--reconstruction-backend", default="embedded", metavar="NAME")
     backends.add_argument("--allow-http", action="store_true", help="allow http(s) URLs")
     backends.add_argument(
+        "--http-allow-host",
+        action="append",
+        metavar="HOST|CIDR",
+        help="let http(s) reach this host name or network although it is loopback, private or "
+        "link-local (repeatable; all such addresses are refused otherwise)",
+    )
+    backends.add_argument(
         "--allowed-root",
         action="append",
         metavar="DIR",
@@ -122,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="size limit of one input in MiB (default %(default)g)",
     )
     backends.add_argument(
-        "--http-timeout", type=float, default=30.0, help="seconds (default %(default)g)"
+        "--http-timeout",
+        type=float,
+        default=30.0,
+        help="total deadline of one download, seconds (default %(default)g)",
+    )
+    backends.add_argument(
+        "--max-objects",
+        type=int,
+        default=DEFAULT_MAX_OBJECTS,
+        help="most objects per request (default %(default)d)",
     )
     parser.add_argument(
         "--base-url",
@@ -167,20 +205,26 @@ def _parse_intrinsics_flag(value: str) -> Dict[str, float]:
     return dict(zip(("fx", "fy", "cx", "cy"), numbers, strict=False))
 
 
-def _read_request_file(path: str) -> Dict[str, Any]:
+def _read_request_file(path: str, max_chars: int) -> Dict[str, Any]:
     try:
         if path == "-":
-            text = sys.stdin.read()
+            text = sys.stdin.read(max_chars + 1)
         else:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(max_chars + 1)
     except FileNotFoundError:
         raise InputError("--request", f"file not found: {path!r}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError("--request", f"cannot read {path!r}: {exc}") from None
+    if len(text) > max_chars:
+        raise InputError("--request", f"oversized: more than {max_chars} characters")
     try:
         request = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError("--request", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("--request", f"JSON nested too deeply (at most {MAX_NESTING} levels)"
+                         ) from None
     if not isinstance(request, dict):
         raise InputError("--request", "must hold a JSON object")
     return request
@@ -188,7 +232,9 @@ def _read_request_file(path: str) -> Dict[str, Any]:
 
 def build_request(args: argparse.Namespace) -> Dict[str, Any]:
     """Merge ``--request`` and the convenience flags into one hosted request dict."""
-    request = _read_request_file(args.request) if args.request else {}
+    # Room for every input (image, pointmap, one mask per object) inline as base64 data URIs.
+    max_chars = (max(args.max_objects, 1) + 2) * int(args.max_input_mb * 2**20) * 4 // 3 + 2**20
+    request = _read_request_file(args.request, max_chars) if args.request else {}
     if args.image is not None:
         request["image_url"] = _flag_path(args.image)
     if args.pointmap is not None:
@@ -253,14 +299,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = _WarningHandler(stderr)
     logger = logging.getLogger("sam3d_ros")
     logger.addHandler(handler)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    state: Dict[str, Path] = {}
     try:
-        return _run(args, stderr)
+        return _run(args, stderr, state)
     except InputError as exc:
         stderr.write(f"error: {exc.field}: {exc.reason}\n")
         return EXIT_INPUT
-    except (Cancelled, KeyboardInterrupt):
-        stderr.write("cancelled; nothing written\n")
-        return EXIT_INTERRUPTED
+    except (Cancelled, KeyboardInterrupt, Terminated) as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "cancelled"
+        output = state.get("output")
+        if output is not None and (output / "result.json").is_file():
+            stderr.write(f"{what} after the run was written to {output}\n")
+        else:
+            stderr.write(f"{what}; nothing written\n")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except BackendUnavailableError as exc:
         stderr.write(f"error: backend unavailable: {exc}\n")
         return EXIT_INTERNAL
@@ -271,27 +326,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stderr.write(f"{kind}: {exc.__class__.__name__}: {exc}\n")
         return EXIT_INTERNAL
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         logger.removeHandler(handler)
 
 
-def _run(args: argparse.Namespace, stderr: TextIO) -> int:
+def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> int:
     from sam3d_ros.core.engine import Engine, check_fresh_dir
 
     if args.bag:
         return _run_bag(args, stderr)
+    # The output and the limits first: nothing is computed for a run that cannot be written.
     output = check_fresh_dir(args.output, "--output")
-    request = build_request(args)
+    state["output"] = output
     if args.max_input_mb <= 0:
         raise InputError("--max-input-mb", "must be positive")
+    if args.http_timeout <= 0:
+        raise InputError("--http-timeout", "must be positive")
+    request = build_request(args)
     options = InputOptions(
         allow_http=args.allow_http,
         max_bytes=int(args.max_input_mb * 2**20),
         timeout_s=args.http_timeout,
         allowed_roots=args.allowed_root,
+        http_allowed_hosts=tuple(args.http_allow_host or ()),
     )
     base_dir = Path(args.request).parent if args.request and args.request != "-" else None
     # Backends are built after the request was validated (bad input fails fast).
-    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options)
+    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options,
+                    max_objects=args.max_objects)
     outcome = engine.run(
         request,
         output,
@@ -301,7 +364,8 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     )
     if not args.quiet:
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
-        stderr.write(f"done: {len(outcome.objects)} object(s) in {output} ({timings})\n")
+        failed = f", {len(outcome.failed_objects)} failed" if outcome.failed_objects else ""
+        stderr.write(f"done: {len(outcome.objects)} object(s){failed} in {output} ({timings})\n")
     result_file = Path(outcome.run_dir) / "result.json"
     text = result_file.read_text(encoding="utf-8") if result_file.is_file() else None
     sys.stdout.write(text if text else json.dumps(outcome.result, indent=2) + "\n")

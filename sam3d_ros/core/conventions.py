@@ -88,6 +88,39 @@ def depth_to_metres(depth: np.ndarray, encoding: str, field: str = "depth") -> n
     raise InputError(field, f"unsupported depth encoding {encoding!r}; use '16UC1' or '32FC1'")
 
 
+MAX_MEDIAN_DEPTH_M = 50.0
+"""Float depth whose median is beyond this is millimetres mislabelled as metres (refused)."""
+
+
+def check_float_depth_is_metres(z_m: np.ndarray, field: str = "depth") -> None:
+    """Refuse float depth (or pointmap z) in millimetres: the one unit rule of node and CLI.
+
+    A float depth image must hold metres (REP 118). Millimetres stored as float are the most
+    common unit bug; they put objects hundreds of metres away. No RGB-D camera this package
+    serves sees a scene whose median depth exceeds :data:`MAX_MEDIAN_DEPTH_M`, so such a median
+    is refused rather than warned about.
+
+    Args:
+        z_m: depth in metres, any shape; NaN / inf / ``<= 0`` are ignored.
+        field: request field named in the error.
+
+    Raises:
+        InputError: the median valid depth exceeds :data:`MAX_MEDIAN_DEPTH_M`.
+    """
+    z = np.asarray(z_m, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        valid = z[np.isfinite(z) & (z > 0)]
+    if valid.size == 0:
+        return
+    median = float(np.median(valid))
+    if median > MAX_MEDIAN_DEPTH_M:
+        raise InputError(
+            field,
+            f"float depth must be metres; its median {median:.1f} looks like millimetres "
+            "(give millimetres as 16-bit integers: 16UC1 / uint16, or divide by 1000)",
+        )
+
+
 def metres_to_depth16(depth_m: np.ndarray) -> np.ndarray:
     """Convert float metres to a ``16UC1`` depth image (uint16 millimetres, 0 = invalid).
 

@@ -15,6 +15,13 @@ reconstruct 0.3–0.85, grasp 0.85–0.9, export 0.9–1). Cancellation: ``cance
 before every stage and after the last one; when it returns true the run stops with
 :class:`~sam3d_ros.core.errors.Cancelled` and nothing is written.
 
+Partial failure: when the reconstructor refuses one object (an :class:`InputError` naming
+``mask_urls[i]`` / ``masks[i]``, e.g. no valid depth inside its mask) and others remain, that
+object goes to :attr:`EngineResult.failed_objects` (``{"object_id", "reason"}``) and the others
+are reconstructed without it; the run fails only when every object fails. Limits:
+``max_objects`` (see :class:`Engine`) bounds the objects of one query and of automatic
+segmentation.
+
 Determinism: before segmentation, Python's ``random``, NumPy's global RNG and (when already
 imported) torch are seeded from the request's seed, which is also handed to the backends. The seed
 is :data:`sam3d_ros.core.inputs.DEFAULT_SEED` (42) when the request has none.
@@ -22,8 +29,11 @@ is :data:`sam3d_ros.core.inputs.DEFAULT_SEED` (42) when the request has none.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +43,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from sam3d_ros.core.errors import BackendError, Cancelled, InputError, NoObjectFound, Sam3dError
-from sam3d_ros.core.inputs import DEFAULT_SEED, InputOptions, ParsedRequest, parse_request
+from sam3d_ros.core.inputs import (
+    DEFAULT_SEED,
+    InputOptions,
+    ParsedRequest,
+    check_object_count,
+    parse_request,
+)
 from sam3d_ros.core.types import (
     Frame,
     Grasp,
@@ -56,6 +72,7 @@ _SPANS = {
 }
 
 _LOG = logging.getLogger(__name__)
+_OBJECT_FIELD = re.compile(r"^(?:mask_urls|masks)\[(\d+)\]")
 
 
 @dataclass
@@ -64,8 +81,8 @@ class EngineResult:
 
     Attributes:
         result: the hosted result dict (as in ``result.json``); ``None`` when nothing was written.
-        objects: one reconstruction per mask, in mask order.
-        masks: the segmented (or given) masks.
+        objects: one reconstruction per reconstructed mask, in mask order.
+        masks: the masks of ``objects`` (same order; failed objects' masks are not here).
         timings: seconds per stage that ran (``load``, ``segment``, ``reconstruct``, ``grasp``,
             ``export``).
         run_dir: the written run directory, or ``None``.
@@ -73,6 +90,8 @@ class EngineResult:
         warnings: non-fatal remarks from input parsing.
         grasps: per object (same order as ``objects``), its grasps best first, camera optical
             frame; ``None`` when the engine has no grasp planner.
+        failed_objects: objects that could not be reconstructed while others were:
+            ``{"object_id", "reason"}`` each, in mask order.
     """
 
     result: Optional[Dict[str, Any]]
@@ -83,6 +102,7 @@ class EngineResult:
     seed: int = DEFAULT_SEED
     warnings: List[str] = field(default_factory=list)
     grasps: Optional[List[List[Grasp]]] = None
+    failed_objects: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,15 +115,36 @@ def seed_everything(seed: int) -> None:
 
 
 def check_fresh_dir(path: Union[str, Path], field_name: str = "output_dir") -> Path:
-    """Return ``path`` if it does not exist or is an empty directory, else raise InputError."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
+    """Check that a run directory can be created at ``path``, before any work is done.
+
+    ``path`` must not exist or be an empty directory; a symlink to an empty directory counts as
+    that directory (the run is written there, and the returned path is the resolved one). The
+    nearest existing ancestor must be a writable directory.
+
+    Raises:
+        InputError: naming ``field_name``, with the reason.
+    """
+    path = Path(os.path.abspath(os.fspath(path)))
+    if path.is_symlink():
+        if not path.exists():
+            raise InputError(field_name, f"{str(path)!r} is a symlink to nothing")
+        path = path.resolve()
+    if path.exists():
         if not path.is_dir():
             raise InputError(field_name, f"{str(path)!r} exists and is not a directory")
         if any(path.iterdir()):
             raise InputError(
                 field_name, f"{str(path)!r} exists and is not empty; choose a fresh directory"
             )
+    ancestor = path.parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(field_name, f"cannot create {str(path)!r}: {str(ancestor)!r} is not a "
+                                     "directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(field_name, f"cannot create {str(path)!r}: {str(ancestor)!r} is not "
+                                     "writable")
     return path
 
 
@@ -169,8 +210,16 @@ class Engine:
         reconstructor: Any = "embedded",
         input_options: Optional[InputOptions] = None,
         grasp_planner: Any = "analytic",
+        max_objects: Optional[int] = None,
     ):
-        """Build an engine; ``None`` backends mean ``"embedded"``, ``grasp_planner=None`` none."""
+        """Build an engine; ``None`` backends mean ``"embedded"``, ``grasp_planner=None`` none.
+
+        ``max_objects`` (when given, else ``input_options.max_objects``, default
+        :data:`~sam3d_ros.core.inputs.DEFAULT_MAX_OBJECTS`) bounds the objects of one request or
+        frame: a query asking for more is refused (InputError naming ``mask_urls`` /
+        ``box_prompts`` / ``point_prompts``); automatic or text segmentation keeps the
+        ``max_objects`` highest-scoring masks (with a warning).
+        """
         from sam3d_ros.backends import GRASP_PLANNERS, RECONSTRUCTORS, SEGMENTERS
 
         segmenter = "embedded" if segmenter is None else segmenter
@@ -187,7 +236,17 @@ class Engine:
         self._segmenter = segmenter
         self._reconstructor = reconstructor
         self._grasp_planner = grasp_planner
-        self.input_options = input_options or InputOptions()
+        options = input_options or InputOptions()
+        if max_objects is not None:
+            if isinstance(max_objects, bool) or int(max_objects) < 1:
+                raise InputError("max_objects", f"must be at least 1, got {max_objects}")
+            options = dataclasses.replace(options, max_objects=int(max_objects))
+        self.input_options = options
+
+    @property
+    def max_objects(self) -> int:
+        """Most objects one request or frame may have."""
+        return self.input_options.max_objects
 
     @property
     def segmenter(self) -> Any:
@@ -261,7 +320,7 @@ class Engine:
         for warning in parsed.warnings:
             _LOG.warning("%s", warning)
         outcome = self.process(parsed.frame, parsed.query, parsed.seed, progress, cancel, timings)
-        outcome.warnings = list(parsed.warnings)
+        outcome.warnings = list(parsed.warnings) + outcome.warnings
         stages.check_cancel("export")
         if output_dir is None:
             return outcome
@@ -271,7 +330,7 @@ class Engine:
 
             return write_run(
                 output_dir, parsed.request, parsed.frame, outcome.objects, base_url=base_url,
-                grasps=outcome.grasps,
+                grasps=outcome.grasps, failed_objects=outcome.failed_objects,
             )
 
         outcome.result = stages.run("export", f"writing {output_dir}", write)
@@ -296,7 +355,9 @@ class Engine:
         """
         timings = {} if timings is None else timings
         stages = _Stages(timings, progress, cancel)
+        check_object_count(query, self.max_objects)
         seed_everything(seed)
+        warnings: List[str] = []
 
         def segment() -> List[ObjectMask]:
             masks = list(self.segmenter.segment(frame, query))
@@ -310,21 +371,53 @@ class Engine:
             return masks
 
         masks = stages.run("segment", _describe(query), segment)
+        if len(masks) > self.max_objects:  # automatic or text segmentation found many
+            best = np.argsort([-float(m.score) for m in masks], kind="stable")
+            keep = sorted(best[: self.max_objects].tolist())
+            warnings.append(f"segmentation found {len(masks)} objects; kept the "
+                            f"{self.max_objects} highest-scoring (max_objects)")
+            _LOG.warning("%s", warnings[-1])
+            masks = [masks[i] for i in keep]
         if not masks:
             if not allow_empty:
                 raise _no_object_error(query)
             stages.check_cancel("the end of processing")
             return EngineResult(result=None, objects=[], masks=[], timings=timings, seed=seed,
-                                grasps=[] if self.grasp_planner is not None else None)
+                                grasps=[] if self.grasp_planner is not None else None,
+                                warnings=warnings)
+
+        failed: List[Dict[str, Any]] = []
 
         def reconstruct() -> List[ObjectReconstruction]:
-            objects = list(self.reconstructor.reconstruct(frame, masks, seed))
-            if len(objects) != len(masks):
-                raise BackendError(
-                    f"reconstructor {self.reconstructor.name!r} returned {len(objects)} "
-                    f"objects for {len(masks)} masks"
-                )
-            return objects
+            nonlocal masks
+            order = list(range(len(masks)))  # positions in the query, for error fields
+            while True:
+                try:
+                    objects = list(self.reconstructor.reconstruct(frame, masks, seed))
+                except InputError as exc:
+                    # One object refused (e.g. no valid depth in its mask): drop it, keep the
+                    # others. The backend names it by its position in the masks it was given.
+                    match = _OBJECT_FIELD.match(exc.field)
+                    index = int(match.group(1)) if match else len(masks)
+                    if index >= len(masks):
+                        raise
+                    if len(masks) == 1:  # every object failed: the run fails on this one
+                        field_name = (exc.field[: match.start(1)] + str(order[index])
+                                      + exc.field[match.end(1):])
+                        raise type(exc)(field_name, exc.reason) from exc
+                    failed.append({"object_id": int(masks[index].object_id),
+                                   "reason": exc.reason})
+                    _LOG.warning("object %d not reconstructed: %s", masks[index].object_id,
+                                 exc.reason)
+                    masks = masks[:index] + masks[index + 1:]
+                    del order[index]
+                    continue
+                if len(objects) != len(masks):
+                    raise BackendError(
+                        f"reconstructor {self.reconstructor.name!r} returned {len(objects)} "
+                        f"objects for {len(masks)} masks"
+                    )
+                return objects
 
         objects = stages.run("reconstruct", f"reconstructing {len(masks)} object(s)", reconstruct)
         grasps = None
@@ -342,7 +435,7 @@ class Engine:
             grasps = stages.run("grasp", f"planning grasps on {len(objects)} object(s)", grasp)
         stages.check_cancel("the end of processing")
         return EngineResult(result=None, objects=objects, masks=masks, timings=timings, seed=seed,
-                            grasps=grasps)
+                            grasps=grasps, warnings=warnings, failed_objects=failed)
 
 
 def _describe(query: SegmentationQuery) -> str:

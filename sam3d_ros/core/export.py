@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from sam3d_ros import __version__
 from sam3d_ros.core import conventions
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.run_dirs import make_temp_dir, remove_stale_temps
 from sam3d_ros.core.types import Frame, Gaussians, Grasp, ObjectReconstruction
 
 CONTENT_TYPE_GLB = "model/gltf-binary"
@@ -517,13 +517,16 @@ def write_run(
     *,
     base_url: Optional[str] = None,
     grasps: Optional[Sequence[Sequence[Grasp]]] = None,
+    failed_objects: Sequence[Mapping[str, Any]] = (),
 ) -> Dict[str, Any]:
     """Write a complete run directory atomically and return the hosted result dict.
 
     The files (see the module docstring) are built in a sibling directory
-    ``.<name>.tmp-<random>`` and renamed to ``run_dir`` at the end, so ``run_dir`` either does not
-    exist or is complete. On any error the temporary directory is removed and the error is
-    re-raised; an existing ``run_dir`` is never modified.
+    ``.<name>.tmp-<pid>-<random>`` and renamed to ``run_dir`` at the end, so ``run_dir`` either
+    does not exist or is complete. On any error the temporary directory is removed and the error
+    is re-raised; an existing ``run_dir`` is never modified. Temporary directories of earlier
+    writers that were killed are removed first
+    (:func:`sam3d_ros.core.run_dirs.remove_stale_temps`).
 
     Args:
         run_dir: directory to create; must not exist (or be an empty directory). Its parent is
@@ -537,10 +540,14 @@ def write_run(
             absolute ``file://`` URIs of the final location.
         grasps: per object (same order), its grasps; written as ``"grasps"`` in each object's
             metadata (``result["metadata"]`` and ``metadata.json["objects"]``). ``None`` = no key.
+        failed_objects: objects that could not be reconstructed (``{"object_id", "field",
+            "reason"}``); written as ``"failed_objects"`` in the result and ``metadata.json``
+            when there are any (the hosted fields are unchanged).
 
     Returns:
         ``{"gaussian_splat", "model_glb", "metadata", "individual_splats", "individual_glbs",
-        "artifacts_zip"}``; each file is ``{"url", "content_type", "file_name", "file_size"}``.
+        "artifacts_zip"}`` (and ``"failed_objects"``, see above); each file is
+        ``{"url", "content_type", "file_name", "file_size"}``.
         The same dict is written to ``result.json``.
 
     Raises:
@@ -575,8 +582,11 @@ def write_run(
         raise ValueError(f"{len(grasps)} grasp lists for {len(objects)} objects")
     meta_list = [object_metadata(o, pose, None if grasps is None else grasps[i])
                  for i, o in enumerate(objects)]
-    files[METADATA_JSON] = [json_bytes(_metadata_document(frame, pose, objects, meta_list,
-                                                          per_object))]
+    document = _metadata_document(frame, pose, objects, meta_list, per_object)
+    failed = [dict(item) for item in failed_objects]
+    if failed:
+        document["failed_objects"] = failed
+    files[METADATA_JSON] = [json_bytes(document)]
     files[REQUEST_JSON] = [json_bytes(dict(request))]
     sizes = {rel: sum(_nbytes(c) for c in chunks) for rel, chunks in files.items()}
 
@@ -589,7 +599,8 @@ def write_run(
                 "file_size": sizes[rel]}
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    remove_stale_temps(run_dir.parent)  # of earlier runs killed while writing
+    tmp = make_temp_dir(run_dir)
     try:
         os.chmod(tmp, 0o755)
         if objects:
@@ -606,6 +617,8 @@ def write_run(
             "individual_glbs": [file_entry(g, CONTENT_TYPE_GLB) for g, _ in per_object],
             "artifacts_zip": file_entry(ARTIFACTS_ZIP, CONTENT_TYPE_ZIP),
         }
+        if failed:
+            result["failed_objects"] = failed
         _write_file(tmp / RESULT_JSON, [json_bytes(result)])
         _ensure_free(run_dir)
         try:

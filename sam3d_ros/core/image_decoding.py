@@ -177,8 +177,8 @@ def rgb_from_image(msg, field: str = "image") -> np.ndarray:
         a new, writable, C-contiguous H×W×3 ``uint8`` array in RGB order.
 
     Raises:
-        InputError: ``<field>.encoding`` is not a colour or grey encoding, or the image is
-            malformed (see :func:`image_to_numpy`).
+        InputError: ``<field>.encoding`` is not a colour or grey encoding, ``<field>.width`` /
+            ``<field>.height`` is zero, or the image is malformed (see :func:`image_to_numpy`).
     """
     enc = msg.encoding
     if enc not in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1",
@@ -188,6 +188,9 @@ def rgb_from_image(msg, field: str = "image") -> np.ndarray:
             f"{enc!r} is not a colour image encoding; use rgb8, bgr8, rgba8, bgra8 or mono8"
             + (" (8UC3/8UC4 have no channel order)" if enc in ("8UC3", "8UC4") else ""),
         )
+    if not msg.width or not msg.height:  # before any size comparison blames the CameraInfo
+        raise InputError(f"{field}.{'height' if msg.width else 'width'}",
+                         f"image is empty ({msg.width}x{msg.height})")
     return rgb8_from_array(image_to_numpy(msg, field), bgr=enc.startswith("bgr"))
 
 

@@ -44,9 +44,11 @@ Grouping of geometric prompts into objects (:func:`group_prompts`):
 * each box without ``object_id`` is its own object;
 * points without ``object_id`` join the id-less box when there is exactly one such box;
   otherwise they form one object together;
-* ids for id-less objects are allocated above the largest given id (from 0 when none is given):
-  first the id-less boxes in list order, then the id-less point group. Objects are returned sorted
-  by id, so the result depends only on the request;
+* ``object_id`` lies in ``[0, 2**31 - 1]`` (int32 message fields);
+* ids for id-less objects are allocated above the largest given id (from 0 when none is given;
+  from the lowest unused id when that would pass ``2**31 - 1``): first the id-less boxes in
+  list order, then the id-less point group. Objects are returned sorted by id, so the result
+  depends only on the request;
 * an object whose prompts are all background (label 0) is an error.
 
 Pointmap files (``pointmap_url``), loaded with ``allow_pickle=False`` (a pickled array is refused):
@@ -54,6 +56,9 @@ Pointmap files (``pointmap_url``), loaded with ``allow_pickle=False`` (a pickled
 * NPY, H×W×3 float: points in the camera optical frame (x right, y down, z forward), metres.
 * NPY, H×W (or H×W×1): depth along z; float = metres, uint16 = millimetres. Needs intrinsics
   from the request (``intrinsics`` or ``K``).
+* Float depth or points whose median depth looks like millimetres are refused
+  (:func:`sam3d_ros.core.conventions.check_float_depth_is_metres`, the rule the node applies to
+  ``32FC1``).
 * NPZ with key ``points`` (H×W×3, as above), or ``depth`` (H×W, as above) plus intrinsics as
   ``K`` (3×3) or ``intrinsics`` (``[fx, fy, cx, cy]``) in the same file or in the request
   (the request's win). An NPZ holding a single array is read like an NPY.
@@ -67,6 +72,18 @@ URIs (:func:`read_uri`): a plain path (relative to ``base_dir``, e.g. the reques
 directory), ``file://``, ``data:`` (base64 or percent-encoded) and, only with
 ``InputOptions.allow_http``, ``http(s)://``. Every source is limited to ``max_bytes``. With
 ``allowed_roots``, local paths must resolve (symlinks and ``..`` included) inside one of them.
+
+http(s) downloads (:mod:`sam3d_ros.core.http_fetch`) have one total deadline (``timeout_s``),
+ignore proxy variables, and reach only global addresses (loopback, private, link-local / cloud
+metadata, ... are refused unless in ``http_allowed_hosts``), checked again on every redirect.
+
+Limits against resource exhaustion, each checked before anything large is allocated: image and
+mask sizes from their headers (``max_pixels``; a mask or PNG depth must match the image size);
+NPY/NPZ arrays from their declared shape and dtype (never more than the image's H×W×3 is read,
+never more than declared is inflated from an NPZ member); at most ``max_objects`` objects (masks
+or prompted objects) and ``max_objects`` × :data:`MAX_PROMPTS_PER_OBJECT` point or box prompts;
+JSON nested at most :data:`MAX_NESTING` levels.
+
 Every problem raises :class:`~sam3d_ros.core.errors.InputError` naming the field.
 """
 
@@ -79,19 +96,20 @@ import io
 import math
 import os
 import re
-import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.http_fetch import fetch
 from sam3d_ros.core.types import (
+    MAX_OBJECT_ID,
     BoxPrompt,
     CameraIntrinsics,
     Frame,
@@ -105,6 +123,18 @@ DEFAULT_SEED = 42
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 """Default size limit of one input (image, mask or pointmap), after base64 decoding."""
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Default size limit of one image (width × height, from its header): above 8K UHD."""
+
+DEFAULT_MAX_OBJECTS = 32
+"""Default limit of objects per request (masks, or objects the prompts define)."""
+
+MAX_PROMPTS_PER_OBJECT = 16
+"""Point and box prompt lists may each hold ``max_objects`` × this many entries."""
+
+MAX_NESTING = 64
+"""Deepest JSON nesting a request may have (deeper ones exhaust recursion when written)."""
 
 MAX_SEED = 2**32 - 1
 
@@ -132,14 +162,22 @@ class InputOptions:
     Attributes:
         allow_http: fetch ``http://`` and ``https://`` URLs (off by default).
         max_bytes: size limit of one input in bytes (decoded), else InputError "oversized".
-        timeout_s: network timeout for http(s) downloads.
+        timeout_s: total deadline of one http(s) download (resolution, connection, redirects,
+            headers and body), seconds.
         allowed_roots: when set, local files must resolve inside one of these directories.
+        http_allowed_hosts: host names, addresses or networks (``"10.0.0.0/8"``) that http(s)
+            may reach although they are not global (loopback, private, link-local, ...).
+        max_pixels: size limit of one image or mask (width × height, read from its header).
+        max_objects: most objects one request may ask for.
     """
 
     allow_http: bool = False
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout_s: float = 30.0
     allowed_roots: Optional[Sequence[Union[str, Path]]] = None
+    http_allowed_hosts: Sequence[str] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_objects: int = DEFAULT_MAX_OBJECTS
 
 
 @dataclass
@@ -151,7 +189,7 @@ class ParsedRequest:
         query: what to segment, after the hosted precedence was applied.
         seed: the seed to use (``DEFAULT_SEED`` when the request has none).
         request: the request dict as given (for the exporter's metadata).
-        warnings: non-fatal remarks (ignored fields, suspicious units, dropped prompts).
+        warnings: non-fatal remarks (ignored fields, dropped prompts).
     """
 
     frame: Frame
@@ -235,37 +273,13 @@ def _read_data_uri(uri: str, field_name: str, options: InputOptions) -> bytes:
     return data
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s) URLs."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.URLError(f"redirect to a non-http URL refused: {newurl}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def _read_http(uri: str, field_name: str, options: InputOptions) -> bytes:
     if not options.allow_http:
         raise InputError(
             field_name, "http(s) URLs are disabled; enable them explicitly (--allow-http)"
         )
-    opener = urllib.request.build_opener(_HttpOnlyRedirects())
-    try:
-        with opener.open(uri, timeout=options.timeout_s) as response:
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > options.max_bytes:
-                raise InputError(
-                    field_name, f"oversized: {length} bytes, the limit is {options.max_bytes}"
-                )
-            data = response.read(options.max_bytes + 1)
-    except InputError:
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise InputError(field_name, f"download failed: {reason}") from None
-    if len(data) > options.max_bytes:
-        raise InputError(field_name, f"oversized: more than {options.max_bytes} bytes")
-    return data
+    return fetch(uri, field_name, options.timeout_s, options.max_bytes,
+                 options.http_allowed_hosts)
 
 
 def read_uri(
@@ -320,22 +334,51 @@ def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _open_image(data: bytes, field_name: str):
+def _open_image(
+    data: bytes,
+    field_name: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: Optional[Tuple[int, int]] = None,
+    what: str = "image",
+):
+    """Decode an image after checking the size its header declares.
+
+    ``size`` (width, height), when given, is the size it must have; otherwise it may have at
+    most ``max_pixels`` pixels. Either is checked before the pixels are decompressed.
+    """
     from PIL import Image
 
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as exc:
         raise InputError(field_name, f"image too large: {exc}") from None
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise InputError(field_name, f"cannot decode image ({exc.__class__.__name__})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InputError(field_name, f"{what} is empty ({width}x{height} pixels)")
+    if size is not None and (width, height) != tuple(size):
+        raise InputError(
+            field_name, f"{what} is {width}x{height} but the image is {size[0]}x{size[1]}"
+        )
+    if width * height > max_pixels:
+        raise InputError(
+            field_name,
+            f"{what} too large: {width}x{height} = {width * height} pixels, the limit is "
+            f"{max_pixels} (max_pixels)",
+        )
+    try:
+        image.load()
+    except Exception as exc:  # noqa: BLE001 -- Pillow raises many types for corrupt data
+        raise InputError(field_name, f"cannot decode image ({exc.__class__.__name__})") from None
     return image
 
 
-def decode_image(data: bytes, field_name: str = "image_url") -> np.ndarray:
-    """Decode image bytes to H×W×3 uint8 RGB."""
-    image = _open_image(data, field_name)
+def decode_image(
+    data: bytes, field_name: str = "image_url", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode image bytes to H×W×3 uint8 RGB (at most ``max_pixels`` pixels)."""
+    image = _open_image(data, field_name, max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         grey = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
@@ -351,8 +394,12 @@ def decode_image(data: bytes, field_name: str = "image_url") -> np.ndarray:
 def decode_mask(
     data: bytes, field_name: str, shape: Optional[Tuple[int, int]] = None
 ) -> np.ndarray:
-    """Decode a mask image to H×W bool (non-zero = object); check size and non-emptiness."""
-    image = _open_image(data, field_name)
+    """Decode a mask image to H×W bool (non-zero = object); check size and non-emptiness.
+
+    ``shape`` (H, W), when given, is checked from the header, before decoding.
+    """
+    size = None if shape is None else (int(shape[1]), int(shape[0]))
+    image = _open_image(data, field_name, size=size, what="mask")
     if image.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
         rgba = np.asarray(image.convert("RGBA"))
         mask = rgba[:, :, :3].any(axis=2) & (rgba[:, :, 3] > 0)
@@ -360,11 +407,6 @@ def decode_mask(
         arr = np.asarray(image)
         mask = arr.any(axis=2) if arr.ndim == 3 else arr != 0
     mask = np.ascontiguousarray(mask, dtype=bool)
-    if shape is not None and mask.shape != tuple(shape):
-        raise InputError(
-            field_name,
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}",
-        )
     if not mask.any():
         raise InputError(field_name, "mask is empty (no non-zero pixel)")
     return mask
@@ -426,33 +468,100 @@ def parse_camera_pose(value: Any, field_name: str = "camera_pose") -> np.ndarray
     return pose
 
 
-def _load_npy_bytes(data: bytes, field_name: str) -> Dict[str, np.ndarray]:
-    """Return the arrays of an NPY (key ``""``) or NPZ; pickles are refused."""
+@dataclass
+class _Array:
+    """An NPY array known by its header; :meth:`read` loads its data (and only then)."""
+
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]
+
+
+def _npy_header(handle: BinaryIO, field_name: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
     try:
-        if data.startswith(_NPY_MAGIC):
-            return {"": np.load(io.BytesIO(data), allow_pickle=False)}
-        if data.startswith(_ZIP_MAGICS):
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                return {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise InputError(field_name, f"unsupported NPY format version {version}")
+    except (ValueError, EOFError) as exc:
+        raise InputError(field_name, f"cannot read NPY/NPZ: {exc}") from None
+    if dtype.hasobject:
+        raise InputError(
+            field_name, "pickled (object) arrays are refused; save plain numeric arrays"
+        )
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(field_name, f"must be a plain numeric array, got dtype {dtype}")
+    return tuple(int(n) for n in shape), bool(fortran), dtype
+
+
+def _npy_array(handle: BinaryIO, field_name: str, available: int) -> _Array:
+    """Read an NPY header from ``handle``; the data (``available`` bytes at most) stays unread.
+
+    The data is read only on :meth:`_Array.read`, after the caller checked the declared shape,
+    and then exactly the declared number of bytes.
+    """
+    start = handle.tell()
+    shape, fortran, dtype = _npy_header(handle, field_name)
+    nbytes = math.prod(shape) * dtype.itemsize
+    have = available - (handle.tell() - start)
+
+    def read() -> np.ndarray:
+        if nbytes > have:
             raise InputError(
-                field_name, "pickled (object) arrays are refused; save plain numeric arrays"
-            ) from None
-        raise InputError(field_name, f"cannot read NPY/NPZ: {exc}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(field_name, f"cannot read NPY/NPZ: {exc}") from None
-    raise InputError(field_name, "not an NPY or NPZ file (pickles are refused)")
+                field_name, f"truncated: the NPY header declares {nbytes} bytes of data, "
+                f"the file holds {max(have, 0)}"
+            )
+        raw = handle.read(nbytes)
+        if len(raw) != nbytes:
+            raise InputError(field_name, f"truncated: {len(raw)} of {nbytes} bytes of data")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+    return _Array(shape, dtype, read)
 
 
-def _depth_to_metres(depth: np.ndarray, field_name: str) -> np.ndarray:
-    if depth.dtype == np.uint16:
-        return conventions.depth_to_metres(depth, conventions.DEPTH_16UC1, field_name)
-    if np.issubdtype(depth.dtype, np.floating):
-        return conventions.depth_to_metres(depth, conventions.DEPTH_32FC1, field_name)
-    raise InputError(
-        field_name, f"depth must be float metres or uint16 millimetres, got dtype {depth.dtype}"
-    )
+def _pointmap_arrays(data: bytes, field_name: str) -> Dict[str, _Array]:
+    """The arrays of an NPY (key ``""``) or NPZ, by header; pickles and bombs are refused.
+
+    An NPZ member is never inflated beyond what its NPY header declares (and the caller
+    accepts), however large the member claims to be.
+    """
+    if data.startswith(_NPY_MAGIC):
+        return {"": _npy_array(io.BytesIO(data), field_name, len(data))}
+    if not data.startswith(_ZIP_MAGICS):
+        raise InputError(field_name, "not an NPY or NPZ file (pickles are refused)")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        arrays = {}
+        for info in archive.infolist():
+            if info.is_dir() or not info.filename.endswith(".npy"):
+                continue  # np.savez writes only .npy members
+            key = info.filename[: -len(".npy")]
+            arrays[key] = _npy_array(archive.open(info), f"{field_name}[{key}]", info.file_size)
+        return arrays
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- zipfile/zlib raise many types for corrupt data
+        raise InputError(field_name, f"cannot read NPZ: {exc.__class__.__name__}: {exc}") from None
+
+
+def _read_array(array: _Array, field_name: str) -> np.ndarray:
+    try:
+        return array.read()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a corrupt NPZ member fails while inflating
+        raise InputError(field_name, f"cannot read NPY/NPZ: {exc.__class__.__name__}: {exc}"
+                         ) from None
+
+
+def _check_size(shape: Tuple[int, ...], height: int, width: int, field_name: str) -> None:
+    if tuple(shape[:2]) != (height, width):
+        raise InputError(
+            field_name, f"pointmap is {shape[1]}x{shape[0]} but the image is {width}x{height}"
+        )
 
 
 def load_pointmap(
@@ -461,79 +570,91 @@ def load_pointmap(
     width: int,
     intrinsics: Optional[CameraIntrinsics] = None,
     field_name: str = "pointmap_url",
-    warnings: Optional[List[str]] = None,
 ) -> Tuple[np.ndarray, Optional[CameraIntrinsics]]:
     """Decode a pointmap / depth file to H×W×3 float32 optical-frame points (NaN = invalid).
 
     ``intrinsics`` (from the request) win over those stored in an NPZ. Returns the points and
     the intrinsics used; for points without known intrinsics they are fitted to the points.
+    Declared sizes (PNG header, NPY shapes) are checked against the image before any data is
+    decoded.
     """
     if data.startswith(_PNG_MAGIC):
-        image = _open_image(data, field_name)
-        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise InputError(field_name, f"a PNG depth must be 16-bit grey, got mode {image.mode}")
-        arrays = {"depth": np.asarray(image).astype(np.uint16)}
+        from PIL import Image
+
+        try:
+            mode = Image.open(io.BytesIO(data)).mode
+        except Exception as exc:  # noqa: BLE001 -- Pillow raises many types for corrupt data
+            raise InputError(field_name, f"cannot decode image ({exc.__class__.__name__})"
+                             ) from None
+        if mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise InputError(field_name, f"a PNG depth must be 16-bit grey, got mode {mode}")
+        image = _open_image(data, field_name, size=(width, height), what="pointmap")
+        depth = np.asarray(image).astype(np.uint16)
+        arrays = {"depth": _Array(depth.shape, depth.dtype, lambda: depth)}
     else:
-        arrays = _load_npy_bytes(data, field_name)
+        arrays = _pointmap_arrays(data, field_name)
     if "" in arrays or (len(arrays) == 1 and not {"points", "depth"} & set(arrays)):
         array = next(iter(arrays.values()))
-        arrays = {"points" if array.ndim == 3 and array.shape[-1] == 3 else "depth": array}
+        is_points = len(array.shape) == 3 and array.shape[-1] == 3
+        arrays = {"points" if is_points else "depth": array}
 
     if intrinsics is None and ("K" in arrays or "intrinsics" in arrays):
         key = "K" if "K" in arrays else "intrinsics"
-        intrinsics = parse_intrinsics(arrays[key].tolist(), f"{field_name}[{key}]", width, height)
+        name = f"{field_name}[{key}]"
+        if math.prod(arrays[key].shape) not in (4, 9):
+            raise InputError(name, f"must be [fx, fy, cx, cy] or 3x3, got shape "
+                                   f"{arrays[key].shape}")
+        intrinsics = parse_intrinsics(_read_array(arrays[key], name).tolist(), name, width,
+                                      height)
 
+    float_depth = False
     if "points" in arrays:
-        points = arrays["points"]
-        if points.ndim != 3 or points.shape[2] != 3:
-            raise InputError(field_name, f"points must be HxWx3, got shape {points.shape}")
-        if not np.issubdtype(points.dtype, np.floating):
-            raise InputError(field_name, f"points must be float metres, got dtype {points.dtype}")
-        points = points.astype(np.float32)
+        array = arrays["points"]
+        if len(array.shape) != 3 or array.shape[2] != 3:
+            raise InputError(field_name, f"points must be HxWx3, got shape {array.shape}")
+        if array.dtype.kind != "f":
+            raise InputError(field_name, f"points must be float metres, got dtype {array.dtype}")
+        _check_size(array.shape, height, width, field_name)
+        points = _read_array(array, field_name).astype(np.float32)
+        float_depth = True
     elif "depth" in arrays:
-        depth = arrays["depth"]
-        if depth.ndim == 3 and depth.shape[2] == 1:
-            depth = depth[:, :, 0]
-        if depth.ndim != 2:
-            raise InputError(field_name, f"depth must be HxW, got shape {depth.shape}")
-        depth_m = _depth_to_metres(depth, field_name)
-        if depth_m.shape == (height, width) and intrinsics is None:
-            # (a size mismatch is reported below, before the missing intrinsics)
+        array = arrays["depth"]
+        shape = array.shape[:2] if len(array.shape) == 3 and array.shape[2] == 1 else array.shape
+        if len(shape) != 2:
+            raise InputError(field_name, f"depth must be HxW, got shape {array.shape}")
+        if array.dtype.kind != "f" and (array.dtype.kind, array.dtype.itemsize) != ("u", 2):
+            raise InputError(
+                field_name,
+                f"depth must be float metres or uint16 millimetres, got dtype {array.dtype}",
+            )
+        _check_size(shape, height, width, field_name)
+        if intrinsics is None:
             raise InputError(
                 field_name,
                 "a depth image needs intrinsics (K or intrinsics in the NPZ, "
                 "or the request's intrinsics / --intrinsics)",
             )
-        points = None
+        depth = _read_array(array, field_name).reshape(shape)
+        float_depth = array.dtype.kind == "f"
+        encoding = conventions.DEPTH_32FC1 if float_depth else conventions.DEPTH_16UC1
+        points = conventions.backproject(
+            conventions.depth_to_metres(depth, encoding, field_name), intrinsics
+        )
     else:
         raise InputError(
             field_name, f"NPZ needs a 'points' or 'depth' array, has {sorted(arrays) or 'none'}"
         )
-
-    shape = (points if points is not None else depth_m).shape[:2]
-    if shape != (height, width):
-        raise InputError(
-            field_name,
-            f"pointmap is {shape[1]}x{shape[0]} but the image is {width}x{height}",
-        )
-    if points is None:
-        points = conventions.backproject(depth_m, intrinsics)
 
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(points).all(axis=2) & (points[:, :, 2] > 0)
     points = np.where(valid[:, :, None], points, np.float32(np.nan)).astype(np.float32)
     if not valid.any():
         raise InputError(field_name, "pointmap has no valid point (all NaN, zero or z <= 0)")
+    if float_depth:  # millimetres stored as float: the node refuses them too
+        conventions.check_float_depth_is_metres(points[:, :, 2], field_name)
     if intrinsics is None:
         # Also rejects pointmaps in another axis convention (e.g. PyTorch3D's +x left, +y up).
         intrinsics = conventions.intrinsics_from_pointmap(points, field=field_name)
-    if warnings is not None:
-        median_z = float(np.median(points[valid][:, 2]))
-        if median_z > 100.0:
-            warnings.append(
-                f"{field_name}: median depth {median_z:.1f} m looks like millimetres; "
-                "float depth must be in metres"
-            )
     return np.ascontiguousarray(points), intrinsics
 
 
@@ -562,6 +683,15 @@ def _list_of(value: Any, field_name: str, item_type: type, item_desc: str) -> li
     return list(value)
 
 
+def _object_id(value: Any, field_name: str) -> Optional[int]:
+    if value is None:
+        return None
+    object_id = _integer(value, field_name)
+    if not 0 <= object_id <= MAX_OBJECT_ID:
+        raise InputError(field_name, f"must be in [0, {MAX_OBJECT_ID}], got {object_id}")
+    return object_id
+
+
 def _check_range(value: int, field_name: str, upper: int, axis: str) -> int:
     if not 0 <= value < upper:
         raise InputError(
@@ -586,9 +716,7 @@ def parse_point_prompts(value: Any, width: int, height: int) -> List[PointPrompt
             raise InputError(
                 f"{name}.label", f"must be 0 (background) or 1 (foreground), got {label}"
             )
-        object_id = item.get("object_id")
-        if object_id is not None:
-            object_id = _integer(object_id, f"{name}.object_id")
+        object_id = _object_id(item.get("object_id"), f"{name}.object_id")
         points.append(PointPrompt(x=x, y=y, label=label, object_id=object_id))
     return points
 
@@ -616,9 +744,7 @@ def parse_box_prompts(value: Any, width: int, height: int) -> List[BoxPrompt]:
         label = 1 if label is None else _integer(label, f"{name}.label")
         if label not in (0, 1):
             raise InputError(f"{name}.label", f"must be 0 (exclude) or 1 (include), got {label}")
-        object_id = item.get("object_id")
-        if object_id is not None:
-            object_id = _integer(object_id, f"{name}.object_id")
+        object_id = _object_id(item.get("object_id"), f"{name}.object_id")
         boxes.append(BoxPrompt(object_id=object_id, label=label, **coords))
     return boxes
 
@@ -630,7 +756,17 @@ def group_prompts(points: Sequence[PointPrompt], boxes: Sequence[BoxPrompt]) -> 
     """
     given = [p.object_id for p in points if p.object_id is not None]
     given += [b.object_id for b in boxes if b.object_id is not None]
-    next_id = max(given) + 1 if given else 0
+    used = set(given)
+
+    def new_id() -> int:  # above the largest id so far; the lowest unused past MAX_OBJECT_ID
+        candidate = max(used) + 1 if used else 0
+        if candidate > MAX_OBJECT_ID:
+            candidate = 0
+            while candidate in used:
+                candidate += 1
+        used.add(candidate)
+        return candidate
+
     objects: Dict[int, ObjectPrompt] = {}
 
     def obj(object_id: int) -> ObjectPrompt:
@@ -642,10 +778,10 @@ def group_prompts(points: Sequence[PointPrompt], boxes: Sequence[BoxPrompt]) -> 
     idless_boxes = [b for b in boxes if b.object_id is None]
     box_ids = []
     for box in idless_boxes:
-        obj(next_id).boxes.append(_with_id(box, next_id))
-        box_ids.append(next_id)
-        next_id += 1
-    points_id = box_ids[0] if len(box_ids) == 1 else next_id
+        box_ids.append(new_id())
+        obj(box_ids[-1]).boxes.append(_with_id(box, box_ids[-1]))
+    idless_points = any(p.object_id is None for p in points)
+    points_id = box_ids[0] if len(box_ids) == 1 else new_id() if idless_points else None
     for point in points:
         object_id = point.object_id if point.object_id is not None else points_id
         obj(object_id).points.append(_with_id(point, object_id))
@@ -662,6 +798,37 @@ def group_prompts(points: Sequence[PointPrompt], boxes: Sequence[BoxPrompt]) -> 
 
 def _with_id(prompt, object_id: int):
     return dataclasses.replace(prompt, object_id=object_id)
+
+
+def check_object_count(query: SegmentationQuery, max_objects: int) -> None:
+    """Refuse a query asking for more than ``max_objects`` objects (masks or prompted objects).
+
+    Raises:
+        InputError: naming ``mask_urls``, ``box_prompts`` or ``point_prompts``.
+    """
+    _check_count(len(query.masks), max_objects, "mask_urls", "masks")
+    field_name = "box_prompts" if any(obj.boxes for obj in query.objects) else "point_prompts"
+    _check_count(len(query.objects), max_objects, field_name, "objects prompted")
+
+
+def _check_count(count: int, max_objects: int, field_name: str, what: str) -> None:
+    if count > max_objects:
+        raise InputError(
+            field_name, f"{count} {what}; at most {max_objects} objects per request (max_objects)"
+        )
+
+
+def _check_nesting(request: Mapping[str, Any]) -> None:
+    """Refuse JSON nested deeper than MAX_NESTING (iteratively: no recursion to exhaust)."""
+    stack = [(key, value, 1) for key, value in request.items()]
+    while stack:
+        key, value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise InputError(str(key), f"nested deeper than {MAX_NESTING} levels")
+        if isinstance(value, Mapping):
+            stack.extend((key, item, depth + 1) for item in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((key, item, depth + 1) for item in value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -710,6 +877,8 @@ def parse_query(
     points_prompts = parse_point_prompts(request.get("point_prompts"), width, height)
     box_prompts = parse_box_prompts(request.get("box_prompts"), width, height)
     objects = group_prompts(points_prompts, box_prompts)
+    check_object_count(SegmentationQuery(objects=objects), options.max_objects)
+    _check_count(len(mask_urls), options.max_objects, "mask_urls", "masks")
     masks = []
     for index, uri in enumerate(mask_urls):
         name = f"mask_urls[{index}]"
@@ -750,18 +919,29 @@ def parse_request(
             warnings.append(f"ignoring unknown field {key!r}")
 
     # Cheap checks first, so a bad request fails before any file is read.
+    _check_nesting(request)
     if request.get("image_url") is None:
         raise InputError("image_url", "is required")
     seed = parse_seed(request.get("seed"))
     _parse_prompt(request.get("prompt"))
-    _list_of(request.get("mask_urls"), "mask_urls", str, "a string (URI or path)")
-    _list_of(request.get("point_prompts"), "point_prompts", Mapping, "an object")
-    _list_of(request.get("box_prompts"), "box_prompts", Mapping, "an object")
+    mask_urls = _list_of(request.get("mask_urls"), "mask_urls", str, "a string (URI or path)")
+    _check_count(len(mask_urls), options.max_objects, "mask_urls", "masks")
+    max_prompts = options.max_objects * MAX_PROMPTS_PER_OBJECT
+    for key in ("point_prompts", "box_prompts"):
+        prompts = _list_of(request.get(key), key, Mapping, "an object")
+        if len(prompts) > max_prompts:
+            raise InputError(
+                key, f"{len(prompts)} prompts; at most {max_prompts} (max_objects × "
+                f"{MAX_PROMPTS_PER_OBJECT})"
+            )
     pose = np.eye(4)
     if request.get("camera_pose") is not None:
         pose = parse_camera_pose(request["camera_pose"])
 
-    rgb = decode_image(read_uri(request["image_url"], "image_url", base_dir, options))
+    rgb = decode_image(
+        read_uri(request["image_url"], "image_url", base_dir, options), "image_url",
+        options.max_pixels,
+    )
     height, width = rgb.shape[:2]
 
     query = parse_query(request, width, height, base_dir, options, warnings)
@@ -775,9 +955,7 @@ def parse_request(
     points = None
     if request.get("pointmap_url") is not None:
         data = read_uri(request["pointmap_url"], "pointmap_url", base_dir, options)
-        points, intrinsics = load_pointmap(
-            data, height, width, intrinsics, "pointmap_url", warnings
-        )
+        points, intrinsics = load_pointmap(data, height, width, intrinsics, "pointmap_url")
 
     frame = Frame(rgb=rgb, points=points, intrinsics=intrinsics, camera_pose=pose)
     return ParsedRequest(

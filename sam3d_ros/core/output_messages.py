@@ -51,6 +51,10 @@ MESH_NS = "sam3d_meshes"
 """Marker namespace of the per-object TRIANGLE_LIST meshes (marker id = object id)."""
 LABEL_NS = "sam3d_labels"
 """Marker namespace of the per-object TEXT_VIEW_FACING labels (marker id = object id)."""
+LABEL_GAP_M = 0.03
+"""A label sits this far above the top of its object's box."""
+OPTICAL_UP = np.array([0.0, -1.0, 0.0])
+"""Camera −y: "up" for a level camera, the labels' direction when no support plane is known."""
 
 _PALETTE = np.array(
     [
@@ -436,15 +440,24 @@ def mesh_marker(
 
 
 def label_marker(
-    kit: MessageKit, header: Any, obj: ObjectReconstruction, lifetime_s: float = 0.0
+    kit: MessageKit, header: Any, obj: ObjectReconstruction, lifetime_s: float = 0.0,
+    up: Optional[Sequence[float]] = None,
 ) -> Any:
-    """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box (camera −y)."""
+    """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box.
+
+    ``up`` (header frame) is the support plane's normal when it is known (it points from the
+    table toward the camera); without it, camera −y, which is "up" only for a level camera.
+    The label sits :data:`LABEL_GAP_M` above the top of the object's oriented box along ``up``.
+    """
     marker = _marker(kit, header, LABEL_NS, obj.object_id, kit.Marker.ADD,
                      kit.Marker.TEXT_VIEW_FACING, lifetime_s)
-    size = object_size(obj)
+    direction = OPTICAL_UP if up is None else conventions._unit(
+        np.asarray(up, dtype=np.float64).reshape(3), "up")
+    axes = conventions.quat_to_matrix(obj.rotation)
+    # Half-height of the oriented box along `direction`: its extents projected on that axis.
+    half = 0.5 * float(np.abs(axes.T @ direction) @ object_size(obj))
     t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
-    above = t + np.array([0.0, -(0.5 * float(np.max(size)) + 0.03), 0.0])
-    marker.pose = pose_msg(kit, [0.0, 0.0, 0.0, 1.0], above)
+    marker.pose = pose_msg(kit, [0.0, 0.0, 0.0, 1.0], t + (half + LABEL_GAP_M) * direction)
     marker.scale = kit.Vector3(x=0.0, y=0.0, z=0.03)
     r, g, b = object_color(obj.object_id)
     marker.color = kit.ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
@@ -480,11 +493,13 @@ def markers_msg(
     max_triangles: int = 0,
     lifetime_s: float = 0.0,
     cache: Optional[MarkerPreviewCache] = None,
+    up: Optional[Sequence[float]] = None,
 ) -> Any:
     """Mesh + label markers per object; DELETE markers for ``previous_ids`` not seen now.
 
     ``cache`` (kept by the caller across frames) holds the objects' decimated meshes; the
-    previews of objects not in ``objects`` are dropped from it.
+    previews of objects not in ``objects`` are dropped from it. ``up``: the support plane's
+    normal, where the labels go (:func:`label_marker`).
     """
     msg = kit.MarkerArray()
     current = {int(o.object_id) for o in objects}
@@ -492,7 +507,7 @@ def markers_msg(
         cache.retain(current)
     for obj in objects:
         msg.markers.append(mesh_marker(kit, header, obj, max_triangles, lifetime_s, cache))
-        msg.markers.append(label_marker(kit, header, obj, lifetime_s))
+        msg.markers.append(label_marker(kit, header, obj, lifetime_s, up))
     for gone in sorted(set(int(i) for i in previous_ids) - current):
         for ns in (MESH_NS, LABEL_NS):
             msg.markers.append(_marker(kit, header, ns, gone, kit.Marker.DELETE))

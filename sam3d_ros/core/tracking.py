@@ -11,8 +11,10 @@ Rules, applied per frame:
 2. The others are matched to the remembered tracks (objects of the previous frames that were not
    claimed by rule 1) by centre distance, nearest pair first (greedy), when the distance is at
    most ``gate_m`` (5 cm by default). A matched detection takes the track's id.
-3. Unmatched detections get new ids, larger than every id seen so far (explicit ones included),
-   so an id is never reused for a different object.
+3. Unmatched detections get new ids, larger than every id seen since the last :meth:`reset`
+   (explicit ones included), so an id is not reused for a different object. Ids stay in
+   ``[0, MAX_OBJECT_ID]`` (int32 message fields): past the top, allocation wraps to the lowest
+   id not remembered and not used in the frame.
 
 A track is remembered for ``max_age`` frames after it was last seen (1 = only the previous
 frame), so an object missed in one frame keeps its id when it comes back.
@@ -26,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from sam3d_ros.core.types import ObjectReconstruction
+from sam3d_ros.core.types import MAX_OBJECT_ID, ObjectReconstruction
 
 
 @dataclass
@@ -62,8 +64,20 @@ class ObjectTracker:
         return [self._tracks[k] for k in sorted(self._tracks)]
 
     def reset(self) -> None:
-        """Forget every track (ids keep increasing: an old id is never handed out again)."""
+        """Forget every track and start numbering from 0 again."""
         self._tracks.clear()
+        self._next_id = 0
+
+    def _new_id(self, taken: set) -> int:
+        """The next id at or above ``_next_id`` (wrapping past MAX_OBJECT_ID) not in ``taken``."""
+        candidate = self._next_id
+        while True:
+            if candidate > MAX_OBJECT_ID:
+                candidate = 0
+            if candidate not in taken:
+                self._next_id = candidate + 1
+                return candidate
+            candidate += 1
 
     def assign(
         self,
@@ -77,7 +91,10 @@ class ObjectTracker:
             explicit_ids: N entries, an id given by the prompt or ``None``; ``None`` = all None.
 
         Returns:
-            N ids, unique within the frame.
+            N ids in ``[0, MAX_OBJECT_ID]``, unique within the frame.
+
+        Raises:
+            ValueError: an explicit id outside ``[0, MAX_OBJECT_ID]`` or repeated.
         """
         c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
         n = c.shape[0]
@@ -88,6 +105,8 @@ class ObjectTracker:
         given = [i for i in ids if i is not None]
         if len(set(given)) != len(given):
             raise ValueError(f"explicit ids repeat within one frame: {given}")
+        if any(not 0 <= i <= MAX_OBJECT_ID for i in given):
+            raise ValueError(f"explicit ids must lie in [0, {MAX_OBJECT_ID}], got {given}")
         if given:
             self._next_id = max(self._next_id, max(given) + 1)
 
@@ -108,10 +127,11 @@ class ObjectTracker:
                 used_det.add(di)
                 used_track.add(ti)
                 ids[todo[di]] = keys[ti]
+        taken = set(self._tracks) | {i for i in ids if i is not None}
         for i in range(n):
             if ids[i] is None:
-                ids[i] = self._next_id
-                self._next_id += 1
+                ids[i] = self._new_id(taken)
+                taken.add(ids[i])
 
         seen = set()
         for i in range(n):

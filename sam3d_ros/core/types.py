@@ -19,6 +19,9 @@ from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+MAX_OBJECT_ID = 2**31 - 1
+"""Object ids lie in ``[0, MAX_OBJECT_ID]``: they travel in int32 message fields."""
+
 
 @dataclass(frozen=True)
 class CameraIntrinsics:

@@ -69,7 +69,8 @@ def pipeline_status(state: str, snap: StatsSnapshot, settings: Mapping[str, Any]
         snap: the statistics.
         settings: ``continuous``, ``input_timeout_s`` and the values shown first (backends,
             device, backend state, camera QoS and transports), in order.
-        counts: ``frames_dropped``, ``frames_unmatched``, ``goals_queued``.
+        counts: ``frames_dropped``, ``frames_unmatched``, ``frames_deferred_to_goals``,
+            ``goals_queued``, ``goals_rejected``.
         now: monotonic seconds of ``snap``.
     """
     level, message = "OK", state
@@ -99,6 +100,8 @@ def pipeline_status(state: str, snap: StatsSnapshot, settings: Mapping[str, Any]
         "failures": snap.counts["failed"],
         "goals_done": snap.counts["goals"],
         "goals_queued": counts["goals_queued"],
+        "goals_rejected": counts["goals_rejected"],
+        "frames_deferred_to_goals": counts["frames_deferred_to_goals"],
     }
     for name, (_last, p50, p95) in sorted(snap.latency.items()):
         values[f"latency_{name}_ms_p50"] = 1000.0 * p50

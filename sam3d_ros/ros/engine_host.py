@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict
 
 from sam3d_ros.core.grasp_messages import parse_approach
 from sam3d_ros.core.inputs import InputOptions
+from sam3d_ros.core.work_gate import WorkGate
 from sam3d_ros.ros import parameters
 
 
@@ -26,6 +27,8 @@ class EngineHost:
         self._logger = logger
         self.engine: Any = None
         self.lock = threading.Lock()
+        # Whose turn it is: goals (claimed from acceptance) before frames; see core.work_gate.
+        self.gate = WorkGate()
         self.state = "not loaded"
 
     def backend_options(self) -> Dict[str, Dict[str, Any]]:

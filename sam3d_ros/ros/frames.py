@@ -38,6 +38,9 @@ def process_camera(node: Any, msgs: CameraMessages) -> None:
             # Nothing found is an empty result (an empty table), not a failed frame.
             res = host.engine.process(cam.frame, query, seed, timings=timings,
                                       allow_empty=True)
+        for failure in res.failed_objects:  # the others are published
+            report.warn_throttled("object", "object {object_id} skipped: {reason}".format(
+                **failure))
         objects = node.ids.assign(res.objects, explicit)
         result = None
         if node.param("write_artifacts") and objects:
@@ -57,3 +60,14 @@ def process_camera(node: Any, msgs: CameraMessages) -> None:
     except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
         report.error("internal", f"{exc.__class__.__name__}: {exc}")
         node.get_logger().error(f"processing failed: {traceback.format_exc()}")
+
+
+def process_in_turn(node: Any, msgs: CameraMessages) -> None:
+    """:func:`process_camera`, unless goals are queued or running: they go first.
+
+    The frame is skipped then (:class:`~sam3d_ros.core.work_gate.WorkGate`); the worker takes a
+    newer one once the goals are done.
+    """
+    with node.engine_host.gate.frame(timeout=0.0) as entered:
+        if entered:
+            process_camera(node, msgs)

@@ -68,8 +68,12 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         kind = query_kind(query)
         timings["load"] = time.monotonic() - t0
         progress("load", 0.1, f"inputs ready ({frame.width}x{frame.height})")
-        with host.lock:
+        # Waits for at most the frame in progress when the goal was accepted.
+        with host.gate.goal(cancelled), host.lock:
             res = host.engine.process(frame, query, seed, progress, cancelled, timings)
+        for failure in res.failed_objects:  # the others are returned
+            progress("reconstruct", 0.85, "warning: object {object_id} skipped: {reason}"
+                     .format(**failure))
         objects = (node.ids.assign(res.objects, explicit) if cam is not None
                    else list(res.objects))
         if cancelled():

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import shutil
 import sys
 import threading
 import time
@@ -55,6 +53,7 @@ from sam3d_ros.action import Reconstruct
 from sam3d_ros.core import output_messages as out
 from sam3d_ros.core.camera_frame import CameraFrame
 from sam3d_ros.core.inputs import MAX_SEED
+from sam3d_ros.core.run_dirs import prune_runs
 from sam3d_ros.core.types import Frame, ObjectReconstruction
 from sam3d_ros.msg import Prompt
 from sam3d_ros.ros import parameters
@@ -63,7 +62,7 @@ from sam3d_ros.ros.camera_input import CameraInput
 from sam3d_ros.ros.diagnostics import Reporter, pipeline_status
 from sam3d_ros.ros.engine_host import EngineHost
 from sam3d_ros.ros.frame_worker import FrameWorker
-from sam3d_ros.ros.frames import process_camera
+from sam3d_ros.ros.frames import process_in_turn
 from sam3d_ros.ros.goals import execute_goal
 from sam3d_ros.ros.message_kit import RCLPY
 from sam3d_ros.ros.object_ids import ObjectIds
@@ -73,26 +72,6 @@ from sam3d_ros.ros.publishers import ResultPublishers
 from sam3d_ros.ros.stats import PipelineStats
 
 NODE_NAME = "sam3d"
-_RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
-
-
-def prune_runs(output_dir: Path, keep: int) -> List[Path]:
-    """Delete the oldest run directories written by the node beyond ``keep`` (0 = keep all).
-
-    Only directories named like the node's runs (``frame_...`` / ``goal_...``) are considered.
-    Returns the deleted paths.
-    """
-    if keep <= 0 or not output_dir.is_dir():
-        return []
-    runs = sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name)),
-        key=lambda p: (p.stat().st_mtime, p.name),
-    )
-    deleted = []
-    for path in runs[: max(0, len(runs) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-    return deleted
 
 
 class Sam3dNode(LifecycleNode):
@@ -117,7 +96,7 @@ class Sam3dNode(LifecycleNode):
                                   self.report.input_error, self.report.warn_throttled, group)
         self.prompts = PromptInput(self, lambda: self.last_size, self.report.input_error,
                                    self._on_prompt, self.report.warn_throttled, group)
-        self._worker = FrameWorker(lambda msgs: process_camera(self, msgs),
+        self._worker = FrameWorker(lambda msgs: process_in_turn(self, msgs),
                                    lambda: self.param("max_rate_hz"),
                                    lambda: self.param("continuous"))
         self._action: Optional[QueuedActionServer] = None
@@ -164,7 +143,10 @@ class Sam3dNode(LifecycleNode):
         self.prompts.subscribe()
         self._action = QueuedActionServer(
             self, Reconstruct, "~/reconstruct",
-            lambda goal, progress, cancelled: execute_goal(self, goal, progress, cancelled))
+            lambda goal, progress, cancelled: execute_goal(self, goal, progress, cancelled),
+            max_queued=int(self.param("max_queued_goals")),
+            result_timeout_s=float(self.param("goal_result_timeout_s")),
+            gate=self.engine_host.gate)
         self.state = "inactive"
         self.get_logger().info(
             f"configured: segmentation={self.param('segmentation_backend')} "
@@ -203,8 +185,9 @@ class Sam3dNode(LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything (from any state)."""
+        """Stop everything (from any state); queued and running goals are aborted first."""
         self._stop_processing()
+        self._destroy_action("the node is shutting down")
         self.engine_host.unload()
         self._destroy_configured()
         self.state = "finalized"
@@ -229,11 +212,15 @@ class Sam3dNode(LifecycleNode):
     def _destroy_configured(self) -> None:
         self.outputs.destroy()
         self.prompts.destroy()
-        if self._action is not None:
-            self._action.destroy()
-            self._action = None
+        self._destroy_action("the node is cleaned up")
         self.engine_host.drop()
         self.ids.drop()
+
+    def _destroy_action(self, reason: str) -> None:
+        """Abort the goals still queued or running with ``reason``; destroy ~/reconstruct."""
+        if self._action is not None:
+            self._action.destroy(reason)
+            self._action = None
 
     # ---------------------------------------------------------------- input
 
@@ -302,8 +289,11 @@ class Sam3dNode(LifecycleNode):
             "image_transport": self.param("image_transport"),
             "depth_transport": self.param("depth_transport"),
         }
+        action = self._action
         counts = {"frames_dropped": self._worker.drops, "frames_unmatched": self.camera.unmatched,
-                  "goals_queued": self._action.queue_length if self._action is not None else 0}
+                  "frames_deferred_to_goals": self.engine_host.gate.turned_away,
+                  "goals_queued": action.queue_length if action is not None else 0,
+                  "goals_rejected": action.rejected if action is not None else 0}
         level, message, values = pipeline_status(self.state, self.stats.snapshot(now), settings,
                                                  counts, now)
         msg = out.diagnostics_msg(RCLPY, self.get_clock().now().to_msg(),
@@ -337,4 +327,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     return status
 
 
-__all__ = ["NODE_NAME", "Sam3dNode", "main", "prune_runs"]
+__all__ = ["NODE_NAME", "Sam3dNode", "main"]

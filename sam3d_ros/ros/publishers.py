@@ -6,6 +6,7 @@ Heavy outputs are built only while someone subscribes; ``/tf`` is published firs
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -133,6 +134,14 @@ class ResultPublishers:
         """
         header = cam.header
         self._frame_id = header.frame_id
+
+        @functools.lru_cache(maxsize=1)
+        def plane() -> Any:
+            """The support plane, fitted once and only when an output needs it."""
+            from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
+
+            return AnalyticGraspPlanner.fit_plane(cam.frame, objects) if objects else None
+
         if not header.frame_id:
             self._warn_once("empty_frame_id",
                             "the image header has an empty frame_id; outputs and TF need one")
@@ -156,9 +165,11 @@ class ResultPublishers:
                 previous, self._marker_ids = self._marker_ids, [o.object_id for o in objects]
             if _has_subscribers(pubs["markers"]):
                 t_markers = time.monotonic()
+                support = plane()  # labels go "above" along its normal
                 pubs["markers"].publish(out.markers_msg(
                     RCLPY, header, objects, previous, int(self._p("marker_max_triangles")),
-                    cache=self._marker_cache))
+                    cache=self._marker_cache,
+                    up=support.normal if support is not None else None))
                 self._stats.latency("markers", time.monotonic() - t_markers)
         if _has_subscribers(pubs.get("points")):
             pubs["points"].publish(
@@ -166,11 +177,11 @@ class ResultPublishers:
         if _has_subscribers(pubs.get("debug")):
             img = out.debug_image(cam.frame.rgb, objects, cam.frame.intrinsics)
             pubs["debug"].publish(numpy_to_image(img, "rgb8", header))
-        self._publish_grasps(cam, objects, grasps, gripper, tracked)
+        self._publish_grasps(cam, objects, grasps, gripper, tracked, plane)
 
     def _publish_grasps(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
                         grasps: Optional[Sequence[Sequence[Any]]], gripper: Any,
-                        tracked: Sequence[int]) -> None:
+                        tracked: Sequence[int], plane: Callable[[], Any]) -> None:
         """~/grasps, ~/grasp_poses, ~/grasp_markers and /collision_object (last: the heaviest)."""
         tcp = float(self._p("tcp_offset_m"))
         if grasps is not None and self._grasp_out is not None and self._p("publish_grasps"):
@@ -185,10 +196,4 @@ class ResultPublishers:
             prefix=self._p("tf_prefix"), max_triangles=int(self._p("collision_max_triangles")),
             subframes=int(self._p("collision_grasp_subframes")), tcp_offset=tcp,
             support_plane=bool(self._p("collision_support_plane")))
-
-        def plane() -> Any:
-            from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
-
-            return AnalyticGraspPlanner.fit_plane(cam.frame, objects)
-
         self._collision.publish(cam.header, objects, grasps, list(tracked), options, plane)
