@@ -152,7 +152,8 @@ def test_label_goes_above_the_box_along_the_support_plane_normal():
     assert np.linalg.norm(np.cross(level - t, normal)) > 0.05
     assert np.allclose(np.cross(level - t, [0.0, -1.0, 0.0]), 0.0)
     # A normal of any length is a direction.
-    assert np.allclose(_label_position(out.label_marker(RCLPY, HEADER, obj, up=3.0 * normal)), label)
+    scaled = out.label_marker(RCLPY, HEADER, obj, up=3.0 * normal)
+    assert np.allclose(_label_position(scaled), label)
     with pytest.raises(ValueError, match="up"):
         out.label_marker(RCLPY, HEADER, obj, up=[0.0, 0.0, 0.0])
 
