@@ -17,11 +17,38 @@ import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "sam3d_ros" / "__init__.py").read_text(), re.M
 ).group(1)
+
+
+
+class BuildWithInterfaces(build_py):
+    """Also ship the .msg files recordings need (msg/, pip_only_interfaces/) as package data.
+
+    ``sam3d-reconstruct --bag`` registers them in its rosbags type store without ROS
+    (``sam3d_ros/core/recording/typestore.py`` looks for them under ``interfaces/``).
+    """
+
+    def run(self):
+        """Build the package, then copy the interface definitions into it."""
+        super().run()
+        target = Path(self.build_lib) / "sam3d_ros" / "core" / "recording" / "interfaces"
+        sources = [("sam3d_ros", HERE / "msg")] + [
+            (d.name, d / "msg") for d in sorted((HERE / "pip_only_interfaces").iterdir())
+            if (d / "msg").is_dir()]
+        for package, folder in sources:
+            for msg in sorted(folder.glob("*.msg")):
+                self.copy_file(str(msg), str(target / package / "msg" / msg.name))
+
+    def copy_file(self, src, dst, *args, **kwargs):
+        """Create the destination folder first (build_py copies into existing ones)."""
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        return super().copy_file(src, dst, *args, **kwargs)
+
 
 setup(
     name="sam3d_ros",
@@ -40,6 +67,7 @@ setup(
         "scipy>=1.10",
         "pillow>=10",
         "opencv-python-headless>=4.8",
+        "rosbags>=0.11.9,<0.12",
     ],
     extras_require={
         "bench": ["pybullet>=3.2", "trimesh>=4"],
@@ -61,4 +89,5 @@ setup(
         "Topic :: Scientific/Engineering :: Image Recognition",
     ],
     zip_safe=False,
+    cmdclass={"build_py": BuildWithInterfaces},
 )

@@ -1,12 +1,14 @@
-"""Benchmark sam3d_ros.ros.conversions against ros2-numpy 0.0.5 on the same arrays.
+"""Benchmark the image and point-cloud conversions against ros2-numpy 0.0.5 on the same arrays.
+
+(``sam3d_ros.core.image_decoding``, ``core.point_clouds`` with the rclpy kit, ``ros.conversions``.)
 
     .venv/jazzy/bin/python -P benchmarks/bench_conversions.py [--repeat 7] [--points 300000]
 
 Prints the median wall time of ``--repeat`` runs per case. Image: 640×480 rgb8 and 16UC1, to
 numpy and back. PointCloud2: xyz + rgb (+ object_index) packing and unpacking. Compressed
-inputs (:mod:`sam3d_ros.ros.compressed`): decoding a synthetic tabletop frame (pybullet render with
-sensor noise) at 640×480 and 1280×720 as image_transport's publishers send it with their
-default settings (JPEG quality 95, PNG level 3; compressedDepth PNG level 3, depth_max 10 m,
+inputs (:mod:`sam3d_ros.core.compressed_images`): decoding a synthetic tabletop frame (pybullet
+render with sensor noise) at 640×480 and 1280×720 as image_transport's publishers send it with
+their default settings (JPEG quality 95, PNG level 3; compressedDepth PNG level 3, depth_max 10 m,
 depth_quantization 100), with the payload size; ``--no-compressed`` skips it.
 
 ros2-numpy 0.0.5 writes a non-interleaved PointCloud2 (the xyz block, then the rgb block) and
@@ -26,9 +28,12 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from sam3d_ros.core import compressed_images as compressed
+from sam3d_ros.core import image_decoding as decode
+from sam3d_ros.core import point_clouds as clouds
 from sam3d_ros.core.conventions import metres_to_depth16
-from sam3d_ros.ros import compressed
 from sam3d_ros.ros import conversions as convert
+from sam3d_ros.ros.message_kit import RCLPY
 
 try:  # the peer is a test dependency only
     import ros2_numpy
@@ -67,7 +72,7 @@ def bench_image(name, img, enc, repeat):
     row(f"Image 640x480 {name}: numpy -> msg", ours, theirs)
     if ros2_numpy is not None:
         theirs = median_ms(lambda: ros2_numpy.numpify(msg), repeat)
-    ours = median_ms(lambda: convert.image_to_numpy(msg), repeat)
+    ours = median_ms(lambda: decode.image_to_numpy(msg), repeat)
     row(f"Image 640x480 {name}: msg -> numpy (view)", ours, theirs)
 
 
@@ -106,12 +111,12 @@ def bench_compressed(width, height, repeat):
     raw_depth = convert.numpy_to_image(mm, "16UC1")
     name = f"{width}x{height}"
     for label, fn, nbytes in (
-        ("raw rgb8 -> RGB", lambda: convert.rgb_from_image(raw_rgb), len(raw_rgb.data)),
+        ("raw rgb8 -> RGB", lambda: decode.rgb_from_image(raw_rgb), len(raw_rgb.data)),
         ("JPEG q95 -> RGB", lambda: compressed.rgb_from_compressed(jpeg, expected_size=size),
          len(jpeg.data)),
         ("PNG -> RGB", lambda: compressed.rgb_from_compressed(png, expected_size=size),
          len(png.data)),
-        ("raw 16UC1 -> metres", lambda: convert.depth_from_image(raw_depth), len(raw_depth.data)),
+        ("raw 16UC1 -> metres", lambda: decode.depth_from_image(raw_depth), len(raw_depth.data)),
         ("compressedDepth 16UC1 -> metres",
          lambda: compressed.depth_from_compressed(d16, expected_size=size), len(d16.data)),
         ("compressedDepth 32FC1 -> metres",
@@ -138,39 +143,40 @@ def main():
     bench_image("rgb8", rgb, "rgb8", args.repeat)
     bench_image("16UC1", mm, "16UC1", args.repeat)
     msg = convert.numpy_to_image(rgb[:, :, ::-1], "bgr8")
-    row("Image 640x480 bgr8 -> RGB array", median_ms(lambda: convert.rgb_from_image(msg),
+    row("Image 640x480 bgr8 -> RGB array", median_ms(lambda: decode.rgb_from_image(msg),
                                                      args.repeat))
     msg = convert.numpy_to_image(mm, "16UC1")
-    row("Image 640x480 16UC1 -> metres", median_ms(lambda: convert.depth_from_image(msg),
+    row("Image 640x480 16UC1 -> metres", median_ms(lambda: decode.depth_from_image(msg),
                                                    args.repeat))
 
     n = args.points
     xyz = rng.normal(size=(n, 3)).astype(np.float32)
     colours = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
     index = rng.integers(-1, 8, size=n).astype(np.int32)
-    packed = convert.pack_rgb(colours)  # ros2-numpy takes rgb already packed as uint32
+    packed = clouds.pack_rgb(colours)  # ros2-numpy takes rgb already packed as uint32
     k = f"{n // 1000}k"
 
-    ours = median_ms(lambda: convert.pointcloud2_from_arrays(None, xyz, colours), args.repeat)
+    ours = median_ms(lambda: clouds.pointcloud2_from_arrays(RCLPY, None, xyz, colours),
+                     args.repeat)
     theirs = None
     if r2n_pc2 is not None:
         theirs = median_ms(
             lambda: r2n_pc2.dict_to_point_cloud2({"xyz": xyz, "rgb": packed}), args.repeat)
     row(f"PointCloud2 {k} xyz+rgb: pack", ours, theirs)
     row(f"PointCloud2 {k} xyz+rgb+index: pack", median_ms(
-        lambda: convert.pointcloud2_from_arrays(None, xyz, colours, index), args.repeat))
+        lambda: clouds.pointcloud2_from_arrays(RCLPY, None, xyz, colours, index), args.repeat))
 
-    cloud = convert.pointcloud2_from_arrays(None, xyz, colours)
-    ours = median_ms(lambda: convert.pointcloud2_to_arrays(cloud), args.repeat)
+    cloud = clouds.pointcloud2_from_arrays(RCLPY, None, xyz, colours)
+    ours = median_ms(lambda: clouds.pointcloud2_to_arrays(cloud), args.repeat)
     theirs = None
     if r2n_pc2 is not None:
         theirs = median_ms(lambda: r2n_pc2.point_cloud2_to_array(cloud), args.repeat)
     row(f"PointCloud2 {k} xyz+rgb: unpack (views)", ours, theirs)
     row(f"PointCloud2 {k} xyz+rgb: unpack + contiguous copies", median_ms(
-        lambda: [np.array(a) for a in convert.pointcloud2_to_arrays(cloud)], args.repeat))
-    cloud = convert.pointcloud2_from_arrays(None, xyz, colours, index)
+        lambda: [np.array(a) for a in clouds.pointcloud2_to_arrays(cloud)], args.repeat))
+    cloud = clouds.pointcloud2_from_arrays(RCLPY, None, xyz, colours, index)
     row(f"PointCloud2 {k} xyz+rgb+index: unpack (views)", median_ms(
-        lambda: convert.pointcloud2_to_arrays(cloud), args.repeat))
+        lambda: clouds.pointcloud2_to_arrays(cloud), args.repeat))
 
     if not args.no_compressed:
         for width, height in ((640, 480), (1280, 720)):

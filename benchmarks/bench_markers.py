@@ -1,12 +1,13 @@
-"""Cost and quality of the rviz mesh-marker preview (``sam3d_ros.ros.outputs.mesh_marker``).
+"""Cost and quality of the rviz mesh-marker preview (``core.output_messages.mesh_marker``).
 
     .venv/jazzy/bin/python -P benchmarks/bench_markers.py [--scenes 5] [--budget 1000]
 
 Embedded reconstructions (box prompts) of synthetic 640×480 tabletop scenes; per object: its
 triangles, the boundary edges of the old preview (an evenly spaced subset of the triangles) and
-of the decimated one, the decimation time (:func:`~sam3d_ros.ros.outputs.marker_preview`), the
-whole marker build without a cache, and the marker build through
-:class:`~sam3d_ros.ros.outputs.MarkerPreviewCache` for the **next frame** of the still scene
+of the decimated one, the decimation time
+(:func:`~sam3d_ros.core.output_messages.marker_preview`), the whole marker build without a cache,
+and the marker build through :class:`~sam3d_ros.core.output_messages.MarkerPreviewCache` for the
+**next frame** of the still scene
 (the same rendering with new sensor noise, reconstructed again): whether the cached preview
 was reused and what that cost. Timings are medians of ``--repeat`` runs.
 """
@@ -23,10 +24,11 @@ from std_msgs.msg import Header
 from sam3d_bench.scenes import make_tabletop_scene
 from sam3d_bench.sensor import SensorNoise, apply_depth_noise
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core import output_messages as out
 from sam3d_ros.core.engine import Engine
 from sam3d_ros.core.mesh_decimation import boundary_edge_count, is_closed_manifold
 from sam3d_ros.core.types import Frame
-from sam3d_ros.ros import outputs as out
+from sam3d_ros.ros.message_kit import RCLPY
 
 HEADER = Header(frame_id="camera_color_optical_frame")
 
@@ -72,15 +74,15 @@ def main():
                            .round().astype(np.int64)]
             preview = out.marker_preview(obj, args.budget)
             dec_ms = median_ms(lambda o=obj: out.marker_preview(o, args.budget), args.repeat)
-            marker_ms = median_ms(lambda o=obj: out.mesh_marker(HEADER, o, args.budget),
+            marker_ms = median_ms(lambda o=obj: out.mesh_marker(RCLPY, HEADER, o, args.budget),
                                   args.repeat)
             cache = out.MarkerPreviewCache()
-            out.mesh_marker(HEADER, obj, args.budget, cache=cache)
+            out.mesh_marker(RCLPY, HEADER, obj, args.budget, cache=cache)
             again = second.get(obj.object_id)
             reused, cached_ms = None, float("nan")
             if again is not None:
                 t0 = time.perf_counter()
-                out.mesh_marker(HEADER, again, args.budget, cache=cache)
+                out.mesh_marker(RCLPY, HEADER, again, args.budget, cache=cache)
                 cached_ms = 1000.0 * (time.perf_counter() - t0)
                 reused = cache.reused == 1
             row = (len(faces), boundary_edge_count(spaced), boundary_edge_count(preview.faces),

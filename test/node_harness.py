@@ -25,6 +25,7 @@ from moveit_msgs.msg import CollisionObject
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sam3d_ros.action import Reconstruct
 from sam3d_ros.msg import BoxPrompt, GraspArray, Prompt, ReconstructedObjectArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -282,6 +283,42 @@ def box_prompt(scene, pad: int = 4, object_ids: bool = True) -> Prompt:
         msg.boxes.append(BoxPrompt(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max,
                                    label=1, object_id=b.object_id if object_ids else -1))
     return msg
+
+
+def warm_up_action_client(rec: "Recorder", client: Any) -> None:
+    """Until the server answers this client's goal, result and cancel requests.
+
+    DDS discovery is not symmetric: ``wait_for_server`` returns when this client sees the
+    server, possibly before the server's response writers have matched this client's readers,
+    and a response sent before that is lost (seen on a loaded machine as a cancel that never
+    got its answer). A goal without an image fails at once and publishes nothing.
+    """
+    deadline = time.monotonic() + 90.0
+    while time.monotonic() < deadline:
+        sent = client.send_goal_async(Reconstruct.Goal(use_latest_frame=False))
+        if not rec.wait(sent.done, 10.0):
+            continue
+        handle = sent.result()
+        result = handle.get_result_async()
+        if not rec.wait(result.done, 10.0):
+            continue
+        cancel = handle.cancel_goal_async()
+        if rec.wait(cancel.done, 10.0):
+            return
+    raise AssertionError("the action server never answered a goal, its result and a cancel")
+
+
+
+def explicit_goal(sc: Any, stamp_s: int = 0) -> Any:
+    """A ~/reconstruct goal with the scene's image, depth, CameraInfo and box prompt."""
+    goal = Reconstruct.Goal(prompt=box_prompt(sc), use_latest_frame=False)
+    goal.image = numpy_to_image(sc.frame.rgb, "rgb8")
+    goal.depth = numpy_to_image(metres_to_depth16(sc.depth_m), "16UC1")
+    goal.camera_info = camera_info(sc.intrinsics)
+    for msg in (goal.image, goal.depth, goal.camera_info):
+        msg.header.frame_id = FRAME_ID
+        msg.header.stamp.sec = int(stamp_s)
+    return goal
 
 
 _SCENES: Dict[tuple, Any] = {}

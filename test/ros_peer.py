@@ -4,11 +4,14 @@ Roles:
   publisher      publishes a known ReconstructedObjectArray on ``objects`` and a TFMessage on
                  ``/tf`` at 10 Hz until killed.
   action_server  serves ``reconstruct`` (sam3d_ros/action/Reconstruct) through the package's
-                 QueuedActionServer; each goal walks five stages of 0.3 s and returns one object
-                 whose id is the goal's seed.
+                 QueuedActionServer (at most 16 goals queued, results kept 5 s); each goal
+                 walks five stages of 0.3 s and returns one object whose id is the goal's seed.
+                 Commands on stdin: ``destroy`` destroys the server (as a node's cleanup does;
+                 ``destroyed`` answers), ``rss`` answers ``rss <resident MiB>``.
 """
 
 import sys
+import threading
 import time
 
 import rclpy
@@ -78,8 +81,28 @@ def walk_stages(goal, progress, cancel_requested):
     return result
 
 
+def resident_mib() -> float:
+    """Resident memory of this process (MiB)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def run_action_server(node: Node) -> None:
-    QueuedActionServer(node, Reconstruct, "reconstruct", walk_stages, queue_poll_s=0.05)
+    server = QueuedActionServer(node, Reconstruct, "reconstruct", walk_stages,
+                                queue_poll_s=0.05, max_queued=16, result_timeout_s=5.0)
+
+    def commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "destroy":
+                server.destroy("the test peer is shutting down")
+                print("destroyed", flush=True)
+            elif line.strip() == "rss":
+                print(f"rss {resident_mib():.1f}", flush=True)
+
+    threading.Thread(target=commands, daemon=True).start()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     executor.spin()

@@ -10,10 +10,14 @@ PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ros_peer.py")
 
 @contextlib.contextmanager
 def ros_peer(role: str):
-    """Run the peer in its own process (own DDS participant) for the duration of the block."""
+    """Run the peer in its own process (own DDS participant) for the duration of the block.
+
+    The process is yielded: a role may take commands on its stdin and answer on its stdout.
+    """
     # -P: never import the source tree's sam3d_ros (it lacks the generated interfaces).
     proc = subprocess.Popen(
         [sys.executable, "-P", PEER, role],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,5 +1,6 @@
-"""Compressed camera inputs (sam3d_ros.ros.compressed): image_transport's ``compressed`` colour and
-``compressedDepth`` depth decoded to the raw path's arrays; bad payloads named (no ROS graph).
+"""Compressed camera inputs (sam3d_ros.core.compressed_images): image_transport's ``compressed``
+colour and ``compressedDepth`` depth decoded to the raw path's arrays; bad payloads named (no ROS
+graph).
 
 The messages are built here as the image_transport publishers build them (OpenCV ``imencode``;
 for compressedDepth the 12-byte ``ConfigHeader`` and, for 32FC1, the publisher's inverse-depth
@@ -17,10 +18,10 @@ import pytest
 from PIL import Image as PILImage
 from sensor_msgs.msg import CameraInfo, CompressedImage
 
+from sam3d_ros.core import compressed_images as cmp
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.camera_frame import build_camera_frame
 from sam3d_ros.core.errors import InputError
-from sam3d_ros.ros import compressed as cmp
-from sam3d_ros.ros.camera_input import build_camera_frame
 from sam3d_ros.ros.conversions import numpy_to_image
 
 W, H = 160, 120

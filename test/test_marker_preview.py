@@ -8,8 +8,9 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from sam3d_ros.core import mesh_decimation as md
+from sam3d_ros.core import output_messages as out
 from sam3d_ros.core.types import Gaussians, Mesh, ObjectReconstruction
-from sam3d_ros.ros import outputs as out
+from sam3d_ros.ros.message_kit import RCLPY
 
 HEADER = Header(frame_id="cam_optical")
 
@@ -61,7 +62,7 @@ def sphere_object(subdivisions=5, **kw):
 def test_preview_of_a_closed_mesh_is_closed_within_budget_with_original_colours():
     obj = sphere_object()  # 20480 triangles
     budget = 1000
-    marker = out.mesh_marker(HEADER, obj, max_triangles=budget)
+    marker = out.mesh_marker(RCLPY, HEADER, obj, max_triangles=budget)
     v, f, colours, corner_rgb = marker_mesh(marker)
     assert len(f) <= budget and len(f) > 0.9 * budget
     assert md.boundary_edge_count(f) == 0 and md.is_closed_manifold(f)
@@ -93,7 +94,7 @@ def test_open_mesh_keeps_its_boundary():
     obj = make_object(bowl.vertices, bowl.faces)
     full = md.boundary_edge_count(bowl.faces)
     assert full > 0
-    v, f, _, _ = marker_mesh(out.mesh_marker(HEADER, obj, max_triangles=800))
+    v, f, _, _ = marker_mesh(out.mesh_marker(RCLPY, HEADER, obj, max_triangles=800))
     assert len(f) <= 800
     assert md.boundary_edge_count(f) <= full
     # The rim stays where it was: its vertices are original rim vertices, unmoved.
@@ -104,10 +105,10 @@ def test_open_mesh_keeps_its_boundary():
 def test_budget_zero_or_above_the_mesh_keeps_everything_and_tiny_budgets_are_kept():
     obj = sphere_object(2)  # 320 triangles
     for budget in (0, 320, 5000):
-        m = out.mesh_marker(HEADER, obj, max_triangles=budget)
+        m = out.mesh_marker(RCLPY, HEADER, obj, max_triangles=budget)
         assert len(m.points) == 3 * 320
     for budget in (4, 7, 30):  # the collapse may stop above a tiny budget; the budget holds
-        m = out.mesh_marker(HEADER, obj, max_triangles=budget)
+        m = out.mesh_marker(RCLPY, HEADER, obj, max_triangles=budget)
         assert 0 < len(m.points) <= 3 * budget
 
 
@@ -122,7 +123,7 @@ def test_real_reconstruction_preview_is_closed():
     for obj in objects:
         assert md.is_closed_manifold(obj.mesh.faces)
         n_faces = len(obj.mesh.faces)
-        v, f, colours, _ = marker_mesh(out.mesh_marker(HEADER, obj, max_triangles=1000))
+        v, f, colours, _ = marker_mesh(out.mesh_marker(RCLPY, HEADER, obj, max_triangles=1000))
         assert len(f) <= min(1000, n_faces) and md.boundary_edge_count(f) == 0, obj.object_id
         # Colours are the object's own vertex colours.
         palette = {tuple(c) for c in np.asarray(obj.mesh.colors).tolist()}
@@ -136,33 +137,33 @@ def test_real_reconstruction_preview_is_closed():
 def test_cache_reuses_the_same_mesh_and_the_same_shape_and_rebuilds_a_new_shape():
     cache = out.MarkerPreviewCache()
     obj = sphere_object(4)
-    first = out.mesh_marker(HEADER, obj, 500, cache=cache)
+    first = out.mesh_marker(RCLPY, HEADER, obj, 500, cache=cache)
     assert (cache.built, cache.reused) == (1, 0)
     moved = sphere_object(4, t=(0.3, 0.1, 0.9))  # the same mesh at another pose
-    again = out.mesh_marker(HEADER, moved, 500, cache=cache)
+    again = out.mesh_marker(RCLPY, HEADER, moved, 500, cache=cache)
     assert (cache.built, cache.reused) == (1, 1)
     assert again.points == first.points and again.pose.position.x == pytest.approx(0.3)
     noisy = sphere_object(4)  # a reconstruction with 1 mm of noise: the same shape
     noisy.mesh.vertices = noisy.mesh.vertices + np.random.default_rng(0).normal(
         0, 0.01, noisy.mesh.vertices.shape).astype(np.float32)
-    out.mesh_marker(HEADER, noisy, 500, cache=cache)
+    out.mesh_marker(RCLPY, HEADER, noisy, 500, cache=cache)
     assert (cache.built, cache.reused) == (1, 2)
     bigger = sphere_object(4, scale=0.15)  # 5 cm larger: rebuilt
-    big = out.mesh_marker(HEADER, bigger, 500, cache=cache)
+    big = out.mesh_marker(RCLPY, HEADER, bigger, 500, cache=cache)
     assert cache.built == 2
     assert np.ptp([p.x for p in big.points]) > 1.4 * np.ptp([p.x for p in first.points])
-    out.mesh_marker(HEADER, bigger, 300, cache=cache)  # another budget: rebuilt
+    out.mesh_marker(RCLPY, HEADER, bigger, 300, cache=cache)  # another budget: rebuilt
     assert cache.built == 3
 
 
 def test_markers_msg_drops_previews_of_vanished_objects():
     cache = out.MarkerPreviewCache()
     a, b = sphere_object(3, object_id=1), sphere_object(3, object_id=2)
-    out.markers_msg(HEADER, [a, b], (), 200, cache=cache)
+    out.markers_msg(RCLPY, HEADER, [a, b], (), 200, cache=cache)
     assert cache.built == 2
-    arr = out.markers_msg(HEADER, [a], [1, 2], 200, cache=cache)
+    arr = out.markers_msg(RCLPY, HEADER, [a], [1, 2], 200, cache=cache)
     assert cache.reused == 1
     assert [(m.ns, m.id) for m in arr.markers if m.action == Marker.DELETE] == [
         (out.MESH_NS, 2), (out.LABEL_NS, 2)]
-    out.markers_msg(HEADER, [b], [1], 200, cache=cache)  # 2 was forgotten: built again
+    out.markers_msg(RCLPY, HEADER, [b], [1], 200, cache=cache)  # 2 was forgotten: built again
     assert cache.built == 3

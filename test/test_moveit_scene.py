@@ -9,10 +9,10 @@ from shape_msgs.msg import SolidPrimitive
 from std_msgs.msg import Header
 
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.grasp_messages import published_pose
+from sam3d_ros.core.output_messages import object_vertices_m
 from sam3d_ros.core.types import Gaussians, Grasp, Mesh, ObjectReconstruction
 from sam3d_ros.ros import moveit_scene as ms
-from sam3d_ros.ros.grasps import published_pose
-from sam3d_ros.ros.outputs import object_vertices_m
 
 HEADER = Header(frame_id="cam_optical")
 ADD, MOVE, REMOVE = (int.from_bytes(c, "little") for c in (

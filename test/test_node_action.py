@@ -14,15 +14,14 @@ from node_harness import (
     Recorder,
     box_prompt,
     camera_info,
+    explicit_goal,
     ros_context,
     running_node,
     scene,
+    warm_up_action_client,
 )
 from rclpy.action import ActionClient
 from sam3d_ros.action import Reconstruct
-
-from sam3d_ros.core.conventions import metres_to_depth16
-from sam3d_ros.ros.conversions import numpy_to_image
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tabletop"
 KEEP = 3
@@ -42,33 +41,10 @@ def env(tmp_path_factory):
             client = ActionClient(rec.node, Reconstruct, "/sam3d/reconstruct")
             assert client.wait_for_server(timeout_sec=30.0)
             assert rec.wait_subscribed()
-            _warm_up(rec, client)
+            warm_up_action_client(rec, client)
             yield sc, node, rec, client, out_dir
         finally:
             rec.close()
-
-
-def _warm_up(rec, client):
-    """Until the server answers this client's goal, result and cancel requests.
-
-    DDS discovery is not symmetric: ``wait_for_server`` returns when this client sees the
-    server, possibly before the server's response writers have matched this client's readers,
-    and a response sent before that is lost (seen on a loaded machine as a cancel that never
-    got its answer). A goal without an image fails at once and publishes nothing.
-    """
-    deadline = time.monotonic() + 90.0
-    while time.monotonic() < deadline:
-        sent = client.send_goal_async(Reconstruct.Goal(use_latest_frame=False))
-        if not rec.wait(sent.done, 10.0):
-            continue
-        handle = sent.result()
-        result = handle.get_result_async()
-        if not rec.wait(result.done, 10.0):
-            continue
-        cancel = handle.cancel_goal_async()
-        if rec.wait(cancel.done, 10.0):
-            return
-    pytest.fail("the action server never answered a goal, its result and a cancel")
 
 
 # Liveness bound of the harness, not a speed target: on a loaded 2-core machine goal acceptance
@@ -89,16 +65,6 @@ def result_of(rec, handle, timeout=60.0):
     future = handle.get_result_async()
     assert rec.wait(future.done, timeout), "no result"
     return future.result()
-
-
-def explicit_goal(sc):
-    goal = Reconstruct.Goal(prompt=box_prompt(sc), use_latest_frame=False)
-    goal.image = numpy_to_image(sc.frame.rgb, "rgb8")
-    goal.depth = numpy_to_image(metres_to_depth16(sc.depth_m), "16UC1")
-    goal.camera_info = camera_info(sc.intrinsics)
-    for msg in (goal.image, goal.depth, goal.camera_info):
-        msg.header.frame_id = FRAME_ID
-    return goal
 
 
 def test_goal_on_latest_frame_feedback_and_hosted_result(env):

@@ -79,9 +79,9 @@ def tf_for(rec, header, timeout=30.0):
 
 def raw_path_translations(sc):
     """What the raw path computes for the same frame (the core on the raw messages)."""
+    from sam3d_ros.core.camera_frame import build_camera_frame
     from sam3d_ros.core.engine import Engine
-    from sam3d_ros.ros.camera_input import build_camera_frame
-    from sam3d_ros.ros.prompts import query_from_prompt
+    from sam3d_ros.core.prompt_messages import query_from_prompt
 
     cam = build_camera_frame(numpy_to_image(sc.frame.rgb, "rgb8"),
                              numpy_to_image(metres_to_depth16(sc.depth_m), "16UC1"),

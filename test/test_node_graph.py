@@ -21,7 +21,8 @@ from sam3d_ros.msg import Prompt
 from visualization_msgs.msg import Marker
 
 from sam3d_ros.core.conventions import metres_to_depth16
-from sam3d_ros.ros.conversions import numpy_to_image, pointcloud2_to_arrays
+from sam3d_ros.core.point_clouds import pointcloud2_to_arrays
+from sam3d_ros.ros.conversions import numpy_to_image
 
 PREFIX = "obj_"
 ERROR = DiagnosticStatus.ERROR
@@ -82,9 +83,9 @@ def publish_good(sc, rec):
 
 
 def test_tf_one_frame_per_object_matches_the_core(env):
+    from sam3d_ros.core.camera_frame import build_camera_frame
     from sam3d_ros.core.engine import Engine
-    from sam3d_ros.ros.camera_input import build_camera_frame
-    from sam3d_ros.ros.prompts import query_from_prompt
+    from sam3d_ros.core.prompt_messages import query_from_prompt
 
     sc, node, rec = env
     header = publish_good(sc, rec)
@@ -161,6 +162,13 @@ def test_markers_points_detections_objects_agree(env):
     assert all(m.header.frame_id == FRAME_ID for m in markers)
     for m in meshes:
         assert len(m.points) % 3 == 0 and len(m.colors) == len(m.points) > 0
+    # Labels sit above their objects along the table's normal (the camera looks down 35-55°,
+    # so camera -y is far from "up").
+    up = np.asarray(sc.table_plane.normal)
+    for m in labels:
+        offset = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z]) - tf_xyz[m.id]
+        angle = np.degrees(np.arccos(offset @ up / np.linalg.norm(offset)))
+        assert angle < 5.0, f"label {m.id} is {angle:.1f}° off the table normal"
     assert (debug.width, debug.height, debug.encoding) == (sc.frame.width, sc.frame.height,
                                                            "rgb8")
 

@@ -135,9 +135,9 @@ def publish(rec, rgb, depth, sc):
 
 
 def test_grasps_poses_markers_and_collision_add(env):
+    from sam3d_ros.core.camera_frame import build_camera_frame
     from sam3d_ros.core.engine import Engine
-    from sam3d_ros.ros.camera_input import build_camera_frame
-    from sam3d_ros.ros.prompts import query_from_prompt
+    from sam3d_ros.core.prompt_messages import query_from_prompt
 
     sc, node, rec = env
     header = publish(rec, sc.frame.rgb, sc.depth_m, sc)

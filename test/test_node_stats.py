@@ -16,7 +16,8 @@ from sam3d_ros.ros.diagnostics import pipeline_status
 from sam3d_ros.ros.stats import PipelineStats
 
 SETTINGS = {"continuous": True, "input_timeout_s": 2.0}
-COUNTS = {"frames_dropped": 0, "frames_unmatched": 0, "goals_queued": 0, "qos_problem": ""}
+COUNTS = {"frames_dropped": 0, "frames_unmatched": 0, "frames_deferred_to_goals": 0,
+          "goals_queued": 0, "goals_rejected": 0, "qos_problem": ""}
 
 
 class PausingReads:

@@ -12,13 +12,13 @@ from sam3d_ros.msg import BoxPrompt, PointPrompt, Prompt
 from sensor_msgs.msg import CameraInfo
 
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.camera_frame import build_camera_frame
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.frame_pairing import ApproxTimeSync, LatestSlot
+from sam3d_ros.core.prompt_messages import query_from_prompt
 from sam3d_ros.core.types import CameraIntrinsics
-from sam3d_ros.ros.camera_input import build_camera_frame
 from sam3d_ros.ros.conversions import numpy_to_image
 from sam3d_ros.ros.parameters import PARAMS
-from sam3d_ros.ros.prompts import query_from_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 K = CameraIntrinsics(200.0, 200.0, 79.5, 59.5, 160, 120)

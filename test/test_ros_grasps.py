@@ -9,9 +9,10 @@ from visualization_msgs.msg import Marker
 
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core import grasp_messages as rg
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.types import Grasp
-from sam3d_ros.ros import grasps as rg
+from sam3d_ros.ros.message_kit import RCLPY
 
 HEADER = Header(frame_id="cam_optical")
 GRIPPER = GripperModel()
@@ -60,7 +61,7 @@ def test_parse_approach_rejects_with_the_field_named(value):
 def test_grasp_message_grasp_frame_and_tcp_offset():
     g = make_grasp([0.1, 0.2, 0.7], approach=[0, 0.6, 0.8], closing=[1, 0, 0], width=0.05,
                    score=0.9)
-    plain = rg.grasp_msg(g, object_id=7, rank=2)
+    plain = rg.grasp_msg(RCLPY, g, object_id=7, rank=2)
     assert (plain.object_id, plain.rank, plain.tcp_offset) == (7, 2, 0.0)
     assert np.allclose(xyz(plain.pose.position), g.position)
     assert abs(abs(xyzw(plain.pose.orientation) @ g.orientation) - 1) < 1e-9
@@ -68,7 +69,7 @@ def test_grasp_message_grasp_frame_and_tcp_offset():
     assert np.allclose([xyz(c) for c in plain.contacts], g.contacts)
     assert list(plain.contacts_observed) == [True, False]
 
-    ee = rg.grasp_msg(g, 7, 2, tcp_offset=0.1034)
+    ee = rg.grasp_msg(RCLPY, g, 7, 2, tcp_offset=0.1034)
     # The end-effector link sits 0.1034 m back along the approach (+z of the grasp frame).
     approach = np.array([0, 0.6, 0.8])
     assert np.allclose(xyz(ee.pose.position), g.position - 0.1034 * approach)
@@ -82,7 +83,7 @@ def test_grasp_message_grasp_frame_and_tcp_offset():
 def test_contacts_from_the_contract_when_the_planner_gave_none():
     g = make_grasp([0.0, 0.0, 0.5], [0, 0, 1], [0, 1, 0], width=0.03, contacts=False,
                    observed=None)
-    msg = rg.grasp_msg(g, 1, 0)
+    msg = rg.grasp_msg(RCLPY, g, 1, 0)
     assert np.allclose([xyz(c) for c in msg.contacts], [[0, -0.015, 0.5], [0, 0.015, 0.5]])
     assert list(msg.contacts_observed) == [False, False]
 
@@ -92,21 +93,21 @@ def test_array_and_pose_array_use_tracked_ids_in_object_order():
     grasps = [[make_grasp([0, 0, 0.5], [0, 0, 1], [1, 0, 0], score=0.9, object_id=0),
                make_grasp([0, 0.01, 0.5], [0, 0, 1], [0, 1, 0], score=0.4, object_id=0)],
               [make_grasp([0.2, 0, 0.6], [0, 1, 0], [1, 0, 0], score=0.7, object_id=1)]]
-    array = rg.grasp_array_msg(HEADER, objects, grasps, tcp_offset=0.05)
+    array = rg.grasp_array_msg(RCLPY, HEADER, objects, grasps, tcp_offset=0.05)
     assert [(g.object_id, g.rank) for g in array.grasps] == [(11, 0), (11, 1), (4, 0)]
     assert array.header.frame_id == "cam_optical"
-    poses = rg.grasp_pose_array_msg(HEADER, objects, grasps, tcp_offset=0.05)
+    poses = rg.grasp_pose_array_msg(RCLPY, HEADER, objects, grasps, tcp_offset=0.05)
     assert [p for p in poses.poses] == [g.pose for g in array.grasps]
     assert np.allclose(xyz(poses.poses[2].position), [0.2, -0.05, 0.6])
     back = deserialize_message(serialize_message(array), GraspArray)
     assert [g.object_id for g in back.grasps] == [11, 11, 4]
     with pytest.raises(ValueError):
-        rg.grasp_array_msg(HEADER, objects, grasps[:1])
+        rg.grasp_array_msg(RCLPY, HEADER, objects, grasps[:1])
 
 
 def test_markers_draw_the_gripper_at_the_contacts():
     g = make_grasp([0.05, -0.02, 0.6], approach=[0, 0.6, 0.8], closing=[1, 0, 0], width=0.05)
-    markers, count = rg.grasp_markers_msg(HEADER, [_Obj(3)], [[g]], GRIPPER)
+    markers, count = rg.grasp_markers_msg(RCLPY, HEADER, [_Obj(3)], [[g]], GRIPPER)
     assert count == 1 and len(markers.markers) == 1
     m = markers.markers[0]
     assert (m.ns, m.id, m.type, m.action) == (rg.GRASP_NS, 0, Marker.LINE_LIST, Marker.ADD)
@@ -131,7 +132,7 @@ def test_markers_best_first_highlighted_capped_and_deleted():
     objects = [_Obj(1), _Obj(2)]
     grasps = [[make_grasp([0, 0, 0.5 + 0.01 * k], [0, 0, 1], [1, 0, 0]) for k in range(3)],
               [make_grasp([0.2, 0, 0.5 + 0.01 * k], [0, 0, 1], [1, 0, 0]) for k in range(2)]]
-    markers, count = rg.grasp_markers_msg(HEADER, objects, grasps, GRIPPER, max_markers=3)
+    markers, count = rg.grasp_markers_msg(RCLPY, HEADER, objects, grasps, GRIPPER, max_markers=3)
     assert count == 3
     drawn = [(m.pose.position.x, round(m.pose.position.z, 3)) for m in markers.markers]
     # Each object's best grasp first, then the second best of the first object.
@@ -143,7 +144,7 @@ def test_markers_best_first_highlighted_capped_and_deleted():
     assert markers.markers[0].color != markers.markers[1].color  # per-object colours
 
     # Next frame: one object left with one grasp: ids 1 and 2 are deleted.
-    again, count2 = rg.grasp_markers_msg(HEADER, objects[:1], [grasps[0][:1]],
+    again, count2 = rg.grasp_markers_msg(RCLPY, HEADER, objects[:1], [grasps[0][:1]],
                                          GRIPPER, previous_count=count, max_markers=3)
     assert count2 == 1
     assert [(m.id, m.action) for m in again.markers] == [
@@ -165,7 +166,7 @@ def test_grasp_outputs_publish_only_to_subscribed_topics_and_keep_the_marker_cou
             self.sent.append(msg)
 
     grasps_pub, poses_pub, markers_pub = FakePublisher(1), FakePublisher(0), FakePublisher(0)
-    outputs = rg.GraspOutputs(grasps_pub, poses_pub, markers_pub)
+    outputs = rg.GraspOutputs(RCLPY, grasps_pub, poses_pub, markers_pub)
     grasps = [[make_grasp([0, 0, 0.5], [0, 0, 1], [1, 0, 0])] * 2]
     outputs.publish(HEADER, [_Obj(1)], grasps, GRIPPER)
     assert len(grasps_pub.sent) == 1 and poses_pub.sent == [] and markers_pub.sent == []

@@ -11,9 +11,10 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core import output_messages as out
+from sam3d_ros.core.point_clouds import pointcloud2_to_arrays
 from sam3d_ros.core.types import CameraIntrinsics, Gaussians, Mesh, ObjectReconstruction
-from sam3d_ros.ros import outputs as out
-from sam3d_ros.ros.conversions import pointcloud2_to_arrays
+from sam3d_ros.ros.message_kit import RCLPY
 
 HEADER = Header(frame_id="cam_optical")
 HEADER.stamp.sec = 12
@@ -44,7 +45,7 @@ def cube_object(object_id=5, index=0, t=(0.1, -0.05, 0.8), yaw=0.3, extents=(0.0
 
 def test_object_message_mesh_in_object_frame_metres():
     obj = cube_object()
-    msg = out.reconstructed_object_msg(obj, "file:///a.glb", "file:///a.ply")
+    msg = out.reconstructed_object_msg(RCLPY, obj, "file:///a.glb", "file:///a.ply")
     assert (msg.id, msg.object_index, msg.label, msg.score) == (5, 0, "box", 0.75)
     v = np.array([[p.x, p.y, p.z] for p in msg.mesh.vertices])
     assert np.allclose(np.ptp(v, axis=0), [0.06, 0.04, 0.1], atol=1e-6)
@@ -64,7 +65,7 @@ def test_object_message_mesh_in_object_frame_metres():
 
 
 def test_fast_elements_serialise_like_checked_ones():
-    array = out.objects_array_msg(HEADER, [cube_object(), cube_object(6, 1)],
+    array = out.objects_array_msg(RCLPY, HEADER, [cube_object(), cube_object(6, 1)],
                                   {"segment": 0.1, "reconstruct": 0.2}, "embedded", "embedded",
                                   total_s=0.35)
     back = deserialize_message(serialize_message(array), ReconstructedObjectArray)
@@ -81,18 +82,18 @@ def test_artifacts_from_hosted_result():
     result = {"model_glb": entry, "gaussian_splat": dict(entry, file_name="scene.ply"),
               "metadata": [{"object_index": 0}], "individual_glbs": [entry, entry],
               "individual_splats": [entry], "artifacts_zip": entry}
-    msg = out.artifacts_msg(result)
+    msg = out.artifacts_msg(RCLPY, result)
     assert msg.model_glb.file_size == 10 and len(msg.individual_glbs) == 2
     assert json.loads(msg.result_json) == result
-    assert out.artifacts_msg(None).result_json == ""
-    arr = out.objects_array_msg(HEADER, [cube_object(), cube_object(6, 1)], result=result)
+    assert out.artifacts_msg(RCLPY, None).result_json == ""
+    arr = out.objects_array_msg(RCLPY, HEADER, [cube_object(), cube_object(6, 1)], result=result)
     assert arr.objects[0].mesh_uri == entry["url"] and arr.objects[1].splat_uri == ""
 
 
 def test_detections_and_tf_agree():
     objs = [cube_object(5, 0), cube_object(9, 1, t=(-0.2, 0.0, 0.9))]
-    dets = out.detections_msg(HEADER, objs)
-    tf = out.tf_msg(HEADER, objs, "p_")
+    dets = out.detections_msg(RCLPY, HEADER, objs)
+    tf = out.tf_msg(RCLPY, HEADER, objs, "p_")
     assert [d.id for d in dets.detections] == ["5", "9"]
     assert [t.child_frame_id for t in tf.transforms] == ["p_5", "p_9"]
     for det, tr in zip(dets.detections, tf.transforms, strict=True):
@@ -106,7 +107,7 @@ def test_detections_and_tf_agree():
 
 def test_markers_mesh_label_and_deletes():
     objs = [cube_object(5, 0), cube_object(9, 1)]
-    arr = out.markers_msg(HEADER, objs, previous_ids=[5, 7])
+    arr = out.markers_msg(RCLPY, HEADER, objs, previous_ids=[5, 7])
     adds = [m for m in arr.markers if m.action == Marker.ADD]
     deletes = [(m.ns, m.id) for m in arr.markers if m.action == Marker.DELETE]
     assert sorted((m.ns, m.id, m.type) for m in adds) == [
@@ -118,10 +119,43 @@ def test_markers_mesh_label_and_deletes():
     assert mesh.pose.position.z == pytest.approx(0.8)
     label = next(m for m in adds if m.type == Marker.TEXT_VIEW_FACING)
     assert label.text == "5 box" and label.pose.position.y < -0.05  # above the object
-    small = out.mesh_marker(HEADER, objs[0], max_triangles=4)
+    small = out.mesh_marker(RCLPY, HEADER, objs[0], max_triangles=4)
     assert len(small.points) == 12
-    clear = out.delete_all_markers(HEADER)
+    clear = out.delete_all_markers(RCLPY, HEADER)
     assert clear.markers[0].action == Marker.DELETEALL
+
+
+def _label_position(marker):
+    return np.array([marker.pose.position.x, marker.pose.position.y, marker.pose.position.z])
+
+
+def test_label_goes_above_the_box_along_the_support_plane_normal():
+    # A table seen by a camera pitched 50° down: its normal (toward the camera) is far from −y.
+    tilt = np.radians(50.0)
+    normal = np.array([0.0, -np.cos(tilt), -np.sin(tilt)])
+    # A box standing on the table: its z axis (0.1 m, the height) along the normal.
+    x_axis = np.array([1.0, 0.0, 0.0])
+    axes = np.column_stack([x_axis, np.cross(normal, x_axis), normal])
+    obj = cube_object(3, t=(0.05, 0.1, 0.7))
+    obj.rotation = conv.matrix_to_quat(axes)
+    corners = conv.posed_vertices(obj)  # the box's 8 corners, camera frame
+    t = np.asarray(obj.translation)
+
+    arr = out.markers_msg(RCLPY, HEADER, [obj], up=normal)
+    label = _label_position(next(m for m in arr.markers if m.ns == out.LABEL_NS))
+    # On the normal through the box centre, the gap above the box's top face.
+    assert np.allclose(label, t + (0.05 + out.LABEL_GAP_M) * normal, atol=1e-9)
+    assert (label - t) @ normal == pytest.approx(np.max((corners - t) @ normal)
+                                                 + out.LABEL_GAP_M)
+    # Camera −y (no plane known) would put it off to the side of the tilted box's top.
+    level = _label_position(out.label_marker(RCLPY, HEADER, obj))
+    assert np.linalg.norm(np.cross(level - t, normal)) > 0.05
+    assert np.allclose(np.cross(level - t, [0.0, -1.0, 0.0]), 0.0)
+    # A normal of any length is a direction.
+    scaled = out.label_marker(RCLPY, HEADER, obj, up=3.0 * normal)
+    assert np.allclose(_label_position(scaled), label)
+    with pytest.raises(ValueError, match="up"):
+        out.label_marker(RCLPY, HEADER, obj, up=[0.0, 0.0, 0.0])
 
 
 def test_points_of_masks_with_object_index():
@@ -134,7 +168,7 @@ def test_points_of_masks_with_object_index():
     points[24, 32] = np.nan  # invalid depth pixel: skipped
     rgb = np.zeros((48, 64, 3), np.uint8)
     rgb[..., 1] = 77
-    cloud = pointcloud2_to_arrays(out.points_msg(HEADER, points, rgb, objs))
+    cloud = pointcloud2_to_arrays(out.points_msg(RCLPY, HEADER, points, rgb, objs))
     index = np.asarray(cloud.object_index)
     xyz = np.asarray(cloud.xyz)
     # Only the objects' own depth: no background band, no invalid pixel, every object present.
@@ -170,7 +204,7 @@ def test_diagnostics_rate_and_latency():
     for s in (1.0, 2.0, 3.0, 4.0):
         stats.add("segment", s)
     assert stats.summary()["segment"] == (4.0, 3.0, pytest.approx(3.9))
-    msg = out.diagnostics_msg(HEADER.stamp, "sam3d: pipeline", "/sam3d", "ERROR",
+    msg = out.diagnostics_msg(RCLPY, HEADER.stamp, "sam3d: pipeline", "/sam3d", "ERROR",
                               "depth: bad", {"frames": 3, "latency_ms": 12.3456})
     status = msg.status[0]
     assert status.level == DiagnosticStatus.ERROR and status.message == "depth: bad"

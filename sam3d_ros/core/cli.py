@@ -5,6 +5,7 @@ Usage::
     sam3d-reconstruct --request request.json --output DIR
     sam3d-reconstruct --image rgb.png --depth depth.png --intrinsics 525,525,319.5,239.5 \\
         --box 100,80,220,200 --point 150,120 --output DIR
+    sam3d-reconstruct --bag IN --box 100,80,220,200 --output OUT   # a recording, offline
 
 ``--request`` reads a hosted "SAM 3D Objects" JSON request (relative paths in it are taken from
 the file's directory); the convenience flags build or override its fields (their paths are taken
@@ -13,6 +14,12 @@ is that directory), and is checked before any work; it is written atomically (a 
 temporary sibling renamed at the end) and ``DIR/result.json`` (the hosted result) is also printed
 on stdout. Progress goes to stderr. Objects the reconstruction refuses while others succeed are
 listed in ``failed_objects`` of the result.
+
+``--bag IN`` (a rosbag2 folder, sqlite3 or MCAP, or a bare ``.mcap``) processes every selected
+synchronised frame of a recording as the node would and writes ``OUT``, an MCAP rosbag2 folder
+with the inputs and the node's outputs (:mod:`sam3d_ros.core.recording.offline`); the prompt
+comes from a ``sam3d_ros/Prompt`` topic of the recording or from the request fields. A summary
+goes to stdout.
 
 Exit status: 0 success; 2 bad input (``error: <field>: <reason>``, nothing written); 1 internal
 or backend error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the temporary directory is
@@ -66,7 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--request", metavar="JSON", help="hosted request file ('-' = stdin)")
-    parser.add_argument("--output", "-o", metavar="DIR", required=True, help="fresh run directory")
+    parser.add_argument("--output", "-o", metavar="DIR", required=True,
+                        help="fresh run directory (with --bag: the output recording to create)")
+    bag = parser.add_argument_group("recordings (--bag)")
+    bag.add_argument("--bag", metavar="IN", help="rosbag2 folder (sqlite3 / MCAP) or .mcap file")
+    bag.add_argument("--image-topic", metavar="TOPIC", help="colour Image or CompressedImage")
+    bag.add_argument("--depth-topic", metavar="TOPIC",
+                     help="depth Image or CompressedImage (compressedDepth)")
+    bag.add_argument("--camera-info-topic", metavar="TOPIC", help="CameraInfo")
+    bag.add_argument("--prompt-topic", metavar="TOPIC", help="sam3d_ros/Prompt topic")
+    bag.add_argument("--every", type=int, default=1, metavar="N",
+                     help="every Nth synchronised frame (default %(default)s)")
+    bag.add_argument("--start", type=float, metavar="S", help="from S seconds into the recording")
+    bag.add_argument("--end", type=float, metavar="S", help="until S seconds into the recording")
+    bag.add_argument("--max-rate", type=float, default=0.0, metavar="HZ",
+                     help="at most HZ frames per second of image stamps (0 = all)")
+    bag.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames")
+    bag.add_argument("--sync-slop", type=float, default=0.02, metavar="S",
+                     help="largest stamp difference of a synchronised set (node's sync_slop_s)")
+    bag.add_argument("--artifacts", metavar="DIR",
+                     help="also write the hosted artifacts of every processed frame under DIR")
+    bag.add_argument("--distro", default="jazzy", choices=("humble", "jazzy", "kilted"),
+                     help="standard message definitions of the recording (default %(default)s)")
+    bag.add_argument("--no-inputs", action="store_true",
+                     help="do not copy the processed frames' inputs into the output")
     group = parser.add_argument_group("request fields (override --request)")
     group.add_argument("--image", metavar="PATH|URI", help="image_url")
     depth = group.add_mutually_exclusive_group()
@@ -235,7 +265,7 @@ def build_request(args: argparse.Namespace) -> Dict[str, Any]:
         request["prompt"] = args.prompt
     if args.seed is not None:
         request["seed"] = args.seed
-    if request.get("image_url") is None:
+    if request.get("image_url") is None and not args.bag:
         raise InputError("image_url", "is required (give --image or --request)")
     return request
 
@@ -304,6 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> int:
     from sam3d_ros.core.engine import Engine, check_fresh_dir
 
+    if args.bag:
+        return _run_bag(args, stderr)
     # The output and the limits first: nothing is computed for a run that cannot be written.
     output = check_fresh_dir(args.output, "--output")
     state["output"] = output
@@ -339,6 +371,58 @@ def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> in
     sys.stdout.write(text if text else json.dumps(outcome.result, indent=2) + "\n")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _run_bag(args: argparse.Namespace, stderr: TextIO) -> int:
+    from sam3d_ros.core.engine import Engine, check_fresh_dir
+    from sam3d_ros.core.recording.offline import OfflineOptions, process_recording
+    from sam3d_ros.core.recording.reader import FrameSelection
+
+    for flag, value in (("--every", args.every), ("--max-frames", args.max_frames + 1)):
+        if value < 1:
+            raise InputError(flag, f"must be positive, got {value}")
+    if args.max_rate < 0 or args.sync_slop < 0:
+        raise InputError("--max-rate" if args.max_rate < 0 else "--sync-slop", "must be >= 0")
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise InputError("--end", f"must be after --start ({args.start:g} s)")
+    request = build_request(args)
+    artifacts = Path(args.artifacts) if args.artifacts else None
+    if artifacts is not None:
+        check_fresh_dir(artifacts, "--artifacts")
+    options = InputOptions(allowed_roots=args.allowed_root,
+                           max_bytes=int(args.max_input_mb * 2**20))
+    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options)
+    topics = {"image": args.image_topic, "depth": args.depth_topic,
+              "camera_info": args.camera_info_topic, "prompt": args.prompt_topic}
+    selection = FrameSelection(args.every, args.start, args.end, args.max_rate, args.max_frames)
+    summary = process_recording(
+        Path(args.bag), Path(args.output), engine, request, topics, selection,
+        OfflineOptions(sync_slop_s=args.sync_slop, distro=args.distro,
+                       copy_inputs=not args.no_inputs),
+        artifacts_dir=artifacts,
+        base_dir=Path(args.request).parent if args.request and args.request != "-" else None,
+        input_options=options, progress=None if args.quiet else stderr)
+    t = summary.topics
+    lines = [f"topics: image {t.image}, depth {t.depth}, camera_info {t.camera_info}"
+             + (f", prompt {t.prompt}" if t.prompt else ""),
+             f"processed {summary.processed} frame(s), {summary.objects} object(s) in total"]
+    for what, items in (("skipped frame", summary.skipped_frames),
+                        ("unpaired image", summary.unmatched),
+                        ("recording problem", summary.recording_problems)):
+        if items:
+            lines.append(f"{len(items)} {what}(s):")
+            lines += [f"  {item}" for item in items[:20]]
+            if len(items) > 20:
+                lines.append(f"  ... and {len(items) - 20} more")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    lines.append(f"wrote {summary.output} ({counts or 'no messages'})")
+    if summary.interrupted:
+        lines.append("interrupted: the output holds the frames processed so far")
+    lines.append(f"view it: ros2 bag play {summary.output} (rviz), or open "
+                 f"{summary.output} in Foxglove")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

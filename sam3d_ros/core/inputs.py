@@ -835,7 +835,8 @@ def _check_nesting(request: Mapping[str, Any]) -> None:
 # The request
 
 
-def _parse_seed(value: Any) -> int:
+def parse_seed(value: Any) -> int:
+    """The request's ``seed``: :data:`DEFAULT_SEED` when absent, else in ``[0, MAX_SEED]``."""
     if value is None:
         return DEFAULT_SEED
     seed = _integer(value, "seed")
@@ -850,6 +851,47 @@ def _parse_prompt(value: Any) -> Optional[str]:
     if not isinstance(value, str):
         raise InputError("prompt", f"must be a string, got {_type(value)}")
     return value.strip() or None
+
+
+def parse_query(
+    request: Mapping[str, Any],
+    width: int,
+    height: int,
+    base_dir: Optional[Union[str, Path]] = None,
+    options: Optional[InputOptions] = None,
+    warnings: Optional[List[str]] = None,
+) -> SegmentationQuery:
+    """The segmentation query of a request's prompt fields for a ``width`` × ``height`` image.
+
+    ``mask_urls``, else ``point_prompts`` / ``box_prompts``, else ``prompt`` (text), else none
+    (automatic segmentation); what is ignored by that precedence is added to ``warnings``.
+    Also used on its own for every frame of a recording (``sam3d-reconstruct --bag``).
+
+    Raises:
+        InputError: naming the offending field, e.g. ``box_prompts[2].x_max``.
+    """
+    options = options or InputOptions()
+    warnings = [] if warnings is None else warnings
+    text = _parse_prompt(request.get("prompt"))
+    mask_urls = _list_of(request.get("mask_urls"), "mask_urls", str, "a string (URI or path)")
+    points_prompts = parse_point_prompts(request.get("point_prompts"), width, height)
+    box_prompts = parse_box_prompts(request.get("box_prompts"), width, height)
+    objects = group_prompts(points_prompts, box_prompts)
+    check_object_count(SegmentationQuery(objects=objects), options.max_objects)
+    _check_count(len(mask_urls), options.max_objects, "mask_urls", "masks")
+    masks = []
+    for index, uri in enumerate(mask_urls):
+        name = f"mask_urls[{index}]"
+        masks.append(decode_mask(read_uri(uri, name, base_dir, options), name, (height, width)))
+    if masks:
+        if objects or text:
+            warnings.append("mask_urls given: point/box prompts and prompt are ignored")
+        return SegmentationQuery(masks=masks)
+    if objects:
+        if text:
+            warnings.append("point/box prompts given: the text prompt is ignored")
+        return SegmentationQuery(objects=objects)
+    return SegmentationQuery(text=text)
 
 
 def parse_request(
@@ -880,8 +922,8 @@ def parse_request(
     _check_nesting(request)
     if request.get("image_url") is None:
         raise InputError("image_url", "is required")
-    seed = _parse_seed(request.get("seed"))
-    text = _parse_prompt(request.get("prompt"))
+    seed = parse_seed(request.get("seed"))
+    _parse_prompt(request.get("prompt"))
     mask_urls = _list_of(request.get("mask_urls"), "mask_urls", str, "a string (URI or path)")
     _check_count(len(mask_urls), options.max_objects, "mask_urls", "masks")
     max_prompts = options.max_objects * MAX_PROMPTS_PER_OBJECT
@@ -902,10 +944,7 @@ def parse_request(
     )
     height, width = rgb.shape[:2]
 
-    points_prompts = parse_point_prompts(request.get("point_prompts"), width, height)
-    box_prompts = parse_box_prompts(request.get("box_prompts"), width, height)
-    objects = group_prompts(points_prompts, box_prompts)
-    check_object_count(SegmentationQuery(objects=objects), options.max_objects)
+    query = parse_query(request, width, height, base_dir, options, warnings)
 
     intrinsics = None
     if request.get("intrinsics") is not None:
@@ -913,26 +952,10 @@ def parse_request(
     elif request.get("K") is not None:
         intrinsics = parse_intrinsics(request["K"], "K", width, height)
 
-    masks = []
-    for index, uri in enumerate(mask_urls):
-        name = f"mask_urls[{index}]"
-        masks.append(decode_mask(read_uri(uri, name, base_dir, options), name, (height, width)))
-
     points = None
     if request.get("pointmap_url") is not None:
         data = read_uri(request["pointmap_url"], "pointmap_url", base_dir, options)
         points, intrinsics = load_pointmap(data, height, width, intrinsics, "pointmap_url")
-
-    if masks:
-        if objects or text:
-            warnings.append("mask_urls given: point/box prompts and prompt are ignored")
-        query = SegmentationQuery(masks=masks)
-    elif objects:
-        if text:
-            warnings.append("point/box prompts given: the text prompt is ignored")
-        query = SegmentationQuery(objects=objects)
-    else:
-        query = SegmentationQuery(text=text)
 
     frame = Frame(rgb=rgb, points=points, intrinsics=intrinsics, camera_pose=pose)
     return ParsedRequest(

@@ -75,12 +75,6 @@ def is_closed_manifold(faces: np.ndarray) -> bool:
     return bool(np.all(counts == 1) and np.isin(reverse, key).all())
 
 
-def _normal(p0, p1, p2) -> Tuple[float, float, float]:
-    ux, uy, uz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
-    vx, vy, vz = p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]
-    return (uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx)
-
-
 def _qcost_np(q: np.ndarray, p: np.ndarray) -> np.ndarray:
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     return (q[:, 0] * x * x + 2 * q[:, 1] * x * y + 2 * q[:, 2] * x * z + 2 * q[:, 3] * x
@@ -88,10 +82,67 @@ def _qcost_np(q: np.ndarray, p: np.ndarray) -> np.ndarray:
             + 2 * q[:, 8] * z + q[:, 9])
 
 
-def _qcost(q: Sequence[float], p: Sequence[float]) -> float:
-    x, y, z = p
-    return (q[0] * x * x + 2 * q[1] * x * y + 2 * q[2] * x * z + 2 * q[3] * x + q[4] * y * y
-            + 2 * q[5] * y * z + 2 * q[6] * y + q[7] * z * z + 2 * q[8] * z + q[9])
+def _placement(qa: Sequence[float], qb: Sequence[float], pa: Sequence[float],
+               pb: Sequence[float], keep_a: bool, keep_b: bool,
+               ) -> Tuple[float, Sequence[float], int]:
+    """(cost, position, 0 / 1 for the end whose position it is or -1) of collapsing an edge.
+
+    ``qa``, ``qb``: the ends' quadrics; ``pa``, ``pb``: their positions; ``keep_a`` / ``keep_b``:
+    the end is on the boundary. The quadric is the sum of the ends'; the position is the boundary
+    end when only one is on the boundary, else the cheapest of the midpoint (first), ``pa`` and
+    ``pb``. The hottest code of :func:`decimate`: written out (no per-call lists or helper
+    calls), the same floating-point operations in the same order as
+    ``q·[x² 2xy 2xz 2x y² 2yz 2y z² 2z 1]``.
+    """
+    q0, q1, q2, q3, q4 = qa[0] + qb[0], qa[1] + qb[1], qa[2] + qb[2], qa[3] + qb[3], qa[4] + qb[4]
+    q5, q6, q7, q8, q9 = qa[5] + qb[5], qa[6] + qb[6], qa[7] + qb[7], qa[8] + qb[8], qa[9] + qb[9]
+    d1, d2, d3, d5, d6, d8 = 2 * q1, 2 * q2, 2 * q3, 2 * q5, 2 * q6, 2 * q8
+    if keep_a != keep_b:  # the boundary end stays where it is
+        p, end = (pa, 0) if keep_a else (pb, 1)
+        x, y, z = p
+        return (q0 * x * x + d1 * x * y + d2 * x * z + d3 * x + q4 * y * y + d5 * y * z
+                + d6 * y + q7 * z * z + d8 * z + q9), p, end
+    x, y, z = (pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2, (pa[2] + pb[2]) / 2
+    best = (q0 * x * x + d1 * x * y + d2 * x * z + d3 * x + q4 * y * y + d5 * y * z + d6 * y
+            + q7 * z * z + d8 * z + q9)
+    where: Sequence[float] = (x, y, z)
+    end = -1
+    x, y, z = pa
+    cost = (q0 * x * x + d1 * x * y + d2 * x * z + d3 * x + q4 * y * y + d5 * y * z + d6 * y
+            + q7 * z * z + d8 * z + q9)
+    if cost < best:
+        best, where, end = cost, pa, 0
+    x, y, z = pb
+    cost = (q0 * x * x + d1 * x * y + d2 * x * z + d3 * x + q4 * y * y + d5 * y * z + d6 * y
+            + q7 * z * z + d8 * z + q9)
+    if cost < best:
+        best, where, end = cost, pb, 1
+    return best, where, end
+
+
+def _flips(tris: List[List[int]], faces: Set[int], pos: List[Sequence[float]], a: int, b: int,
+           p: Sequence[float], min_normal_dot: float) -> bool:
+    """Whether moving ``a`` and ``b`` to ``p`` turns a triangle of ``faces`` by too much."""
+    for fi in faces:
+        i0, i1, i2 = tris[fi]
+        p0, p1, p2 = pos[i0], pos[i1], pos[i2]
+        ux, uy, uz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+        vx, vy, vz = p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]
+        n0x, n0y, n0z = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+        if i0 == a or i0 == b:
+            p0 = p
+        if i1 == a or i1 == b:
+            p1 = p
+        if i2 == a or i2 == b:
+            p2 = p
+        ux, uy, uz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+        vx, vy, vz = p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]
+        n1x, n1y, n1z = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+        dot = n0x * n1x + n0y * n1y + n0z * n1z
+        if dot <= min_normal_dot * math.sqrt((n0x ** 2 + n0y ** 2 + n0z ** 2)
+                                             * (n1x ** 2 + n1y ** 2 + n1z ** 2)):
+            return True
+    return False
 
 
 def decimate(
@@ -142,21 +193,6 @@ def decimate(
         vert_faces[c].add(i)
     version = [0] * len(pos)
 
-    def placement(a: int, b: int) -> Tuple[float, Tuple[float, float, float], int]:
-        """(cost, position, end whose position it is or -1) of collapsing edge a-b."""
-        q = [x + y for x, y in zip(quadric[a], quadric[b], strict=True)]
-        if boundary[a] != boundary[b]:  # the boundary end stays where it is
-            keep = a if boundary[a] else b
-            return _qcost(q, pos[keep]), pos[keep], keep
-        pa, pb = pos[a], pos[b]
-        mid = ((pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2, (pa[2] + pb[2]) / 2)
-        best = (_qcost(q, mid), mid, -1)
-        for cand, end in ((pa, a), (pb, b)):
-            cost = _qcost(q, cand)
-            if cost < best[0]:
-                best = (cost, cand, end)
-        return best
-
     def neighbours(x: int) -> Set[int]:
         out: Set[int] = set()
         for fi in vert_faces[x]:
@@ -190,21 +226,12 @@ def decimate(
         opposite -= {a, b}
         if (neighbours(a) & neighbours(b)) != opposite:
             continue  # link condition: the collapse would pinch the surface
-        _, p, end = placement(a, b)
-        flips = False
-        for fi in (vert_faces[a] | vert_faces[b]) - shared:
-            tri = tris[fi]
-            n0 = _normal(*(pos[x] for x in tri))
-            n1 = _normal(*(p if x in (a, b) else pos[x] for x in tri))
-            dot = n0[0] * n1[0] + n0[1] * n1[1] + n0[2] * n1[2]
-            if dot <= min_normal_dot * math.sqrt((n0[0] ** 2 + n0[1] ** 2 + n0[2] ** 2)
-                                                 * (n1[0] ** 2 + n1[1] ** 2 + n1[2] ** 2)):
-                flips = True
-                break
-        if flips:
+        _, p, end = _placement(quadric[a], quadric[b], pos[a], pos[b], boundary[a], boundary[b])
+        if _flips(tris, (vert_faces[a] | vert_faces[b]) - shared, pos, a, b, p,
+                  min_normal_dot):
             continue
         pos[a] = p
-        if end == b:  # a now stands where b stood: it carries b's attributes
+        if end == 1:  # a now stands where b stood: it carries b's attributes
             source[a] = source[b]
         boundary[a] = boundary[a] or boundary[b]
         quadric[a] = tuple(x + y for x, y in zip(quadric[a], quadric[b], strict=True))
@@ -223,7 +250,9 @@ def decimate(
             lo, hi = (a, x) if a < x else (x, a)
             if boundary[lo] and boundary[hi]:
                 continue
-            heapq.heappush(heap, (placement(lo, hi)[0], lo, hi, version[lo], version[hi]))
+            cost = _placement(quadric[lo], quadric[hi], pos[lo], pos[hi], boundary[lo],
+                              boundary[hi])[0]
+            heapq.heappush(heap, (cost, lo, hi, version[lo], version[hi]))
     kept = np.array([t for t, ok in zip(tris, alive, strict=True) if ok],
                     dtype=np.int64).reshape(-1, 3)
     used = np.unique(kept)

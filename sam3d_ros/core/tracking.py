@@ -22,12 +22,13 @@ frame), so an object missed in one frame keeps its id when it comes back.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from sam3d_ros.core.types import MAX_OBJECT_ID
+from sam3d_ros.core.types import MAX_OBJECT_ID, ObjectReconstruction
 
 
 @dataclass
@@ -142,3 +143,23 @@ class ObjectTracker:
                 if self._tracks[key].age >= self.max_age:
                     del self._tracks[key]
         return [int(i) for i in ids]
+
+
+def relabel(
+    tracker: Optional[ObjectTracker],
+    objects: Sequence[ObjectReconstruction],
+    explicit: Mapping[int, int],
+) -> List[ObjectReconstruction]:
+    """The frame's objects with stable ids and ``object_index`` = position in the frame.
+
+    ``explicit`` maps a segmenter object id to the id the prompt gave it; the others get tracked
+    ids (``tracker``), or keep the segmenter's ids without a tracker. What the node and an
+    offline run over a recording both do with each frame's result.
+    """
+    if tracker is None:
+        ids = [int(o.object_id) for o in objects]
+    else:
+        centres = [np.asarray(o.translation, dtype=np.float64) for o in objects]
+        ids = tracker.assign(centres, [explicit.get(int(o.object_id)) for o in objects])
+    return [dataclasses.replace(o, object_id=int(i), object_index=k)
+            for k, (o, i) in enumerate(zip(objects, ids, strict=True))]

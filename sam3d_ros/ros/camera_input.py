@@ -1,7 +1,8 @@
-"""Camera input of the node: subscriptions, pairing, decoding into a core frame.
+"""Camera input of the node: subscriptions and pairing of the camera topics.
 
 :class:`CameraInput` owns the camera subscriptions (raw or compressed transports, QoS checks) and
-their approximate-time pairing; :func:`build_camera_frame` decodes one synchronised set.
+their approximate-time pairing; one synchronised set is decoded into a core frame by the ROS-free
+:func:`~sam3d_ros.core.camera_frame.build_camera_frame` (shared with recordings).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-import numpy as np
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -21,14 +21,10 @@ from rclpy.qos import (
     qos_check_compatible,
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
 
-from sam3d_ros.core import conventions
+from sam3d_ros.core.camera_frame import stamp_seconds
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.frame_pairing import ApproxTimeSync
-from sam3d_ros.core.types import Frame
-from sam3d_ros.ros.compressed import depth_from_compressed, rgb_from_compressed
-from sam3d_ros.ros.conversions import depth_from_image, intrinsics_from_camera_info, rgb_from_image
 from sam3d_ros.ros.stats import PipelineStats
 
 try:  # Jazzy and later
@@ -50,100 +46,6 @@ class CameraMessages:
     depth: Union[Image, CompressedImage]
     camera_info: CameraInfo
     received: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class CameraFrame:
-    """A decoded camera frame: the core :class:`Frame` and the image header it came with."""
-
-    header: Header
-    frame: Frame
-    received: float
-
-
-def stamp_seconds(header: Header) -> float:
-    """Header stamp in seconds."""
-    return header.stamp.sec + 1e-9 * header.stamp.nanosec
-
-
-def build_camera_frame(
-    image: Union[Image, CompressedImage],
-    depth: Optional[Union[Image, CompressedImage]],
-    camera_info: CameraInfo,
-    prefix: str = "",
-    warn: Optional[Callable[[str, str], None]] = None,
-) -> CameraFrame:
-    """Decode one synchronised image / depth / CameraInfo set into a :class:`CameraFrame`.
-
-    * CameraInfo for another resolution of the same camera is rescaled to the image
-      (:func:`~sam3d_ros.core.conventions.scale_intrinsics`);
-    * a depth image of another size with the same aspect ratio is back-projected with its own
-      (rescaled) intrinsics and resampled (nearest) onto the colour pixels;
-    * ``32FC1`` depth whose median looks like millimetres is refused (a common unit bug);
-    * ``CompressedImage`` colour (JPEG/PNG) and ``compressedDepth`` depth are decoded by
-      :mod:`sam3d_ros.ros.compressed`, their declared sizes checked against the CameraInfo and the
-      colour image before decoding.
-
-    ``warn(key, message)`` receives non-fatal remarks (frame ids that differ).
-
-    Raises:
-        InputError: naming ``image``, ``depth`` or ``camera_info`` fields.
-    """
-    if isinstance(image, CompressedImage):
-        # The CameraInfo first: it bounds the size the payload may declare.
-        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
-        rgb = rgb_from_compressed(image, f"{prefix}image", (intr.width, intr.height),
-                                  f"{prefix}camera_info")
-    else:
-        rgb = rgb_from_image(image, f"{prefix}image")
-        intr = intrinsics_from_camera_info(camera_info, f"{prefix}camera_info")
-    h, w = rgb.shape[:2]
-    if (intr.width, intr.height) != (w, h):
-        if not conventions.same_aspect(intr.width, intr.height, w, h):
-            raise InputError(
-                f"{prefix}camera_info",
-                f"is for a {intr.width}x{intr.height} image but the image is {w}x{h} "
-                "(different aspect ratio: not the same camera)",
-            )
-        intr = conventions.scale_intrinsics(intr, w, h)
-    points = None
-    if depth is not None:
-        if warn is not None and depth.header.frame_id != image.header.frame_id:
-            warn(
-                "depth_frame_id",
-                f"depth frame_id {depth.header.frame_id!r} differs from image frame_id "
-                f"{image.header.frame_id!r}; depth must be registered to the colour image "
-                "(outputs use the image's frame)",
-            )
-        if isinstance(depth, CompressedImage):
-            depth_m, depth_encoding = depth_from_compressed(depth, f"{prefix}depth", (w, h),
-                                                            f"the {w}x{h} {prefix}image")
-        else:
-            depth_m, depth_encoding = depth_from_image(depth, f"{prefix}depth"), depth.encoding
-        dh, dw = depth_m.shape
-        if (dw, dh) != (w, h):
-            if not conventions.same_aspect(dw, dh, w, h):
-                raise InputError(
-                    f"{prefix}depth",
-                    f"depth is {dw}x{dh} but the image is {w}x{h} and the aspect ratios "
-                    "differ; publish depth registered to the colour image",
-                )
-            d_points = conventions.backproject(depth_m, conventions.scale_intrinsics(intr, dw, dh))
-            cols = np.minimum(((np.arange(w) + 0.5) * dw / w).astype(np.int64), dw - 1)
-            rows = np.minimum(((np.arange(h) + 0.5) * dh / h).astype(np.int64), dh - 1)
-            points = np.ascontiguousarray(d_points[rows[:, None], cols[None, :]])
-        else:
-            points = conventions.backproject(depth_m, intr)
-        z = points[:, :, 2]
-        valid = np.isfinite(z)
-        if not valid.any():
-            raise InputError(
-                f"{prefix}depth", "no valid depth pixel (all zero, NaN or infinite)"
-            )
-        if depth_encoding == conventions.DEPTH_32FC1:
-            conventions.check_float_depth_is_metres(z, f"{prefix}depth.encoding")
-    frame = Frame(rgb=rgb, points=points, intrinsics=intr)
-    return CameraFrame(header=image.header, frame=frame, received=time.monotonic())
 
 
 class CameraInput:

@@ -121,8 +121,9 @@ def pipeline_status(state: str, snap: StatsSnapshot, settings: Mapping[str, Any]
         snap: the statistics.
         settings: ``continuous``, ``input_timeout_s`` and the values shown first (backends,
             device, backend state, camera QoS and transports), in order.
-        counts: ``frames_dropped``, ``frames_unmatched``, ``goals_queued`` and ``qos_problem``
-            (the camera QoS mismatch now, or ``""``).
+        counts: ``frames_dropped``, ``frames_unmatched``, ``frames_deferred_to_goals``,
+            ``goals_queued``, ``goals_rejected`` and ``qos_problem`` (the camera QoS mismatch
+            now, or ``""``).
     """
     level, message = _level(state, snap, settings, counts["qos_problem"])
     shown = {k: v for k, v in settings.items() if k not in ("continuous", "input_timeout_s")}
@@ -141,6 +142,8 @@ def pipeline_status(state: str, snap: StatsSnapshot, settings: Mapping[str, Any]
         "failures": snap.counts["failed"],
         "goals_done": snap.counts["goals"],
         "goals_queued": counts["goals_queued"],
+        "goals_rejected": counts["goals_rejected"],
+        "frames_deferred_to_goals": counts["frames_deferred_to_goals"],
         "window_s": snap.window_s,
         "failures_in_window": snap.processing.failed,
         "unmatched_in_window": snap.pairing.failed,

@@ -11,10 +11,11 @@ import threading
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from sam3d_ros.core.errors import Cancelled
+from sam3d_ros.core.grasp_messages import parse_approach
 from sam3d_ros.core.inputs import InputOptions
+from sam3d_ros.core.work_gate import WorkGate
 from sam3d_ros.ros import parameters
 from sam3d_ros.ros.diagnostics import describe
-from sam3d_ros.ros.grasps import parse_approach
 
 
 class EngineHost:
@@ -30,6 +31,8 @@ class EngineHost:
         self._logger = logger
         self.engine: Any = None
         self.lock = threading.Lock()
+        # Whose turn it is: goals (claimed from acceptance) before frames; see core.work_gate.
+        self.gate = WorkGate()
         self.state = "not loaded"
 
     def backend_options(self) -> Dict[str, Dict[str, Any]]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Optional
 
+from sam3d_ros.core.camera_frame import build_camera_frame, stamp_seconds
 from sam3d_ros.core.errors import Cancelled, InputError, Sam3dError
+from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt, query_kind, ros_field
 from sam3d_ros.core.types import SegmentationQuery
-from sam3d_ros.ros.camera_input import CameraMessages, build_camera_frame, stamp_seconds
+from sam3d_ros.ros.camera_input import CameraMessages
 from sam3d_ros.ros.diagnostics import describe
-from sam3d_ros.ros.prompts import prompt_request, query_from_prompt, query_kind, ros_field
 
 
 def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool]) -> None:
@@ -68,3 +69,14 @@ def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool
     except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
         report.error("internal", describe(exc))
         report.exception("processing failed", exc)
+
+
+def process_in_turn(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool]) -> None:
+    """:func:`process_camera`, unless goals are queued or running: they go first.
+
+    The frame is skipped then (:class:`~sam3d_ros.core.work_gate.WorkGate`); the worker takes a
+    newer one once the goals are done.
+    """
+    with node.engine_host.gate.frame(timeout=0.0) as entered:
+        if entered:
+            process_camera(node, msgs, cancelled)

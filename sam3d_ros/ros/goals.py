@@ -12,14 +12,15 @@ from typing import Any, Callable, Dict, Optional
 from std_msgs.msg import Header
 
 from sam3d_ros.action import Reconstruct
+from sam3d_ros.core import grasp_messages as grasp_out
+from sam3d_ros.core import output_messages as out
+from sam3d_ros.core.camera_frame import CameraFrame, build_camera_frame, stamp_seconds
 from sam3d_ros.core.errors import Cancelled, InputError, NoObjectFound, Sam3dError
+from sam3d_ros.core.image_decoding import intrinsics_from_camera_info
 from sam3d_ros.core.inputs import parse_request
-from sam3d_ros.ros import grasps as ros_grasps
-from sam3d_ros.ros import outputs as out
-from sam3d_ros.ros.camera_input import CameraFrame, build_camera_frame, stamp_seconds
-from sam3d_ros.ros.conversions import intrinsics_from_camera_info
+from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt, query_kind, ros_field
 from sam3d_ros.ros.diagnostics import describe
-from sam3d_ros.ros.prompts import prompt_request, query_from_prompt, query_kind, ros_field
+from sam3d_ros.ros.message_kit import RCLPY
 
 
 def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], None],
@@ -76,7 +77,9 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         kind = query_kind(query)
         timings["load"] = time.monotonic() - t0
         progress("load", 0.1, f"inputs ready ({frame.width}x{frame.height})")
-        engine, res = host.process(frame, query, seed, progress, cancel, timings)
+        # Waits for at most the frame in progress when the goal was accepted.
+        with host.gate.goal(cancel):
+            engine, res = host.process(frame, query, seed, progress, cancel, timings)
         if cancel():
             raise Cancelled("cancelled after processing")
         for warning in res.warnings:  # e.g. automatic segmentation kept max_objects
@@ -100,12 +103,12 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
             stamp=node.get_clock().now().to_msg())
         total = time.monotonic() - t0
         result.objects = out.objects_array_msg(
-            header, objects, timings, engine.segmenter.name, engine.reconstructor.name, hosted,
-            frame.camera_pose, total)
-        result.artifacts = out.artifacts_msg(hosted)
+            RCLPY, header, objects, timings, engine.segmenter.name, engine.reconstructor.name,
+            hosted, frame.camera_pose, total)
+        result.artifacts = out.artifacts_msg(RCLPY, hosted)
         if res.grasps is not None:
-            result.grasps = ros_grasps.grasp_array_msg(header, objects, res.grasps,
-                                                       float(node.param("tcp_offset_m")))
+            result.grasps = grasp_out.grasp_array_msg(RCLPY, header, objects, res.grasps,
+                                                      float(node.param("tcp_offset_m")))
         else:
             result.grasps.header = header
         if cam is not None:

@@ -41,6 +41,7 @@ from shape_msgs.msg import SolidPrimitive
 from std_msgs.msg import Header
 
 from sam3d_ros.core import conventions
+from sam3d_ros.core.grasp_messages import published_pose
 from sam3d_ros.core.mesh_decimation import (  # noqa: F401 - re-exported
     SHAPE_TOLERANCE_M,
     SHAPE_TOLERANCE_REL,
@@ -48,9 +49,15 @@ from sam3d_ros.core.mesh_decimation import (  # noqa: F401 - re-exported
     is_closed_manifold,
     same_shape,
 )
+from sam3d_ros.core.output_messages import (
+    _points,
+    _triangles,
+    object_size,
+    object_vertices_m,
+    pose_msg,
+)
 from sam3d_ros.core.types import Grasp, ObjectReconstruction
-from sam3d_ros.ros.grasps import published_pose
-from sam3d_ros.ros.outputs import _points, _triangles, object_size, object_vertices_m, pose_msg
+from sam3d_ros.ros.message_kit import RCLPY
 
 SUPPORT_ID = "support_plane"
 """Suffix of the support-plane box's id (``<tf_prefix>support_plane``)."""
@@ -76,8 +83,8 @@ def collision_mesh(obj: ObjectReconstruction, max_triangles: int) -> Tuple[np.nd
 def mesh_msg(vertices: np.ndarray, faces: np.ndarray) -> MeshMsg:
     """``shape_msgs/Mesh`` of vertices (metres) and faces."""
     msg = MeshMsg()
-    msg.vertices = _points(vertices)
-    msg.triangles = _triangles(faces)
+    msg.vertices = _points(RCLPY, vertices)
+    msg.triangles = _triangles(RCLPY, faces)
     return msg
 
 
@@ -107,7 +114,7 @@ def grasp_subframes(
         p, q = published_pose(grasp, tcp_offset)
         rel_p, rel_q = relative_pose(obj.translation, obj.rotation, p, q)
         names.append(f"grasp_{k}")
-        poses.append(pose_msg(rel_q, rel_p))
+        poses.append(pose_msg(RCLPY, rel_q, rel_p))
     return names, poses
 
 
@@ -214,7 +221,7 @@ class CollisionScene:
         for entry in self._entries.values():
             msg = _copy_add(entry.added)
             msg.header = header
-            msg.pose = pose_msg(entry.orientation, entry.position)
+            msg.pose = pose_msg(RCLPY, entry.orientation, entry.position)
             out.append(msg)
         return out
 
@@ -288,10 +295,10 @@ class CollisionScene:
         msg = CollisionObject()
         msg.header = header
         msg.id = obj_id
-        msg.pose = pose_msg(orientation, position)
+        msg.pose = pose_msg(RCLPY, orientation, position)
         msg.type.key = str(obj.label)
         msg.meshes = [mesh_msg(vertices, faces)]
-        msg.mesh_poses = [pose_msg([0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0])]
+        msg.mesh_poses = [pose_msg(RCLPY, [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0])]
         msg.subframe_names, msg.subframe_poses = grasp_subframes(obj, grasps, n_sub,
                                                                  options.tcp_offset)
         msg.operation = CollisionObject.ADD
@@ -312,10 +319,10 @@ class CollisionScene:
         msg = CollisionObject()
         msg.header = header
         msg.id = obj_id
-        msg.pose = pose_msg(orientation, position)
+        msg.pose = pose_msg(RCLPY, orientation, position)
         msg.primitives = [SolidPrimitive(type=SolidPrimitive.BOX,
                                          dimensions=[float(d) for d in dims])]
-        msg.primitive_poses = [pose_msg([0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0])]
+        msg.primitive_poses = [pose_msg(RCLPY, [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0])]
         msg.operation = CollisionObject.ADD
         self._entries[obj_id] = _Entry(msg, position, orientation, dimensions=np.array(dims))
         return msg
@@ -324,7 +331,7 @@ class CollisionScene:
 def _move(header: Header, obj_id: str, position: np.ndarray,
           orientation: np.ndarray) -> CollisionObject:
     # MOVE carries the pose only: MoveIt warns about (and ignores) geometry in a MOVE.
-    return CollisionObject(header=header, id=obj_id, pose=pose_msg(orientation, position),
+    return CollisionObject(header=header, id=obj_id, pose=pose_msg(RCLPY, orientation, position),
                            operation=CollisionObject.MOVE)
 
 

@@ -4,9 +4,9 @@ This module wires the node's parts together; each part is a module of its own:
 
 * :mod:`~sam3d_ros.ros.parameters`: the parameter table, descriptors, checks of runtime sets;
 * :mod:`~sam3d_ros.ros.camera_input`: camera subscriptions, approximate-time pairing
-  (:mod:`sam3d_ros.core.frame_pairing`), decoding into a core frame;
-* :mod:`~sam3d_ros.ros.prompts`: the ``prompt`` subscriptions and the Prompt ↔ request
-  translation;
+  (:mod:`sam3d_ros.core.frame_pairing`); decoding is :mod:`sam3d_ros.core.camera_frame`;
+* :mod:`~sam3d_ros.ros.prompts`: the ``prompt`` subscriptions; the Prompt ↔ request
+  translation is :mod:`sam3d_ros.core.prompt_messages`;
 * :mod:`~sam3d_ros.ros.frame_worker` and :mod:`~sam3d_ros.ros.frames`: the worker that processes
   the newest frame, and what it does with one;
 * :mod:`~sam3d_ros.ros.goals`: ``~/reconstruct`` goals, queued first-in-first-out
@@ -16,7 +16,9 @@ This module wires the node's parts together; each part is a module of its own:
 * :mod:`~sam3d_ros.ros.stats`, :mod:`~sam3d_ros.ros.diagnostics`: statistics, ``/diagnostics``
   and the logging of failures.
 
-Segmentation and reconstruction are the ROS-free :class:`~sam3d_ros.core.engine.Engine`.
+Segmentation and reconstruction are the ROS-free :class:`~sam3d_ros.core.engine.Engine`; the
+output messages are built by the ROS-free builders of :mod:`sam3d_ros.core.output_messages` with
+the rclpy message kit (:data:`~sam3d_ros.ros.message_kit.RCLPY`).
 
 Lifecycle (``autostart`` configures and activates at start-up):
 
@@ -46,20 +48,22 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from sam3d_ros.action import Reconstruct
+from sam3d_ros.core import output_messages as out
+from sam3d_ros.core.camera_frame import CameraFrame
 from sam3d_ros.core.errors import Sam3dError
 from sam3d_ros.core.inputs import MAX_SEED
 from sam3d_ros.core.run_dirs import prune_runs
 from sam3d_ros.core.types import Frame, ObjectReconstruction
 from sam3d_ros.msg import Prompt
-from sam3d_ros.ros import outputs as out
 from sam3d_ros.ros import parameters
 from sam3d_ros.ros.action_queue import QueuedActionServer
-from sam3d_ros.ros.camera_input import CameraFrame, CameraInput
+from sam3d_ros.ros.camera_input import CameraInput
 from sam3d_ros.ros.diagnostics import Reporter, describe, pipeline_status
 from sam3d_ros.ros.engine_host import EngineHost
 from sam3d_ros.ros.frame_worker import FrameWorker
-from sam3d_ros.ros.frames import process_camera
+from sam3d_ros.ros.frames import process_in_turn
 from sam3d_ros.ros.goals import execute_goal
+from sam3d_ros.ros.message_kit import RCLPY
 from sam3d_ros.ros.object_ids import ObjectIds
 from sam3d_ros.ros.parameters import PARAMS
 from sam3d_ros.ros.prompts import PromptInput
@@ -95,8 +99,9 @@ class Sam3dNode(LifecycleNode):
                                    lambda: self.param("max_objects"), self._on_prompt,
                                    self.report, group)
         self._worker = FrameWorker(
-            lambda msgs, cancelled: process_camera(self, msgs, cancelled), self.report.exception,
-            lambda: self.param("max_rate_hz"), lambda: self.param("continuous"))
+            lambda msgs, cancelled: process_in_turn(self, msgs, cancelled),
+            self.report.exception, lambda: self.param("max_rate_hz"),
+            lambda: self.param("continuous"))
         self._action: Optional[QueuedActionServer] = None
         self._runs = itertools.count(1)
         # Diagnostics exist from construction: a configure that fails is reported too. They are
@@ -137,7 +142,10 @@ class Sam3dNode(LifecycleNode):
         self.prompts.subscribe()
         self._action = QueuedActionServer(
             self, Reconstruct, "~/reconstruct",
-            lambda goal, progress, cancelled: execute_goal(self, goal, progress, cancelled))
+            lambda goal, progress, cancelled: execute_goal(self, goal, progress, cancelled),
+            max_queued=int(self.param("max_queued_goals")),
+            result_timeout_s=float(self.param("goal_result_timeout_s")),
+            gate=self.engine_host.gate)
         self.state = "inactive"
         self.get_logger().info(
             f"configured: segmentation={self.param('segmentation_backend')} "
@@ -166,23 +174,23 @@ class Sam3dNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Unload the backends and destroy what configure created."""
-        self._release()
+        """Abort the goals, unload the backends and destroy what configure created."""
+        self._release("the node is cleaned up")
         self.state = "unconfigured"
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything (from any state) and unload the backends."""
+        """Stop everything (from any state): goals aborted, backends unloaded."""
         self.state = "finalized"
         self._stop_work(close=True)
-        self._release()
+        self._release("the node is shutting down")
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Recover to unconfigured after a transition raised; the backends are unloaded."""
         self.state = "unconfigured"
         self._stop_work(close=False)
-        self._release()
+        self._release("a lifecycle transition failed")
         return TransitionCallbackReturn.SUCCESS
 
     def shutdown(self) -> None:
@@ -201,14 +209,17 @@ class Sam3dNode(LifecycleNode):
                 f"the frame in progress did not reach a stage boundary within stop_timeout_s="
                 f"{timeout:g} s; it stops there and publishes nothing")
 
-    def _release(self) -> None:
-        """Unload the backends (after a running stage) and destroy what configure created."""
+    def _release(self, reason: str) -> None:
+        """Abort goals with ``reason``; unload the backends; destroy what configure created.
+
+        Unloading waits for a stage still running (it ends at its next cancellation check).
+        """
+        if self._action is not None:
+            self._action.destroy(reason)
+            self._action = None
         self.engine_host.release()
         self.outputs.destroy()
         self.prompts.destroy()
-        if self._action is not None:
-            self._action.destroy()
-            self._action = None
         self.ids.drop()
 
     # ---------------------------------------------------------------- input
@@ -287,13 +298,16 @@ class Sam3dNode(LifecycleNode):
             "image_transport": self.param("image_transport"),
             "depth_transport": self.param("depth_transport"),
         }
+        action = self._action
         counts = {"frames_dropped": self._worker.drops, "frames_unmatched": self.camera.unmatched,
-                  "goals_queued": self._action.queue_length if self._action is not None else 0,
+                  "frames_deferred_to_goals": self.engine_host.gate.turned_away,
+                  "goals_queued": action.queue_length if action is not None else 0,
+                  "goals_rejected": action.rejected if action is not None else 0,
                   "qos_problem": self.camera.qos_problem() if active else ""}
         snap = self.stats.snapshot(float(self.param("diagnostics_window_s")))
         level, message, values = pipeline_status(self.state, snap, settings, counts)
         self._pub_diag.publish(out.diagnostics_msg(
-            self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
+            RCLPY, self.get_clock().now().to_msg(), f"{self.get_name()}: pipeline",
             self.get_fully_qualified_name(), level, message, values))
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import List, Mapping, Optional, Sequence
 
-import numpy as np
-
-from sam3d_ros.core.tracking import ObjectTracker
+from sam3d_ros.core.tracking import ObjectTracker, relabel
 from sam3d_ros.core.types import ObjectReconstruction
 
 
@@ -45,14 +42,8 @@ class ObjectIds:
     def assign(self, objects: Sequence[ObjectReconstruction],
                explicit: Mapping[int, int]) -> List[ObjectReconstruction]:
         """The objects with their ids (``explicit``: segmenter id → prompt id) and indices."""
-        centres = [np.asarray(o.translation, dtype=np.float64) for o in objects]
-        given = [explicit.get(int(o.object_id)) for o in objects]
         with self._lock:
-            if self._tracker is None:
-                ids = [int(o.object_id) for o in objects]
-                self._tracked = list(ids)
-            else:
-                ids = self._tracker.assign(centres, given)
-                self._tracked = [t.object_id for t in self._tracker.tracks]
-        return [dataclasses.replace(o, object_id=int(i), object_index=k)
-                for k, (o, i) in enumerate(zip(objects, ids, strict=True))]
+            relabelled = relabel(self._tracker, objects, explicit)
+            self._tracked = ([o.object_id for o in relabelled] if self._tracker is None
+                             else [t.object_id for t in self._tracker.tracks])
+        return relabelled

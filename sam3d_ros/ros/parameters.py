@@ -20,8 +20,8 @@ from rclpy.parameter import Parameter
 
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.grasp_messages import parse_approach
 from sam3d_ros.core.inputs import DEFAULT_MAX_OBJECTS, DEFAULT_SEED
-from sam3d_ros.ros.grasps import parse_approach
 
 BIG = 2**31 - 1
 _GRIPPER = GripperModel()  # defaults of the gripper parameters (a Franka Hand)
@@ -140,6 +140,10 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "a diagnostics warning", range=(0.1, 3600.0)),
     ParamSpec("warn_throttle_s", 2.0, "a warning about the same input field is logged at most "
               "once per this many seconds", range=(0.0, 3600.0)),
+    ParamSpec("max_queued_goals", 16, "~/reconstruct goals waiting or running at most; more "
+              "are rejected (and logged with the reason)", range=(1, 1000), when="configure"),
+    ParamSpec("goal_result_timeout_s", 60.0, "a finished goal's result is kept this long for "
+              "clients that ask for it late", range=(1.0, 86400.0), when="configure"),
     ParamSpec("allow_http", False, "goals may read image_uri/pointmap_uri/mask_uris over "
               "http(s)", when="configure"),
     ParamSpec("allowed_input_roots", [""], "goal URIs must resolve inside one of these "

@@ -6,6 +6,7 @@ Heavy outputs are built only while someone subscribes; ``/tf`` is published firs
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -19,12 +20,13 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from sam3d_ros.core import grasp_messages as grasp_out
+from sam3d_ros.core import output_messages as out
+from sam3d_ros.core.camera_frame import CameraFrame, stamp_seconds
 from sam3d_ros.core.types import ObjectReconstruction
 from sam3d_ros.msg import GraspArray, ReconstructedObjectArray
-from sam3d_ros.ros import grasps as ros_grasps
-from sam3d_ros.ros import outputs as out
-from sam3d_ros.ros.camera_input import CameraFrame, stamp_seconds
 from sam3d_ros.ros.conversions import numpy_to_image
+from sam3d_ros.ros.message_kit import RCLPY
 from sam3d_ros.ros.moveit_scene import CollisionPublisher, SceneOptions
 from sam3d_ros.ros.stats import PipelineStats
 
@@ -51,7 +53,7 @@ class ResultPublishers:
         self._warn_once = warn_once
         self._lock = threading.Lock()
         self._pubs: Dict[str, Any] = {}
-        self._grasp_out: Optional[ros_grasps.GraspOutputs] = None
+        self._grasp_out: Optional[grasp_out.GraspOutputs] = None
         self._collision: Optional[CollisionPublisher] = None
         self._marker_ids: List[int] = []
         self._marker_cache = out.MarkerPreviewCache()
@@ -71,7 +73,8 @@ class ResultPublishers:
             self._pubs[key] = node.create_lifecycle_publisher(msg_type, topic, reliable)
         self._pubs["tf"] = node.create_lifecycle_publisher(
             TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self._grasp_out = ros_grasps.GraspOutputs(
+        self._grasp_out = grasp_out.GraspOutputs(
+            RCLPY,
             node.create_lifecycle_publisher(GraspArray, "~/grasps", reliable),
             node.create_lifecycle_publisher(PoseArray, "~/grasp_poses", reliable),
             node.create_lifecycle_publisher(MarkerArray, "~/grasp_markers", reliable))
@@ -99,7 +102,7 @@ class ResultPublishers:
         """Delete the markers and take our objects out of MoveIt's scene (deactivation)."""
         markers = self._pubs.get("markers")
         if markers is not None and self._marker_ids:
-            markers.publish(out.delete_all_markers(Header(stamp=self._now())))
+            markers.publish(out.delete_all_markers(RCLPY, Header(stamp=self._now())))
             self._marker_ids = []
         self._marker_cache.clear()
         header = Header(stamp=self._now())
@@ -131,44 +134,54 @@ class ResultPublishers:
         """
         header = cam.header
         self._frame_id = header.frame_id
+
+        @functools.lru_cache(maxsize=1)
+        def plane() -> Any:
+            """The support plane, fitted once and only when an output needs it."""
+            from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
+
+            return AnalyticGraspPlanner.fit_plane(cam.frame, objects) if objects else None
+
         if not header.frame_id:
             self._warn_once("empty_frame_id",
                             "the image header has an empty frame_id; outputs and TF need one")
         pubs = self._pubs
         if self._p("publish_tf") and pubs.get("tf") is not None and objects:
             # TF has no delete: frames of objects gone are simply no longer published.
-            pubs["tf"].publish(out.tf_msg(header, objects, self._p("tf_prefix")))
+            pubs["tf"].publish(out.tf_msg(RCLPY, header, objects, self._p("tf_prefix")))
             now = self._node.get_clock().now().nanoseconds * 1e-9
             self._stats.latency("frame_to_tf", now - stamp_seconds(header))
         self._stats.latency("receive_to_publish", total_s)
         for stage, seconds in timings.items():
             self._stats.latency(stage, seconds)
         if _has_subscribers(pubs.get("detections")):
-            pubs["detections"].publish(out.detections_msg(header, objects))
+            pubs["detections"].publish(out.detections_msg(RCLPY, header, objects))
         if _has_subscribers(pubs.get("objects")):
             pubs["objects"].publish(out.objects_array_msg(
-                header, objects, timings, names[0], names[1], result, cam.frame.camera_pose,
+                RCLPY, header, objects, timings, names[0], names[1], result, cam.frame.camera_pose,
                 total_s))
         if pubs.get("markers") is not None:
             with self._lock:
                 previous, self._marker_ids = self._marker_ids, [o.object_id for o in objects]
             if _has_subscribers(pubs["markers"]):
                 t_markers = time.monotonic()
+                support = plane()  # labels go "above" along its normal
                 pubs["markers"].publish(out.markers_msg(
-                    header, objects, previous, int(self._p("marker_max_triangles")),
-                    cache=self._marker_cache))
+                    RCLPY, header, objects, previous, int(self._p("marker_max_triangles")),
+                    cache=self._marker_cache,
+                    up=support.normal if support is not None else None))
                 self._stats.latency("markers", time.monotonic() - t_markers)
         if _has_subscribers(pubs.get("points")):
             pubs["points"].publish(
-                out.points_msg(header, cam.frame.points, cam.frame.rgb, objects))
+                out.points_msg(RCLPY, header, cam.frame.points, cam.frame.rgb, objects))
         if _has_subscribers(pubs.get("debug")):
             img = out.debug_image(cam.frame.rgb, objects, cam.frame.intrinsics)
             pubs["debug"].publish(numpy_to_image(img, "rgb8", header))
-        self._publish_grasps(cam, objects, grasps, gripper, tracked)
+        self._publish_grasps(cam, objects, grasps, gripper, tracked, plane)
 
     def _publish_grasps(self, cam: CameraFrame, objects: Sequence[ObjectReconstruction],
                         grasps: Optional[Sequence[Sequence[Any]]], gripper: Any,
-                        tracked: Sequence[int]) -> None:
+                        tracked: Sequence[int], plane: Callable[[], Any]) -> None:
         """~/grasps, ~/grasp_poses, ~/grasp_markers and /collision_object (last: the heaviest)."""
         tcp = float(self._p("tcp_offset_m"))
         if grasps is not None and self._grasp_out is not None and self._p("publish_grasps"):
@@ -183,10 +196,4 @@ class ResultPublishers:
             prefix=self._p("tf_prefix"), max_triangles=int(self._p("collision_max_triangles")),
             subframes=int(self._p("collision_grasp_subframes")), tcp_offset=tcp,
             support_plane=bool(self._p("collision_support_plane")))
-
-        def plane() -> Any:
-            from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
-
-            return AnalyticGraspPlanner.fit_plane(cam.frame, objects)
-
         self._collision.publish(cam.header, objects, grasps, list(tracked), options, plane)

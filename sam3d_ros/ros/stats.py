@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Deque, Dict, Optional, Tuple
 
-from sam3d_ros.ros.outputs import LatencyStats, RateMeter
+from sam3d_ros.core.output_messages import LatencyStats, RateMeter
 
 _MAX_EVENTS = 10000  # a bound on a window's memory whatever the rate
 

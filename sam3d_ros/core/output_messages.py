@@ -1,9 +1,10 @@
-"""Build the node's output messages from core results: pure functions, no ROS graph needed.
+"""Build the node's output messages from core results: pure functions, ROS-free.
 
-Every function takes plain core objects (:class:`~sam3d_ros.core.types.ObjectReconstruction`, numpy
-arrays, the hosted result dict) plus a ``std_msgs/Header`` and returns a message, so each output
-can be tested by building it directly. The node (:mod:`sam3d_ros.ros.node`) only decides *when* to
-publish.
+Every function takes a message kit (:mod:`sam3d_ros.core.message_kit`: rclpy's classes for the
+node, rosbags' for a recording written offline), plain core objects
+(:class:`~sam3d_ros.core.types.ObjectReconstruction`, numpy arrays, the hosted result dict) and a
+``std_msgs/Header`` of that kit, and returns a message, so each output can be tested by building
+it directly. The node (:mod:`sam3d_ros.ros.publishers`) only decides *when* to publish.
 
 Frames and units follow :mod:`sam3d_ros.core.conventions`: every output is in the frame of the
 source
@@ -38,32 +39,22 @@ from typing import (
 )
 
 import numpy as np
-from builtin_interfaces.msg import Duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, TransformStamped, Vector3
-from shape_msgs.msg import Mesh as MeshMsg
-from shape_msgs.msg import MeshTriangle
-from std_msgs.msg import ColorRGBA, Header
-from tf2_msgs.msg import TFMessage
-from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
-from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.mesh_decimation import decimate, same_shape
+from sam3d_ros.core.message_kit import MessageKit
+from sam3d_ros.core.point_clouds import pointcloud2_from_arrays
 from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
-from sam3d_ros.msg import (
-    ArtifactFile,
-    Artifacts,
-    ReconstructedObject,
-    ReconstructedObjectArray,
-    StageTiming,
-)
 
 MESH_NS = "sam3d_meshes"
 """Marker namespace of the per-object TRIANGLE_LIST meshes (marker id = object id)."""
 LABEL_NS = "sam3d_labels"
 """Marker namespace of the per-object TEXT_VIEW_FACING labels (marker id = object id)."""
+LABEL_GAP_M = 0.03
+"""A label sits this far above the top of its object's box."""
+OPTICAL_UP = np.array([0.0, -1.0, 0.0])
+"""Camera −y: "up" for a level camera, the labels' direction when no support plane is known."""
 
 _PALETTE = np.array(
     [
@@ -85,20 +76,20 @@ def object_color(object_id: int) -> Tuple[int, int, int]:
 # Geometry helpers
 
 
-def pose_msg(rotation_xyzw: Sequence[float], translation: Sequence[float]) -> Pose:
+def pose_msg(kit: MessageKit, rotation_xyzw: Sequence[float], translation: Sequence[float]) -> Any:
     """``geometry_msgs/Pose`` of an ``[x, y, z, w]`` rotation and a translation (metres)."""
     q = conventions.quat_canonical(np.asarray(rotation_xyzw, dtype=np.float64).reshape(4))
     t = np.asarray(translation, dtype=np.float64).reshape(3)
-    pose = Pose()
+    pose = kit.Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
     (pose.orientation.x, pose.orientation.y, pose.orientation.z,
      pose.orientation.w) = (float(v) for v in q)
     return pose
 
 
-def object_pose(obj: ObjectReconstruction) -> Pose:
+def object_pose(kit: MessageKit, obj: ObjectReconstruction) -> Any:
     """Pose of the object frame in the camera frame."""
-    return pose_msg(obj.rotation, obj.translation)
+    return pose_msg(kit, obj.rotation, obj.translation)
 
 
 def object_size(obj: ObjectReconstruction) -> np.ndarray:
@@ -118,48 +109,9 @@ def object_vertices_m(obj: ObjectReconstruction) -> np.ndarray:
     return v * conventions.scale_vector(obj.scale)[None, :]
 
 
-def _vec3(values: Iterable[float]) -> Vector3:
+def _vec3(kit: MessageKit, values: Iterable[float]) -> Any:
     x, y, z = (float(v) for v in values)
-    return Vector3(x=x, y=y, z=z)
-
-
-def _has_slots(cls: Any, fields: Sequence[str]) -> bool:
-    slots = getattr(cls, "__slots__", ())
-    return all(f"_{f}" in slots for f in fields) and "_check_fields" in slots
-
-
-# Meshes have thousands of vertices; the generated constructors validate every field of every
-# element (~10 µs per colour), which costs more than reconstructing a small object. Where the
-# generated classes have the usual slot layout, elements are built by filling the slots with
-# values that already have the exact field types (Python floats, numpy uint32 rows).
-_FAST = (_has_slots(Point, ("x", "y", "z")) and _has_slots(ColorRGBA, ("r", "g", "b", "a"))
-         and _has_slots(MeshTriangle, ("vertex_indices",)))
-
-
-def _make_point(x: float, y: float, z: float) -> Point:
-    p = Point.__new__(Point)
-    p._x = x
-    p._y = y
-    p._z = z
-    p._check_fields = False
-    return p
-
-
-def _make_color(r: float, g: float, b: float, a: float) -> ColorRGBA:
-    c = ColorRGBA.__new__(ColorRGBA)
-    c._r = r
-    c._g = g
-    c._b = b
-    c._a = a
-    c._check_fields = False
-    return c
-
-
-def _make_triangle(indices: np.ndarray) -> MeshTriangle:
-    t = MeshTriangle.__new__(MeshTriangle)
-    t._vertex_indices = indices
-    t._check_fields = False
-    return t
+    return kit.Vector3(x=x, y=y, z=z)
 
 
 @contextlib.contextmanager
@@ -178,68 +130,57 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _points(array: np.ndarray) -> List[Point]:
-    rows = np.asarray(array, dtype=np.float64).reshape(-1, 3).tolist()
+def _points(kit: MessageKit, array: np.ndarray) -> Any:
+    xyz = np.ascontiguousarray(np.asarray(array, dtype=np.float64).reshape(-1, 3))
     with _no_gc():
-        if _FAST:
-            return [_make_point(x, y, z) for x, y, z in rows]
-        return [Point(x=x, y=y, z=z) for x, y, z in rows]
+        return kit.points(xyz)
 
 
-def _colors(rgb: np.ndarray, alpha: float = 1.0) -> List[ColorRGBA]:
-    c = (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0).tolist()
-    a = float(alpha)
+def _colors(kit: MessageKit, rgb: np.ndarray, alpha: float = 1.0) -> Any:
+    c = np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0
     with _no_gc():
-        if _FAST:
-            return [_make_color(r, g, b, a) for r, g, b in c]
-        return [ColorRGBA(r=r, g=g, b=b, a=a) for r, g, b in c]
+        return kit.colors(c, float(alpha))
 
 
-def _triangles(faces: np.ndarray) -> List[MeshTriangle]:
+def _triangles(kit: MessageKit, faces: np.ndarray) -> Any:
     f = np.ascontiguousarray(np.asarray(faces, dtype=np.int64).reshape(-1, 3), dtype=np.uint32)
     with _no_gc():
-        if _FAST:
-            return [_make_triangle(row) for row in f]
-        return [MeshTriangle(vertex_indices=row) for row in f]
-
-
-def _stamp_seconds(header: Header) -> float:
-    return header.stamp.sec + 1e-9 * header.stamp.nanosec
+        return kit.triangles(f)
 
 
 # --------------------------------------------------------------------------------------------
 # ReconstructedObjectArray
 
 
-def mesh_msg(obj: ObjectReconstruction) -> MeshMsg:
+def mesh_msg(kit: MessageKit, obj: ObjectReconstruction) -> Any:
     """``shape_msgs/Mesh`` of the object's surface in the object frame, metres."""
-    msg = MeshMsg()
-    msg.vertices = _points(object_vertices_m(obj))
-    msg.triangles = _triangles(obj.mesh.faces)
+    msg = kit.MeshMsg()
+    msg.vertices = _points(kit, object_vertices_m(obj))
+    msg.triangles = _triangles(kit, obj.mesh.faces)
     return msg
 
 
 def reconstructed_object_msg(
-    obj: ObjectReconstruction, mesh_uri: str = "", splat_uri: str = ""
-) -> ReconstructedObject:
+    kit: MessageKit, obj: ObjectReconstruction, mesh_uri: str = "", splat_uri: str = ""
+) -> Any:
     """One ``ReconstructedObject``: id, index, label, score, pose, scale, size, mesh, colours."""
-    msg = ReconstructedObject()
+    msg = kit.ReconstructedObject()
     msg.id = int(obj.object_id)
     msg.object_index = int(obj.object_index)
     msg.label = str(obj.label)
     msg.score = float(obj.score)
-    msg.pose = object_pose(obj)
-    msg.scale = _vec3(conventions.scale_vector(obj.scale))
-    msg.size = _vec3(object_size(obj))
-    msg.mesh = mesh_msg(obj)
-    msg.vertex_colors = _colors(obj.mesh.colors)
+    msg.pose = object_pose(kit, obj)
+    msg.scale = _vec3(kit, conventions.scale_vector(obj.scale))
+    msg.size = _vec3(kit, object_size(obj))
+    msg.mesh = mesh_msg(kit, obj)
+    msg.vertex_colors = _colors(kit, obj.mesh.colors)
     msg.mesh_uri = mesh_uri
     msg.splat_uri = splat_uri
     return msg
 
 
-def _file_msg(entry: Optional[Mapping[str, Any]]) -> ArtifactFile:
-    msg = ArtifactFile()
+def _file_msg(kit: MessageKit, entry: Optional[Mapping[str, Any]]) -> Any:
+    msg = kit.ArtifactFile()
     if entry:
         msg.url = str(entry.get("url", ""))
         msg.content_type = str(entry.get("content_type", ""))
@@ -248,19 +189,19 @@ def _file_msg(entry: Optional[Mapping[str, Any]]) -> ArtifactFile:
     return msg
 
 
-def artifacts_msg(result: Optional[Mapping[str, Any]]) -> Artifacts:
+def artifacts_msg(kit: MessageKit, result: Optional[Mapping[str, Any]]) -> Any:
     """``Artifacts`` of a hosted result dict (as written by :func:`~.export.write_run`).
 
     ``None`` (nothing written) gives an empty message. ``result_json`` is the whole dict as JSON.
     """
-    msg = Artifacts()
+    msg = kit.Artifacts()
     if not result:
         return msg
-    msg.gaussian_splat = _file_msg(result.get("gaussian_splat"))
-    msg.model_glb = _file_msg(result.get("model_glb"))
-    msg.individual_splats = [_file_msg(e) for e in result.get("individual_splats", [])]
-    msg.individual_glbs = [_file_msg(e) for e in result.get("individual_glbs", [])]
-    msg.artifacts_zip = _file_msg(result.get("artifacts_zip"))
+    msg.gaussian_splat = _file_msg(kit, result.get("gaussian_splat"))
+    msg.model_glb = _file_msg(kit, result.get("model_glb"))
+    msg.individual_splats = [_file_msg(kit, e) for e in result.get("individual_splats", [])]
+    msg.individual_glbs = [_file_msg(kit, e) for e in result.get("individual_glbs", [])]
+    msg.artifacts_zip = _file_msg(kit, result.get("artifacts_zip"))
     msg.result_json = json.dumps(result, sort_keys=True, default=_json_default)
     return msg
 
@@ -273,20 +214,22 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def timings_msgs(timings: Mapping[str, float], total: Optional[float] = None) -> List[StageTiming]:
+def timings_msgs(kit: MessageKit, timings: Mapping[str, float],
+                 total: Optional[float] = None) -> List[Any]:
     """``StageTiming`` per stage, in pipeline order, then ``total`` when given."""
     order = ["load", "segment", "reconstruct", "export"]
     keys = [k for k in order if k in timings] + sorted(k for k in timings if k not in order)
-    out = [StageTiming(stage=k, seconds=float(timings[k])) for k in keys if k != "total"]
+    out = [kit.StageTiming(stage=k, seconds=float(timings[k])) for k in keys if k != "total"]
     if total is None and "total" in timings:
         total = timings["total"]
     if total is not None:
-        out.append(StageTiming(stage="total", seconds=float(total)))
+        out.append(kit.StageTiming(stage="total", seconds=float(total)))
     return out
 
 
 def objects_array_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     objects: Sequence[ObjectReconstruction],
     timings: Optional[Mapping[str, float]] = None,
     segmentation_backend: str = "",
@@ -294,7 +237,7 @@ def objects_array_msg(
     result: Optional[Mapping[str, Any]] = None,
     camera_pose: Optional[np.ndarray] = None,
     total_s: Optional[float] = None,
-) -> ReconstructedObjectArray:
+) -> Any:
     """``ReconstructedObjectArray`` of one frame's objects.
 
     Args:
@@ -307,24 +250,24 @@ def objects_array_msg(
         camera_pose: 4×4 camera-to-world (identity when ``None``).
         total_s: wall time of the whole frame, reported as stage ``total``.
     """
-    msg = ReconstructedObjectArray()
+    msg = kit.ReconstructedObjectArray()
     msg.header = header
     glbs = list((result or {}).get("individual_glbs", []))
     splats = list((result or {}).get("individual_splats", []))
     for i, obj in enumerate(objects):
         msg.objects.append(
             reconstructed_object_msg(
-                obj,
+                kit, obj,
                 mesh_uri=str(glbs[i]["url"]) if i < len(glbs) else "",
                 splat_uri=str(splats[i]["url"]) if i < len(splats) else "",
             )
         )
     pose = np.eye(4) if camera_pose is None else np.asarray(camera_pose, dtype=np.float64)
-    msg.camera_pose = pose_msg(conventions.matrix_to_quat(pose[:3, :3]), pose[:3, 3])
-    msg.timings = timings_msgs(timings or {}, total_s)
+    msg.camera_pose = pose_msg(kit, conventions.matrix_to_quat(pose[:3, :3]), pose[:3, 3])
+    msg.timings = timings_msgs(kit, timings or {}, total_s)
     msg.segmentation_backend = segmentation_backend
     msg.reconstruction_backend = reconstruction_backend
-    msg.artifacts = artifacts_msg(result)
+    msg.artifacts = artifacts_msg(kit, result)
     return msg
 
 
@@ -332,18 +275,18 @@ def objects_array_msg(
 # Detections and TF
 
 
-def detections_msg(header: Header, objects: Sequence[ObjectReconstruction]) -> Detection3DArray:
+def detections_msg(kit: MessageKit, header: Any, objects: Sequence[ObjectReconstruction]) -> Any:
     """``vision_msgs/Detection3DArray``: id = str(object id), bbox = oriented box, pose."""
-    msg = Detection3DArray()
+    msg = kit.Detection3DArray()
     msg.header = header
     for obj in objects:
-        det = Detection3D()
+        det = kit.Detection3D()
         det.header = header
         det.id = str(int(obj.object_id))
-        pose = object_pose(obj)
+        pose = object_pose(kit, obj)
         det.bbox.center = pose
-        det.bbox.size = _vec3(object_size(obj))
-        hyp = ObjectHypothesisWithPose()
+        det.bbox.size = _vec3(kit, object_size(obj))
+        hyp = kit.ObjectHypothesisWithPose()
         hyp.hypothesis.class_id = str(obj.label)
         hyp.hypothesis.score = float(obj.score)
         hyp.pose.pose = pose
@@ -353,15 +296,16 @@ def detections_msg(header: Header, objects: Sequence[ObjectReconstruction]) -> D
 
 
 def tf_msg(
-    header: Header, objects: Sequence[ObjectReconstruction], prefix: str = "sam3d_object_"
-) -> TFMessage:
+    kit: MessageKit, header: Any, objects: Sequence[ObjectReconstruction],
+    prefix: str = "sam3d_object_",
+) -> Any:
     """``tf2_msgs/TFMessage``: one transform per object, child frame ``<prefix><id>``."""
-    msg = TFMessage()
+    msg = kit.TFMessage()
     for obj in objects:
-        tr = TransformStamped()
+        tr = kit.TransformStamped()
         tr.header = header
         tr.child_frame_id = f"{prefix}{int(obj.object_id)}"
-        pose = object_pose(obj)
+        pose = object_pose(kit, obj)
         tr.transform.translation.x = pose.position.x
         tr.transform.translation.y = pose.position.y
         tr.transform.translation.z = pose.position.z
@@ -470,53 +414,64 @@ class MarkerPreviewCache:
 
 
 def mesh_marker(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     obj: ObjectReconstruction,
     max_triangles: int = 0,
     lifetime_s: float = 0.0,
     cache: Optional[MarkerPreviewCache] = None,
-) -> Marker:
+) -> Any:
     """TRIANGLE_LIST marker of the object's mesh with per-vertex colours, in the object frame.
 
     ``max_triangles`` > 0 reduces the mesh to at most that many triangles (a preview for RViz,
     :func:`marker_preview`; the full mesh is in ``~/objects``), through ``cache`` when given.
     """
-    marker = _marker(header, MESH_NS, obj.object_id, Marker.ADD, Marker.TRIANGLE_LIST, lifetime_s)
-    marker.pose = object_pose(obj)
-    marker.scale = Vector3(x=1.0, y=1.0, z=1.0)
-    marker.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+    marker = _marker(kit, header, MESH_NS, obj.object_id, kit.Marker.ADD,
+                     kit.Marker.TRIANGLE_LIST, lifetime_s)
+    marker.pose = object_pose(kit, obj)
+    marker.scale = kit.Vector3(x=1.0, y=1.0, z=1.0)
+    marker.color = kit.ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
     preview = (cache.preview(obj, max_triangles) if cache is not None
                else marker_preview(obj, max_triangles))
     corners = preview.faces.reshape(-1)
-    marker.points = _points(preview.vertices[corners])
-    marker.colors = _colors(preview.colors[corners])
+    marker.points = _points(kit, preview.vertices[corners])
+    marker.colors = _colors(kit, preview.colors[corners])
     return marker
 
 
 def label_marker(
-    header: Header, obj: ObjectReconstruction, lifetime_s: float = 0.0
-) -> Marker:
-    """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box (camera −y)."""
-    marker = _marker(header, LABEL_NS, obj.object_id, Marker.ADD, Marker.TEXT_VIEW_FACING,
-                     lifetime_s)
-    size = object_size(obj)
+    kit: MessageKit, header: Any, obj: ObjectReconstruction, lifetime_s: float = 0.0,
+    up: Optional[Sequence[float]] = None,
+) -> Any:
+    """TEXT_VIEW_FACING marker ``"<id> <label>"`` just above the object's box.
+
+    ``up`` (header frame) is the support plane's normal when it is known (it points from the
+    table toward the camera); without it, camera −y, which is "up" only for a level camera.
+    The label sits :data:`LABEL_GAP_M` above the top of the object's oriented box along ``up``.
+    """
+    marker = _marker(kit, header, LABEL_NS, obj.object_id, kit.Marker.ADD,
+                     kit.Marker.TEXT_VIEW_FACING, lifetime_s)
+    direction = OPTICAL_UP if up is None else conventions._unit(
+        np.asarray(up, dtype=np.float64).reshape(3), "up")
+    axes = conventions.quat_to_matrix(obj.rotation)
+    # Half-height of the oriented box along `direction`: its extents projected on that axis.
+    half = 0.5 * float(np.abs(axes.T @ direction) @ object_size(obj))
     t = np.asarray(obj.translation, dtype=np.float64).reshape(3)
-    above = t + np.array([0.0, -(0.5 * float(np.max(size)) + 0.03), 0.0])
-    marker.pose = pose_msg([0.0, 0.0, 0.0, 1.0], above)
-    marker.scale = Vector3(x=0.0, y=0.0, z=0.03)
+    marker.pose = pose_msg(kit, [0.0, 0.0, 0.0, 1.0], t + (half + LABEL_GAP_M) * direction)
+    marker.scale = kit.Vector3(x=0.0, y=0.0, z=0.03)
     r, g, b = object_color(obj.object_id)
-    marker.color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
+    marker.color = kit.ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
     marker.text = object_text(obj)
     return marker
 
 
 def _marker(
-    header: Header, ns: str, marker_id: int, action: int, marker_type: int = 0,
+    kit: MessageKit, header: Any, ns: str, marker_id: int, action: int, marker_type: int = 0,
     lifetime_s: float = 0.0,
-) -> Marker:
+) -> Any:
     """A marker addressed by (ns, id) = (namespace, object id)."""
-    return Marker(header=header, ns=ns, id=int(marker_id), type=marker_type, action=action,
-                  lifetime=_duration(lifetime_s))
+    return kit.Marker(header=header, ns=ns, id=int(marker_id), type=marker_type, action=action,
+                      lifetime=_duration(kit, lifetime_s))
 
 
 def object_text(obj: ObjectReconstruction) -> str:
@@ -524,44 +479,47 @@ def object_text(obj: ObjectReconstruction) -> str:
     return f"{int(obj.object_id)} {obj.label}".strip()
 
 
-def _duration(seconds: float) -> Duration:
+def _duration(kit: MessageKit, seconds: float) -> Any:
     seconds = max(0.0, float(seconds))
     sec = int(math.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    return kit.Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
 
 
 def markers_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     objects: Sequence[ObjectReconstruction],
     previous_ids: Iterable[int] = (),
     max_triangles: int = 0,
     lifetime_s: float = 0.0,
     cache: Optional[MarkerPreviewCache] = None,
-) -> MarkerArray:
+    up: Optional[Sequence[float]] = None,
+) -> Any:
     """Mesh + label markers per object; DELETE markers for ``previous_ids`` not seen now.
 
     ``cache`` (kept by the caller across frames) holds the objects' decimated meshes; the
-    previews of objects not in ``objects`` are dropped from it.
+    previews of objects not in ``objects`` are dropped from it. ``up``: the support plane's
+    normal, where the labels go (:func:`label_marker`).
     """
-    msg = MarkerArray()
+    msg = kit.MarkerArray()
     current = {int(o.object_id) for o in objects}
     if cache is not None:
         cache.retain(current)
     for obj in objects:
-        msg.markers.append(mesh_marker(header, obj, max_triangles, lifetime_s, cache))
-        msg.markers.append(label_marker(header, obj, lifetime_s))
+        msg.markers.append(mesh_marker(kit, header, obj, max_triangles, lifetime_s, cache))
+        msg.markers.append(label_marker(kit, header, obj, lifetime_s, up))
     for gone in sorted(set(int(i) for i in previous_ids) - current):
         for ns in (MESH_NS, LABEL_NS):
-            msg.markers.append(_marker(header, ns, gone, Marker.DELETE))
+            msg.markers.append(_marker(kit, header, ns, gone, kit.Marker.DELETE))
     return msg
 
 
-def delete_all_markers(header: Header) -> MarkerArray:
+def delete_all_markers(kit: MessageKit, header: Any) -> Any:
     """A MarkerArray that clears every marker of this publisher (DELETEALL)."""
-    marker = Marker()
+    marker = kit.Marker()
     marker.header = header
-    marker.action = Marker.DELETEALL
-    return MarkerArray(markers=[marker])
+    marker.action = kit.Marker.DELETEALL
+    return kit.MarkerArray(markers=[marker])
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,16 +554,15 @@ def object_points(
 
 
 def points_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     points: Optional[np.ndarray],
     rgb: np.ndarray,
     objects: Sequence[ObjectReconstruction],
 ):
     """``sensor_msgs/PointCloud2`` (x y z rgb object_index) of the segmented object pixels."""
-    from sam3d_ros.ros.conversions import pointcloud2_from_arrays
-
     xyz, col, idx = object_points(points, rgb, objects)
-    return pointcloud2_from_arrays(header, xyz, col, idx)
+    return pointcloud2_from_arrays(kit, header, xyz, col, idx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,8 +730,8 @@ class LatencyStats:
         return out
 
 
-LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
-          "ERROR": DiagnosticStatus.ERROR, "STALE": DiagnosticStatus.STALE}
+LEVELS = {"OK": 0, "WARN": 1, "ERROR": 2, "STALE": 3}
+"""``diagnostic_msgs/DiagnosticStatus`` levels."""
 
 
 def _level_byte(level: Any) -> bytes:
@@ -786,21 +743,25 @@ def _level_byte(level: Any) -> bytes:
 
 
 def diagnostics_msg(
+    kit: MessageKit,
     stamp: Any,
     name: str,
     hardware_id: str,
     level: Any,
     message: str,
     values: Mapping[str, Any],
-) -> DiagnosticArray:
-    """A ``DiagnosticArray`` with one status; values are formatted as strings in given order."""
-    status = DiagnosticStatus()
+) -> Any:
+    """A ``DiagnosticArray`` with one status; values are formatted as strings in given order.
+
+    ``level``: a name of :data:`LEVELS`, an int or rclpy's ``bytes`` (the node's diagnostics).
+    """
+    status = kit.DiagnosticStatus()
     status.level = _level_byte(level)
     status.name = name
     status.hardware_id = hardware_id
     status.message = message
-    status.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
-    array = DiagnosticArray()
+    status.values = [kit.KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    array = kit.DiagnosticArray()
     array.header.stamp = stamp
     array.status = [status]
     return array

@@ -2,7 +2,7 @@
 
 A GPU node on another host cannot take raw RGB-D (640×480 at 30 Hz is ~45 MB/s); cameras and
 recordings offer image_transport's compressed topics. This module decodes them (OpenCV
-``cv2.imdecode``) into the arrays the raw path of :mod:`sam3d_ros.ros.conversions` produces:
+``cv2.imdecode``) into the arrays the raw path of :mod:`sam3d_ros.core.image_decoding` produces:
 
 * colour, ``<image>/compressed`` (compressed_image_transport): ``format`` is
   ``"<encoding>; jpeg compressed bgr8"`` / ``"<encoding>; png compressed bgr8"`` (``mono8``,
@@ -40,7 +40,7 @@ import numpy as np
 
 from sam3d_ros.core.conventions import DEPTH_16UC1, DEPTH_32FC1, depth_to_metres, same_aspect
 from sam3d_ros.core.errors import InputError
-from sam3d_ros.ros.conversions import _message_buffer, rgb8_from_array
+from sam3d_ros.core.image_decoding import message_buffer, rgb8_from_array
 
 __all__ = [
     "COMPRESSED_DEPTH_HEADER_BYTES",
@@ -236,7 +236,7 @@ def rgb_from_compressed(msg, field: str = "image",
         InputError: see the module docstring.
     """
     codec, bgr = _colour_format(str(msg.format), f"{field}.format")
-    data = _message_buffer(msg.data, f"{field}.data")
+    data = message_buffer(msg.data, f"{field}.data")
     header = image_header(data, f"{field}.data")
     if header.codec != codec:
         raise InputError(f"{field}.data", f"format {msg.format!r} says {codec.upper()} but "
@@ -289,7 +289,7 @@ def depth_from_compressed(msg, field: str = "depth",
         InputError: see the module docstring.
     """
     encoding = _depth_format(str(msg.format), f"{field}.format")
-    data = _message_buffer(msg.data, f"{field}.data")
+    data = message_buffer(msg.data, f"{field}.data")
     if len(data) <= COMPRESSED_DEPTH_HEADER_BYTES:
         raise InputError(f"{field}.data", f"{len(data)} bytes: no room for the "
                                           f"{COMPRESSED_DEPTH_HEADER_BYTES}-byte compressedDepth "

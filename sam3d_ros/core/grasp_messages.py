@@ -1,4 +1,7 @@
-"""The node's grasp outputs, built from core grasps: pure functions, no ROS graph needed.
+"""The node's grasp outputs, built from core grasps: pure functions, ROS-free.
+
+Like :mod:`sam3d_ros.core.output_messages`, every builder takes a message kit
+(:mod:`sam3d_ros.core.message_kit`): rclpy's for the node, rosbags' for an offline recording.
 
 Inputs are the engine's per-object grasp lists (:attr:`sam3d_ros.core.engine.EngineResult.grasps`:
 same order as the objects, best first, camera optical frame, the grasp contract of
@@ -24,16 +27,12 @@ import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
-from geometry_msgs.msg import Point, Pose, PoseArray, Vector3
-from std_msgs.msg import ColorRGBA, Header
-from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.message_kit import MessageKit
+from sam3d_ros.core.output_messages import object_color, pose_msg
 from sam3d_ros.core.types import Grasp, ObjectReconstruction
-from sam3d_ros.msg import Grasp as GraspMsg
-from sam3d_ros.msg import GraspArray
-from sam3d_ros.ros.outputs import object_color, pose_msg
 
 GRASP_NS = "sam3d_grasps"
 """Marker namespace of the gripper markers (ids 0..n-1 in publishing order)."""
@@ -89,10 +88,10 @@ def published_pose(grasp: Grasp, tcp_offset: float = 0.0) -> Tuple[np.ndarray, n
     return p, q
 
 
-def grasp_pose_msg(grasp: Grasp, tcp_offset: float = 0.0) -> Pose:
+def grasp_pose_msg(kit: MessageKit, grasp: Grasp, tcp_offset: float = 0.0) -> Any:
     """``geometry_msgs/Pose`` of :func:`published_pose`."""
     position, orientation = published_pose(grasp, tcp_offset)
-    return pose_msg(orientation, position)
+    return pose_msg(kit, orientation, position)
 
 
 def grasp_contacts(grasp: Grasp) -> np.ndarray:
@@ -105,16 +104,17 @@ def grasp_contacts(grasp: Grasp) -> np.ndarray:
     return np.stack([p - half, p + half])
 
 
-def grasp_msg(grasp: Grasp, object_id: int, rank: int, tcp_offset: float = 0.0) -> GraspMsg:
+def grasp_msg(kit: MessageKit, grasp: Grasp, object_id: int, rank: int,
+              tcp_offset: float = 0.0) -> Any:
     """One ``sam3d_ros/Grasp`` (see msg/Grasp.msg for which pose it carries)."""
-    msg = GraspMsg()
+    msg = kit.GraspMsg()
     msg.object_id = int(object_id)
     msg.rank = int(rank)
-    msg.pose = grasp_pose_msg(grasp, tcp_offset)
+    msg.pose = grasp_pose_msg(kit, grasp, tcp_offset)
     msg.tcp_offset = float(tcp_offset)
     msg.width = float(grasp.width)
     msg.score = float(grasp.score)
-    msg.contacts = [Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
+    msg.contacts = [kit.Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
                     for c in grasp_contacts(grasp)]
     observed = grasp.contacts_observed
     msg.contacts_observed = ([bool(v) for v in np.asarray(observed).reshape(2)]
@@ -129,32 +129,35 @@ def _check_lengths(objects: Sequence[ObjectReconstruction],
 
 
 def grasp_array_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     objects: Sequence[ObjectReconstruction],
     grasps: Sequence[Sequence[Grasp]],
     tcp_offset: float = 0.0,
-) -> GraspArray:
+) -> Any:
     """``GraspArray``: per object (objects' order, tracked ids), its grasps best first."""
     _check_lengths(objects, grasps)
-    msg = GraspArray()
+    msg = kit.GraspArray()
     msg.header = header
     for obj, object_grasps in zip(objects, grasps, strict=True):
         for rank, grasp in enumerate(object_grasps):
-            msg.grasps.append(grasp_msg(grasp, obj.object_id, rank, tcp_offset))
+            msg.grasps.append(grasp_msg(kit, grasp, obj.object_id, rank, tcp_offset))
     return msg
 
 
 def grasp_pose_array_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     objects: Sequence[ObjectReconstruction],
     grasps: Sequence[Sequence[Grasp]],
     tcp_offset: float = 0.0,
-) -> PoseArray:
+) -> Any:
     """``geometry_msgs/PoseArray`` of the poses of :func:`grasp_array_msg`, same order."""
     _check_lengths(objects, grasps)
-    msg = PoseArray()
+    msg = kit.PoseArray()
     msg.header = header
-    msg.poses = [grasp_pose_msg(g, tcp_offset) for object_grasps in grasps for g in object_grasps]
+    msg.poses = [grasp_pose_msg(kit, g, tcp_offset)
+                 for object_grasps in grasps for g in object_grasps]
     return msg
 
 
@@ -193,13 +196,14 @@ def _select_for_markers(grasps: Sequence[Sequence[Grasp]],
 
 
 def grasp_markers_msg(
-    header: Header,
+    kit: MessageKit,
+    header: Any,
     objects: Sequence[ObjectReconstruction],
     grasps: Sequence[Sequence[Grasp]],
     gripper,
     previous_count: int = 0,
     max_markers: int = 0,
-) -> Tuple[MarkerArray, int]:
+) -> Tuple[Any, int]:
     """Gripper-shaped LINE_LIST markers; returns ``(markers, count)``.
 
     One marker per drawn grasp, in the grasp frame (``pose`` = the grasp pose, never the
@@ -211,24 +215,25 @@ def grasp_markers_msg(
     :class:`~sam3d_ros.backends.grasp.analytic.GripperModel`.
     """
     _check_lengths(objects, grasps)
-    msg = MarkerArray()
+    msg = kit.MarkerArray()
     chosen = _select_for_markers(grasps, int(max_markers))
     for marker_id, (i, rank) in enumerate(chosen):
         grasp = grasps[i][rank]
-        marker = Marker(header=header, ns=GRASP_NS, id=marker_id, type=Marker.LINE_LIST,
-                        action=Marker.ADD)
-        marker.pose = pose_msg(grasp.orientation, grasp.position)
+        marker = kit.Marker(header=header, ns=GRASP_NS, id=marker_id,
+                            type=kit.Marker.LINE_LIST, action=kit.Marker.ADD)
+        marker.pose = pose_msg(kit, grasp.orientation, grasp.position)
         best = rank == 0
-        marker.scale = Vector3(x=_BEST_LINE_M if best else _OTHER_LINE_M, y=0.0, z=0.0)
+        marker.scale = kit.Vector3(x=_BEST_LINE_M if best else _OTHER_LINE_M, y=0.0, z=0.0)
         r, g, b = object_color(objects[i].object_id)
-        marker.color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0,
-                                 a=1.0 if best else _OTHER_ALPHA)
-        marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+        marker.color = kit.ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0,
+                                     a=1.0 if best else _OTHER_ALPHA)
+        marker.points = [kit.Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
                          for p in gripper_lines(grasp.width, gripper).reshape(-1, 3)]
         msg.markers.append(marker)
     count = len(chosen)
     for gone in range(count, int(previous_count)):
-        msg.markers.append(Marker(header=header, ns=GRASP_NS, id=gone, action=Marker.DELETE))
+        msg.markers.append(kit.Marker(header=header, ns=GRASP_NS, id=gone,
+                                      action=kit.Marker.DELETE))
     return msg, count
 
 
@@ -236,11 +241,14 @@ class GraspOutputs:
     """The node's three grasp publishers and the marker count between frames.
 
     Args:
+        kit: the message kit of the publishers' messages.
         grasps_pub, poses_pub, markers_pub: publishers of ``GraspArray``, ``PoseArray`` and
             ``MarkerArray`` (anything with ``publish`` and ``get_subscription_count``).
     """
 
-    def __init__(self, grasps_pub: Any, poses_pub: Any, markers_pub: Any) -> None:
+    def __init__(self, kit: MessageKit, grasps_pub: Any, poses_pub: Any,
+                 markers_pub: Any) -> None:
+        self.kit = kit
         self.grasps_pub = grasps_pub
         self.poses_pub = poses_pub
         self.markers_pub = markers_pub
@@ -254,7 +262,7 @@ class GraspOutputs:
 
     def publish(
         self,
-        header: Header,
+        header: Any,
         objects: Sequence[ObjectReconstruction],
         grasps: Sequence[Sequence[Grasp]],
         gripper: Any,
@@ -263,23 +271,25 @@ class GraspOutputs:
     ) -> None:
         """Publish one frame's grasps on the topics that have subscribers."""
         if _subscribed(self.grasps_pub):
-            self.grasps_pub.publish(grasp_array_msg(header, objects, grasps, tcp_offset))
+            self.grasps_pub.publish(grasp_array_msg(self.kit, header, objects, grasps,
+                                                    tcp_offset))
         if _subscribed(self.poses_pub):
-            self.poses_pub.publish(grasp_pose_array_msg(header, objects, grasps, tcp_offset))
+            self.poses_pub.publish(grasp_pose_array_msg(self.kit, header, objects, grasps,
+                                                        tcp_offset))
         with self._lock:
             # The count is kept even without subscribers, so a late RViz gets correct DELETEs.
-            markers, count = grasp_markers_msg(header, objects, grasps, gripper,
+            markers, count = grasp_markers_msg(self.kit, header, objects, grasps, gripper,
                                                self._marker_count, max_markers)
             self._marker_count = count
             if _subscribed(self.markers_pub):
                 self.markers_pub.publish(markers)
 
-    def clear_markers(self, header: Header) -> None:
+    def clear_markers(self, header: Any) -> None:
         """DELETEALL on the marker topic (deactivation)."""
         with self._lock:
             if self._marker_count:
-                marker = Marker(header=header, action=Marker.DELETEALL)
-                self.markers_pub.publish(MarkerArray(markers=[marker]))
+                marker = self.kit.Marker(header=header, action=self.kit.Marker.DELETEALL)
+                self.markers_pub.publish(self.kit.MarkerArray(markers=[marker]))
                 self._marker_count = 0
 
 

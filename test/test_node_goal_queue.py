@@ -1,0 +1,196 @@
+"""~/reconstruct under load, against the node process: goal storms (every goal answered, the queue
+capped), goals before camera frames, and goals aborted with a reason at shutdown (issue 10,
+items 15, 5 and 11)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from action_msgs.msg import GoalStatus
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from node_harness import (
+    Recorder,
+    box_prompt,
+    camera_info,
+    explicit_goal,
+    ros_context,
+    running_node,
+    scene,
+    warm_up_action_client,
+)
+from rclpy.action import ActionClient
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sam3d_ros.action import Reconstruct
+
+MAX_QUEUED = 16  # the node's default max_queued_goals
+WAIT_S = 120.0  # liveness bound on a loaded 2-core machine, not a speed target
+# A client that sends a burst needs service queues as deep as its burst, as the node has them:
+# with the ROS default of 10, answers that arrive together overwrite each other in the client's
+# own reader and it waits forever (docs/node.md, "Goal queue").
+BURST_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def burst_client(rec, action="/sam3d/reconstruct"):
+    client = ActionClient(rec.node, Reconstruct, action, goal_service_qos_profile=BURST_QOS,
+                          result_service_qos_profile=BURST_QOS,
+                          cancel_service_qos_profile=BURST_QOS)
+    assert client.wait_for_server(timeout_sec=30.0)
+    warm_up_action_client(rec, client)
+    return client
+
+
+@pytest.fixture(scope="module")
+def env():
+    sc = scene(seed=1)
+    params = {"camera_qos_reliability": "reliable", "sync_slop_s": 0.01}
+    with ros_context(), running_node(params) as node:
+        rec = Recorder()
+        try:
+            assert rec.wait_subscribed(), node.log()
+            rec.pub_prompt.publish(box_prompt(sc))
+            client = burst_client(rec)
+            yield sc, node, rec, client
+        finally:
+            rec.close()
+
+
+def _all_done(futures):
+    return all(f.done() for f in futures)
+
+
+@pytest.mark.parametrize("n_goals", [50, 120])
+def test_goal_storm_answers_every_goal_and_caps_the_queue(env, n_goals):
+    sc, node, rec, client = env
+    goal = explicit_goal(sc)
+    sent = [client.send_goal_async(goal) for _ in range(n_goals)]
+    assert rec.wait(lambda: _all_done(sent), WAIT_S), (
+        f"{sum(not f.done() for f in sent)} of {n_goals} goals never answered")
+    accepted = [f.result() for f in sent if f.result().accepted]
+    results = [h.get_result_async() for h in accepted]
+    cancels = [h.cancel_goal_async() for h in accepted]
+    assert rec.wait(lambda: _all_done(results + cancels), WAIT_S), (
+        f"{sum(not f.done() for f in results)} of {len(accepted)} accepted goals without a "
+        f"result\n{node.log()[-3000:]}")
+    rejected = n_goals - len(accepted)
+
+    # Goals that finished during the storm made room for others; the rest were rejected.
+    assert MAX_QUEUED <= len(accepted) < n_goals
+    statuses = [r.result().status for r in results]
+    assert set(statuses) <= {GoalStatus.STATUS_CANCELED, GoalStatus.STATUS_SUCCEEDED}
+    assert all("cancelled" in r.result().result.error for r in results
+               if r.result().status == GoalStatus.STATUS_CANCELED)
+    assert node.wait_for_line("goal rejected: the queue is full", 10.0)
+    assert rec.wait_diag(lambda m: int(rec.diag_values(m)["goals_rejected"]) >= rejected,
+                         timeout=30.0) is not None
+    # The node goes on: the next goal runs to its result.
+    after = client.send_goal_async(goal)
+    assert rec.wait(after.done, WAIT_S) and after.result().accepted
+    result = after.result().get_result_async()
+    assert rec.wait(result.done, WAIT_S)
+    assert result.result().status == GoalStatus.STATUS_SUCCEEDED, result.result().result.error
+    assert node.alive()
+
+
+class FrameStream:
+    """Camera frames at about 10 Hz from a thread of the test, with fresh stamps."""
+
+    def __init__(self, rec, sc):
+        self._rec, self._sc = rec, sc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        info = camera_info(self._sc.intrinsics)
+        while not self._stop.wait(0.1):
+            self._rec.publish_frame(self._sc.frame.rgb, self._sc.depth_m, info)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+def test_queued_goals_go_before_camera_frames(env):
+    """A goal waits for at most the frame in progress when it was accepted.
+
+    Three goals are accepted at once while frames stream in: after the last is accepted, at
+    most one camera frame (the one already in progress) is published before that goal starts,
+    although each goal ends with the engine free and a new frame waiting.
+    """
+    sc, node, rec, client = env
+    goal_stamps = {1, 2, 3}
+
+    def frame_tfs():  # arrival times of the /tf of camera frames (not of the goals)
+        with rec.lock:
+            return [t for m, t in zip(rec.msgs["tf"], rec.arrival["tf"], strict=True)
+                    if m.transforms and m.transforms[0].header.stamp.sec not in goal_stamps]
+
+    stream = FrameStream(rec, sc)
+    try:
+        seen = len(frame_tfs())
+        assert rec.wait(lambda: len(frame_tfs()) >= seen + 2, WAIT_S), "frames not processed"
+        accepted_at, started_at = [], []
+        feedback = []
+
+        def on_feedback(msg):
+            if msg.feedback.queue_position == 0 and msg.feedback.stage != "queued":
+                started_at.append(time.monotonic())
+            feedback.append(msg.feedback)
+
+        sent = []
+        for stamp in sorted(goal_stamps):
+            sent.append(client.send_goal_async(
+                explicit_goal(sc, stamp), feedback_callback=on_feedback if stamp == 3 else None))
+        for future in sent:
+            future.add_done_callback(lambda _f: accepted_at.append(time.monotonic()))
+        assert rec.wait(lambda: _all_done(sent), WAIT_S)
+        assert all(f.result().accepted for f in sent)
+        results = [f.result().get_result_async() for f in sent]
+        assert rec.wait(lambda: _all_done(results), WAIT_S), node.log()[-3000:]
+        done_at = time.monotonic()
+        # Frames resume once no goal is queued.
+        assert rec.wait(lambda: any(t > done_at for t in frame_tfs()), WAIT_S)
+    finally:
+        stream.close()
+    assert all(r.result().status == GoalStatus.STATUS_SUCCEEDED for r in results)
+    assert started_at and len(accepted_at) == 3
+    between = [t for t in frame_tfs() if max(accepted_at) < t < started_at[0]]
+    assert len(between) <= 1, f"{len(between)} frames ran before the last queued goal"
+    assert any(f.queue_position >= 1 for f in feedback)  # the third goal did wait
+    assert rec.wait_diag(
+        lambda m: int(rec.diag_values(m)["frames_deferred_to_goals"]) > 0, timeout=30.0)
+
+
+def test_shutdown_aborts_queued_and_running_goals_with_the_reason(env):
+    sc, _node, rec, _client = env
+    name = "sam3d_goal_shutdown"
+    with running_node({"continuous": False}, extra=["-r", f"__node:={name}"]) as node:
+        client = burst_client(rec, f"/{name}/reconstruct")
+        feedback = [[] for _ in range(4)]
+        sent = [client.send_goal_async(explicit_goal(sc, i + 1),
+                                       feedback_callback=lambda m, fb=fb: fb.append(m.feedback))
+                for i, fb in enumerate(feedback)]
+        assert rec.wait(lambda: _all_done(sent), WAIT_S)
+        handles = [f.result() for f in sent]
+        assert all(h.accepted for h in handles)
+        results = [h.get_result_async() for h in handles]
+        assert rec.wait(lambda: any(f.queue_position >= 1 for f in feedback[3]), WAIT_S)
+        change = rec.node.create_client(ChangeState, f"/{name}/change_state")
+        assert change.wait_for_service(timeout_sec=30.0)
+        shutdown = change.call_async(ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_ACTIVE_SHUTDOWN)))
+        assert rec.wait(lambda: _all_done(results), WAIT_S), (
+            f"a goal was left without a result\n{node.log()[-3000:]}")
+        assert rec.wait(shutdown.done, WAIT_S) and shutdown.result().success
+        assert node.alive()
+    reason = "aborted: the node is shutting down"
+    outcome = [(r.result().status, r.result().result.error) for r in results]
+    # The goals still queued are aborted with the reason; the one running stops at its next
+    # stage with the same reason, or had just finished.
+    assert outcome[-1] == (GoalStatus.STATUS_ABORTED, reason)
+    assert all(o in ((GoalStatus.STATUS_ABORTED, reason), (GoalStatus.STATUS_SUCCEEDED, ""))
+               for o in outcome)
+    assert all(f.stage == "queued" for f in feedback[3])
