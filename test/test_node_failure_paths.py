@@ -26,11 +26,11 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from moveit_msgs.msg import CollisionObject
 from node_harness import (
-    FRAME_ID,
     Recorder,
     box_prompt,
     call,
     camera_info,
+    explicit_goal,
     ros_context,
     running_node,
     scene,
@@ -45,8 +45,6 @@ from sam3d_ros.msg import Prompt
 from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker
 
-from sam3d_ros.core.conventions import metres_to_depth16
-from sam3d_ros.ros.conversions import numpy_to_image
 from sam3d_ros.ros.prompts import FirstDelivery
 
 ERROR = int.from_bytes(DiagnosticStatus.ERROR, "little")
@@ -264,16 +262,6 @@ def run_goal(rec, client, goal, timeout=120.0):
     result = sent.result().get_result_async()
     assert rec.wait(result.done, timeout), "no result"
     return result.result()
-
-
-def explicit_goal(sc):
-    goal = Reconstruct.Goal(prompt=box_prompt(sc), use_latest_frame=False)
-    goal.image = numpy_to_image(sc.frame.rgb, "rgb8")
-    goal.depth = numpy_to_image(metres_to_depth16(sc.depth_m), "16UC1")
-    goal.camera_info = camera_info(sc.intrinsics)
-    for msg in (goal.image, goal.depth, goal.camera_info):
-        msg.header.frame_id = FRAME_ID
-    return goal
 
 
 # ------------------------------------------------------------------------------ 6: cancellation
