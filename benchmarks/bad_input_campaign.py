@@ -129,7 +129,8 @@ def main() -> int:
                 cases = select(cli_cases(), args.quick, args.case)
                 results = _run_side("cli", cases, lambda: cli_workspace(workdir / "cli"))
             else:
-                from campaign.node_cases import node_campaign, node_cases
+                from campaign.node_cases import node_cases
+                from campaign.node_session import node_campaign
 
                 cases = select(node_cases(args.soak_s, args.bad_every_s), args.quick, args.case)
                 results = _run_side("node", cases, lambda: node_campaign(workdir / "node"))

@@ -20,7 +20,9 @@ from campaign.outcome import select  # noqa: E402
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    return CliWorkspace(tmp_path_factory.mktemp("campaign-cli"))
+    ws = CliWorkspace(tmp_path_factory.mktemp("campaign-cli"))
+    yield ws
+    ws.close()
 
 
 def _param(case):

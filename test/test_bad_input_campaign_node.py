@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from campaign.node_cases import node_campaign, node_cases  # noqa: E402
+from campaign.node_cases import node_cases  # noqa: E402
+from campaign.node_session import node_campaign  # noqa: E402
 from campaign.outcome import select  # noqa: E402
 
 

@@ -105,6 +105,11 @@ def _image_cases() -> List[Case]:
             link.symlink_to(link)
         return ws.request_with("loop", image_url="loop.png")
 
+    def http(path, timeout):
+        return lambda ws: [*ws.request_with(f"http{path.replace('/', '-')}",
+                                            image_url=ws.http_url(path)),
+                           "--allow-http", "--http-timeout", str(timeout)]
+
     cases = [
         ("image-missing-file", "image_url names a file that does not exist",
          lambda ws: ws.request_with("image-missing", image_url="nope.png"), True),
@@ -141,7 +146,17 @@ def _image_cases() -> List[Case]:
         ("image-url-missing", "request without image_url",
          lambda ws: ws.request_with("no-image", image_url=None), False),
     ]
-    return [_bad(name, text, "image_url", build, quick) for name, text, build, quick in cases]
+    out = [_bad(name, text, "image_url", build, quick) for name, text, build, quick in cases]
+    out += [
+        _bad("http-loopback", "--allow-http, image_url on 127.0.0.1 (loopback must be refused)",
+             "image_url", http("/rgb.png", 5), False,
+             known="issue 10 item 17, fix in branch core"),
+        _bad("http-one-byte-per-second", "--allow-http --http-timeout 2, a server sending 1 "
+             "byte/s (liveness bound 30 s: a total deadline, or loopback refused)", "image_url",
+             http("/slow", 2), True, known="issue 10 item 17, fix in branch core",
+             timeout_s=30.0),
+    ]
+    return out
 
 
 def _pointmap_cases() -> List[Case]:
@@ -414,9 +429,11 @@ def _args(ws: CliWorkspace, template: Sequence[str]) -> List[str]:
 
 
 def _bad(name: str, text: str, field: str, build: Callable[[CliWorkspace], List[Any]],
-         quick: bool, known: str = "", rss_limit_mb: Optional[float] = None) -> Case:
+         quick: bool, known: str = "", rss_limit_mb: Optional[float] = None,
+         timeout_s: Optional[float] = None) -> Case:
     def run(ws: CliWorkspace) -> Outcome:
-        return check_bad(ws, name, build(ws), field, rss_limit_mb=rss_limit_mb)
+        return check_bad(ws, name, build(ws), field, rss_limit_mb=rss_limit_mb,
+                         timeout_s=timeout_s)
 
     return Case("cli", name, text, field, run, quick=quick, known=known)
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from campaign.hostile_http import HostileServer
 from campaign.outcome import Outcome, temp_dirs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +87,19 @@ class CliWorkspace:
         self.env = dict(os.environ, PYTHONPATH=self.package_root, PYTHONUNBUFFERED="1")
         self._make_good_inputs()
         self._names: Dict[str, int] = {}
+        self._http: Optional[HostileServer] = None
+
+    def http_url(self, path: str) -> str:
+        """A URL on the local misbehaving HTTP server (started on first use)."""
+        if self._http is None:
+            self._http = HostileServer(self.inp / "rgb.png")
+        return self._http.url(path)
+
+    def close(self) -> None:
+        """Stop the HTTP server."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -305,4 +319,8 @@ def during_export(ws: CliWorkspace, name: str, sig: int) -> Outcome:
 @contextlib.contextmanager
 def cli_workspace(root: Path):
     """The CLI side's workspace under ``root``."""
-    yield CliWorkspace(root)
+    ws = CliWorkspace(root)
+    try:
+        yield ws
+    finally:
+        ws.close()

@@ -79,14 +79,19 @@ class _Feeder:
         self.session = session
         self.period = 1.0 / rate
         self.sent = 0
+        self.error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         next_t = time.monotonic()
-        while not self._stop.isset_fields():
-            self.session.publish()
+        while not self._stop.is_set():
+            try:
+                self.session.publish()
+            except Exception as exc:  # noqa: BLE001 -- reported by the case, not lost
+                self.error = f"{exc.__class__.__name__}: {exc}"
+                return
             self.sent += 1
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
@@ -119,6 +124,8 @@ def lifecycle_cycles(cycles: int) -> Callable[[NodeCampaign], Outcome]:
                     break
         finally:
             feeder.stop()
+        if feeder.error:
+            failed.append(f"the 30 Hz publisher failed: {feeder.error}")
         seconds = time.monotonic() - t0
         alive = s.node.alive()
         mark = len(s.rec.get("diagnostics"))
