@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from campaign.hostile_http import HostileServer
-from campaign.outcome import Outcome, temp_dirs
+from campaign.outcome import Outcome, proc_status_mb, temp_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "tabletop"
@@ -48,7 +48,7 @@ class CliRun:
     stdout: str
     stderr: str
     seconds: float
-    peak_mb: float  # peak RSS of the process (wait4's ru_maxrss)
+    peak_mb: float  # peak RSS of the process (VmHWM sampled while it ran)
     timed_out: bool
 
     def error_line(self) -> str:
@@ -155,31 +155,37 @@ class CliWorkspace:
 
     def run_cli(self, args: Sequence[str], timeout_s: float,
                 poll: Optional[Callable[[subprocess.Popen], None]] = None) -> CliRun:
-        """Run the CLI; peak RSS from ``wait4``; killed after ``timeout_s``."""
+        """Run the CLI; killed after ``timeout_s``.
+
+        Peak RSS is the child's ``VmHWM`` sampled every few milliseconds while it runs
+        (``wait4``'s ``ru_maxrss`` would include this process's own peak, inherited at fork).
+        """
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([*self.command, *map(str, args)], stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, cwd=self.root, env=self.env)
             t0 = time.monotonic()
             timed_out = False
+            peak = 0.0
             while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                hwm = proc_status_mb(proc.pid, "VmHWM")
+                peak = max(peak, hwm) if hwm == hwm else peak  # NaN once it has exited
+                pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
                 if poll is not None:
                     poll(proc)
                 if time.monotonic() - t0 > timeout_s:
                     proc.kill()
-                    _, status, usage = os.wait4(proc.pid, 0)
+                    _, status, _ = os.wait4(proc.pid, 0)
                     timed_out = True
                     break
-                time.sleep(0.002 if poll is not None else 0.02)
+                time.sleep(0.002 if poll is not None else 0.005)
             seconds = time.monotonic() - t0
             proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
             out.seek(0)
             err.seek(0)
             return CliRun(proc.returncode, out.read().decode(errors="replace"),
-                          err.read().decode(errors="replace"), seconds,
-                          usage.ru_maxrss / 1024.0, timed_out)
+                          err.read().decode(errors="replace"), seconds, peak, timed_out)
 
     def good_run(self, output: Path) -> CliRun:
         """The good request into ``output``."""

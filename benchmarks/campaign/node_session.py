@@ -376,9 +376,13 @@ def topic_case(camp: NodeCampaign, group: str, field: str, mutate: Optional[Muta
     alive = s.node.alive()
     next_ok, note = s.good_frame() if alive else (False, "node dead")
     clean, disk_note = s.disk_clean()
+    if prompt is not None and alive:  # the baseline prompt again, whatever happened
+        try:
+            s.set_prompt(box_prompt(camp.sc))
+        except RuntimeError:
+            notes.append("the baseline prompt was not applied within 15 s (node busy)")
+            camp.close()  # a node stuck on this input must not hold up the next case
     notes += [n for n in (note, disk_note) if n]
-    if prompt is not None:
-        s.set_prompt(box_prompt(camp.sc))  # the baseline prompt again, whatever happened
     return Outcome(result, named, alive, next_ok, clean, "; ".join(notes))
 
 
