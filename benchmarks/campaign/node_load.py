@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
@@ -40,11 +40,21 @@ def storm(n: int) -> Callable[[NodeCampaign], Outcome]:
         goal = Reconstruct.Goal(prompt=box_prompt(camp.sc), use_latest_frame=True,
                                 write_artifacts=False)
         sends = [client.send_goal_async(goal) for _ in range(n)]
-        s.rec.wait(lambda: all(f.done() for f in sends), STORM_SEND_S)
-        handles = [f.result() for f in sends if f.done()]
-        accepted = [h for h in handles if h.accepted]
-        cancels = [h.cancel_goal_async() for h in accepted]
-        results = [h.get_result_async() for h in accepted]
+        handles: Dict[int, Any] = {}
+        cancels, results = [], []
+
+        def cancel_accepted() -> bool:
+            """Cancel each goal as soon as it is accepted; True when every send is answered."""
+            for i, future in enumerate(sends):
+                if i not in handles and future.done():
+                    handles[i] = handle = future.result()
+                    if handle.accepted:
+                        cancels.append(handle.cancel_goal_async())
+                        results.append(handle.get_result_async())
+            return len(handles) == n
+
+        s.rec.wait(cancel_accepted, STORM_SEND_S)
+        accepted = [h for h in handles.values() if h.accepted]
         s.rec.wait(lambda: all(f.done() for f in cancels + results), STORM_RESULT_S)
         unanswered = n - len(handles)
         no_result = sum(not f.done() for f in results)
@@ -194,7 +204,8 @@ def soak(seconds: float, bad_every_s: float) -> Callable[[NodeCampaign], Outcome
         result = (f"{seconds:.0f} s at 30 Hz: {sent} frames, {processed} processed, "
                   f"{bad} bad frames, {reported} failures in diagnostics; RSS "
                   f"{rss_start or float('nan'):.0f} → {rss_end:.0f} MB ({100 * growth:+.1f} %)")
-        notes = [f"RSS samples every 5 s: {[round(r) for r in rss]}",
+        notes = [f"RSS every 5 s: min {min(rss, default=float('nan')):.0f}, max "
+                 f"{max(rss, default=float('nan')):.0f} MB",
                  f"frames dropped (latest-frame slot): {after.get('frames_dropped', '?')}"]
         notes += [n for n in (note, disk_note) if n]
         camp.close()
