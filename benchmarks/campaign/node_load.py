@@ -39,7 +39,7 @@ def storm(n: int) -> Callable[[NodeCampaign], Outcome]:
         rss0 = s.rss_mb()
         goal = Reconstruct.Goal(prompt=box_prompt(camp.sc), use_latest_frame=True,
                                 write_artifacts=False)
-        sends = [client.send_goal_async(goal) for _ in range(n)]
+        sends = s.spin_call(lambda: [client.send_goal_async(goal) for _ in range(n)])
         handles: Dict[int, Any] = {}
         cancels, results = [], []
 
@@ -49,8 +49,8 @@ def storm(n: int) -> Callable[[NodeCampaign], Outcome]:
                 if i not in handles and future.done():
                     handles[i] = handle = future.result()
                     if handle.accepted:
-                        cancels.append(handle.cancel_goal_async())
-                        results.append(handle.get_result_async())
+                        cancels.append(s.spin_call(handle.cancel_goal_async))
+                        results.append(s.spin_call(handle.get_result_async))
             return len(handles) == n
 
         s.rec.wait(cancel_accepted, STORM_SEND_S)

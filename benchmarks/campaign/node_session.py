@@ -21,6 +21,7 @@ Liveness bounds (seconds a reply may take on a loaded 2-core machine) are not sp
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -184,11 +185,11 @@ class NodeSession:
                  timeout: float = ERROR_S) -> Tuple[bool, str]:
         """Whether a diagnostics error after ``mark`` names ``field``; (named, text)."""
         seen: List[str] = []
-        msgs = self.rec.get("diagnostics")[:mark]
-        earlier = set()
-        if msgs and msgs[-1].status:
-            last = msgs[-1]
-            earlier = {self.rec.diag_values(last).get("last_error", ""), last.status[0].message}
+        earlier = set()  # every error text shown before: a sticky one is not new
+        for msg in self.rec.get("diagnostics")[:mark]:
+            if msg.status:
+                earlier |= {self.rec.diag_values(msg).get("last_error", ""),
+                            msg.status[0].message}
 
         def check() -> bool:
             for msg in self.rec.get("diagnostics")[mark:]:
@@ -230,6 +231,33 @@ class NodeSession:
 
     # ------------------------------------------------------------------ goals
 
+    def spin_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` run in the peer's executor thread; its return value.
+
+        rclpy's ``ActionClient`` registers a goal / result / cancel request only after sending
+        it: called from another thread while the executor spins, a fast reply can be handled
+        in between and dropped ("Ignoring unexpected goal response"), a lost answer that would
+        be blamed on the node. Sending from the spinning thread closes that window.
+        """
+        done = threading.Event()
+        box: List[Tuple[bool, Any]] = []
+
+        def task() -> None:
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self.rec.executor.create_task(task)
+        if not done.wait(30.0):
+            raise RuntimeError("the peer's executor did not run the call")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
     def client(self) -> ActionClient:
         """The ``~/reconstruct`` client, once the server answers a goal, result and cancel."""
         if self._client is None:
@@ -240,13 +268,14 @@ class NodeSession:
             # client's readers is lost. A goal without an image fails at once.
             deadline = time.monotonic() + 90.0
             while time.monotonic() < deadline:
-                sent = client.send_goal_async(Reconstruct.Goal(use_latest_frame=False))
+                sent = self.spin_call(client.send_goal_async,
+                                      Reconstruct.Goal(use_latest_frame=False))
                 if not self.rec.wait(sent.done, 10.0):
                     continue
                 handle = sent.result()
-                if not self.rec.wait(handle.get_result_async().done, 10.0):
+                if not self.rec.wait(self.spin_call(handle.get_result_async).done, 10.0):
                     continue
-                if self.rec.wait(handle.cancel_goal_async().done, 10.0):
+                if self.rec.wait(self.spin_call(handle.cancel_goal_async).done, 10.0):
                     break
             else:
                 raise RuntimeError("the action server never answered a goal, result and cancel")
@@ -256,13 +285,13 @@ class NodeSession:
     def run_goal(self, goal: Any, timeout: float) -> Tuple[Optional[int], str]:
         """(status, error) of one goal; status ``None`` when it was not answered in time."""
         client = self.client()
-        sent = client.send_goal_async(goal)
+        sent = self.spin_call(client.send_goal_async, goal)
         if not self.rec.wait(sent.done, timeout):
             return None, f"goal not accepted within {timeout:.0f} s"
         handle = sent.result()
         if not handle.accepted:
             return None, "goal rejected"
-        future = handle.get_result_async()
+        future = self.spin_call(handle.get_result_async)
         if not self.rec.wait(future.done, timeout):
             return None, f"no result within {timeout:.0f} s"
         res = future.result()
