@@ -3,7 +3,8 @@
 The frames are the example tabletop scene (``examples/tabletop``) taken every ``step``-th pixel
 (4: 160×120 for tests; 1: 640×480 for benchmarks), with its intrinsics scaled to match, its box
 prompts divided by ``step``, and new sensor noise per frame (0.5 mm, seeded) so consecutive
-frames are not byte-identical.
+frames are not byte-identical. A long recording can be made cheaply from a few distinct frames
+repeated in turn with advancing stamps (``distinct``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
                    storage: str = "mcap", compressed: bool = False,
                    depth_offset_ns: Sequence[int] = (), skip: Sequence[str] = (),
                    boxes_topic: bool = False, start_ns: int = 1_700_000_000_000_000_000,
-                   step: int = 4) -> Path:
+                   step: int = 4, distinct: int = 0) -> Path:
     """Write a rosbag2 folder of ``frames`` example frames; returns its path.
 
     Args:
@@ -99,6 +100,8 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
         skip: topic keys (``"depth"``, ...) not written at all.
         boxes_topic: also record a ``sam3d_ros/Prompt`` with the example boxes before frame 0.
         step: pixel step (4: 160×120, 1: 640×480).
+        distinct: when > 0, only this many distinct frames (noise draws, encodings) are made;
+            frame ``i`` is frame ``i % distinct`` again with its own stamps.
     """
     store = make_typestore("jazzy")
     kit = RosbagsKit(store)
@@ -120,10 +123,18 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
             prompt.boxes = [box_cls(label=1, **b) for b in boxes]
             prompt.seed = -1
             write("prompt", "sam3d_ros/msg/Prompt", start_ns - 1, prompt)
+        made: List[Dict[str, Tuple[str, Any]]] = []
         for i in range(frames):
             t = start_ns + i * period_ns
-            noisy = depth + rng.normal(0.0, 0.0005, depth.shape).astype(np.float32)
-            msgs = image_msgs(kit, store, rgb, noisy, k, t, compressed)
+            if distinct <= 0 or len(made) < distinct:
+                noisy = depth + rng.normal(0.0, 0.0005, depth.shape).astype(np.float32)
+                msgs = image_msgs(kit, store, rgb, noisy, k, t, compressed)
+                if distinct > 0:
+                    made.append(msgs)
+            else:  # an earlier frame again (serialised below with this frame's stamps)
+                msgs = made[i % distinct]
+                for _, msg in msgs.values():
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)
             if i < len(depth_offset_ns):
                 stamp = msgs["depth"][1].header.stamp
                 stamp.sec, stamp.nanosec = divmod(t + int(depth_offset_ns[i]), 1_000_000_000)

@@ -206,3 +206,18 @@ def test_typestore_has_the_project_messages():
                  "sam3d_ros/msg/Prompt", "vision_msgs/msg/Detection3DArray",
                  "tf2_msgs/msg/TFMessage"):
         assert name in store.types
+
+
+def test_long_recording_repeats_distinct_frames_with_advancing_stamps(tmp_path):
+    """``make_recording(distinct=N)`` (the long benchmark recording): frame i is frame i % N."""
+    bag = make_recording(tmp_path / "in", frames=5, period_ns=50_000_000, distinct=2)
+    msgs = read_back(bag)
+    images, depths = msgs[TOPICS["image"]], msgs[TOPICS["depth"]]
+    assert len(images) == len(depths) == len(msgs[TOPICS["camera_info"]]) == 5
+    for key in ("image", "depth", "camera_info"):
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                  for _, m in msgs[TOPICS[key]]]
+        assert np.diff(stamps).tolist() == [50_000_000] * 4
+    data = [bytes(m.data) for _, m in depths]
+    assert data[0] != data[1]  # two noise draws
+    assert data[2:] == [data[0], data[1], data[0]]

@@ -76,6 +76,8 @@ class RunSummary:
     recording_problems: List[str] = field(default_factory=list)
     counts: Dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    # decode_s (read, pair, decode), engine_s, build_s (the node's output messages), write_s
+    # (serialise and write, artifacts), total_s (the whole run, opening and closing included)
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
@@ -132,41 +134,50 @@ def _query(frame: SyncedFrame, request: Mapping[str, Any], width: int, height: i
     return query, explicit, seed, {**record, "seed": seed}
 
 
-def _write_outputs(writer: OutputRecording, kit: RosbagsKit, options: OfflineOptions,
-                   frame: SyncedFrame, header: Any, objects: List[Any], grasps: Any,
-                   timings: Dict[str, float], result: Optional[Dict[str, Any]], state: Dict,
-                   engine: Any, cam: Any, total_s: float) -> None:
-    """The node's output messages of one frame (see the module docstring)."""
-    t = frame.log_ns
+Output = Tuple[str, str, Any]
+"""``(topic, message type, message)`` of the output recording."""
+
+
+def _output_messages(kit: RosbagsKit, options: OfflineOptions, header: Any,
+                     objects: List[Any], grasps: Any, timings: Dict[str, float],
+                     result: Optional[Dict[str, Any]], state: Dict, engine: Any, cam: Any,
+                     total_s: float) -> List[Output]:
+    """The node's output messages of one frame, in publishing order (see the module docstring).
+
+    Built, not written: the node's own publishing work, timed apart from serialising and
+    writing (``benchmarks/bench_recording.py``).
+    """
     ns = NODE_NS
+    msgs: List[Output] = []
     if objects:  # as the node: TF has no delete, gone objects are simply not published
-        writer.write("/tf", "tf2_msgs/msg/TFMessage", t,
-                     out.tf_msg(kit, header, objects, options.tf_prefix))
-    writer.write(f"{ns}/detections", "vision_msgs/msg/Detection3DArray", t,
-                 out.detections_msg(kit, header, objects))
-    writer.write(f"{ns}/objects", "sam3d_ros/msg/ReconstructedObjectArray", t,
+        msgs.append(("/tf", "tf2_msgs/msg/TFMessage",
+                     out.tf_msg(kit, header, objects, options.tf_prefix)))
+    msgs.append((f"{ns}/detections", "vision_msgs/msg/Detection3DArray",
+                 out.detections_msg(kit, header, objects)))
+    msgs.append((f"{ns}/objects", "sam3d_ros/msg/ReconstructedObjectArray",
                  out.objects_array_msg(kit, header, objects, timings, engine.segmenter.name,
                                        engine.reconstructor.name, result,
-                                       cam.frame.camera_pose, total_s))
-    writer.write(f"{ns}/markers", "visualization_msgs/msg/MarkerArray", t,
+                                       cam.frame.camera_pose, total_s)))
+    msgs.append((f"{ns}/markers", "visualization_msgs/msg/MarkerArray",
                  out.markers_msg(kit, header, objects, state["marker_ids"],
-                                 options.marker_max_triangles, cache=state["marker_cache"]))
+                                 options.marker_max_triangles, cache=state["marker_cache"])))
     state["marker_ids"] = [o.object_id for o in objects]
-    writer.write(f"{ns}/points", "sensor_msgs/msg/PointCloud2", t,
-                 out.points_msg(kit, header, cam.frame.points, cam.frame.rgb, objects))
+    msgs.append((f"{ns}/points", "sensor_msgs/msg/PointCloud2",
+                 out.points_msg(kit, header, cam.frame.points, cam.frame.rgb, objects)))
     if grasps is None:
-        return
+        return msgs
     tcp = options.tcp_offset_m
-    writer.write(f"{ns}/grasps", "sam3d_ros/msg/GraspArray", t,
-                 grasp_out.grasp_array_msg(kit, header, objects, grasps, tcp))
-    writer.write(f"{ns}/grasp_poses", "geometry_msgs/msg/PoseArray", t,
-                 grasp_out.grasp_pose_array_msg(kit, header, objects, grasps, tcp))
+    msgs.append((f"{ns}/grasps", "sam3d_ros/msg/GraspArray",
+                 grasp_out.grasp_array_msg(kit, header, objects, grasps, tcp)))
+    msgs.append((f"{ns}/grasp_poses", "geometry_msgs/msg/PoseArray",
+                 grasp_out.grasp_pose_array_msg(kit, header, objects, grasps, tcp)))
     gripper = getattr(engine.grasp_planner, "gripper", None)
     if gripper is not None:
         markers, state["grasp_markers"] = grasp_out.grasp_markers_msg(
             kit, header, objects, grasps, gripper, state["grasp_markers"],
             options.grasp_marker_max)
-        writer.write(f"{ns}/grasp_markers", "visualization_msgs/msg/MarkerArray", t, markers)
+        msgs.append((f"{ns}/grasp_markers", "visualization_msgs/msg/MarkerArray", markers))
+    return msgs
 
 
 class _Stop(Exception):
@@ -232,7 +243,7 @@ def process_recording(
         total = min(total, selection.limit) if total else selection.limit
     bar = _Progress(progress, total)
     cache: Dict[Tuple[int, int], Tuple[SegmentationQuery, Dict[int, int]]] = {}
-    timing = {"decode_s": 0.0, "engine_s": 0.0, "write_s": 0.0}
+    timing = {"decode_s": 0.0, "engine_s": 0.0, "build_s": 0.0, "write_s": 0.0}
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -269,6 +280,7 @@ def process_recording(
             t2 = time.monotonic()
             timing["engine_s"] += t2 - t1
             objects = relabel(tracker, res.objects, explicit)
+            t_ids = time.monotonic()
             result = None
             if artifacts_dir is not None and objects:
                 run = artifacts_dir / f"frame_{frame.index:06d}_{stamp:.6f}".replace(".", "_")
@@ -276,12 +288,16 @@ def process_recording(
                        "stamp": stamp, **record}
                 result = write_run(run, req, cam.frame, objects, grasps=res.grasps)
             t3 = time.monotonic()
+            outputs = _output_messages(kit, options, cam.header, objects, res.grasps, timings,
+                                       result, state, engine, cam, t3 - t0)
+            t4 = time.monotonic()
+            timing["build_s"] += (t_ids - t2) + (t4 - t3)
             if options.copy_inputs:
                 for topic, log_ns, msg in frame.inputs:
                     writer.write(topic, recording.topics[topic], log_ns, msg)
-            _write_outputs(writer, kit, options, frame, cam.header, objects, res.grasps,
-                           timings, result, state, engine, cam, t3 - t0)
-            timing["write_s"] += time.monotonic() - t3
+            for topic, msgtype, msg in outputs:
+                writer.write(topic, msgtype, frame.log_ns, msg)
+            timing["write_s"] += (t3 - t_ids) + (time.monotonic() - t4)
             summary.processed += 1
             summary.objects += len(objects)
             if on_frame is not None:
