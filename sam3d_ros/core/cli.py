@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from sam3d_ros import __version__
-from sam3d_ros.core.errors import BackendUnavailableError, Cancelled, InputError, Sam3dError
+from sam3d_ros.core.errors import (
+    BackendUnavailableError,
+    Cancelled,
+    InputError,
+    Sam3dError,
+    Terminated,
+)
 from sam3d_ros.core.inputs import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_OBJECTS,
@@ -54,10 +60,6 @@ EXIT_INTERNAL = 1
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (a BaseException, like KeyboardInterrupt, so cleanup code sees it)."""
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -417,12 +419,14 @@ def _run_bag(args: argparse.Namespace, stderr: TextIO) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
     lines.append(f"wrote {summary.output} ({counts or 'no messages'})")
     if summary.interrupted:
-        lines.append("interrupted: the output holds the frames processed so far")
+        lines.append(f"{summary.interrupted}: the output holds the frames processed so far")
     lines.append(f"view it: ros2 bag play {summary.output} (rviz), or open "
                  f"{summary.output} in Foxglove")
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
-    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+    if summary.interrupted:
+        return EXIT_TERMINATED if summary.interrupted == "terminated" else EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,3 +39,11 @@ class BackendError(Sam3dError, RuntimeError):
 
 class Cancelled(Sam3dError):
     """The caller cancelled the run (cancel callback, ROS action cancel, Ctrl-C)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (a backend
+    wrapping its errors) mistakes it for a failure, and cleanup still runs.
+    """

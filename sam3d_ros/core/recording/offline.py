@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 from sam3d_ros.core import grasp_messages as grasp_out
 from sam3d_ros.core import output_messages as out
 from sam3d_ros.core.camera_frame import build_camera_frame, stamp_seconds
-from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.errors import InputError, Terminated
 from sam3d_ros.core.inputs import InputOptions, parse_query, parse_seed
 from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt
 from sam3d_ros.core.recording.reader import (
@@ -75,7 +75,7 @@ class RunSummary:
     unmatched: List[str] = field(default_factory=list)
     recording_problems: List[str] = field(default_factory=list)
     counts: Dict[str, int] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: str = ""  # "interrupted" (SIGINT) or "terminated" (SIGTERM): stopped early
     # decode_s (read, pair, decode), engine_s, build_s (the node's output messages), write_s
     # (serialise and write, artifacts), total_s (the whole run, opening and closing included)
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -180,10 +180,6 @@ def _output_messages(kit: RosbagsKit, options: OfflineOptions, header: Any,
     return msgs
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into an orderly stop."""
-
-
 def process_recording(
     bag: Path,
     output: Path,
@@ -247,7 +243,7 @@ def process_recording(
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
-        raise _Stop()
+        raise Terminated()
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
@@ -304,8 +300,10 @@ def process_recording(
                 on_frame(frame.index, len(objects))
             bar.update(summary.processed)
             t_read = time.monotonic()
-    except (KeyboardInterrupt, _Stop):
-        summary.interrupted = True
+    except KeyboardInterrupt:
+        summary.interrupted = "interrupted"
+    except Terminated:
+        summary.interrupted = "terminated"
     except BaseException:
         writer.discard()
         raise
