@@ -278,8 +278,8 @@ def during_export(ws: CliWorkspace, name: str, sig: int) -> Outcome:
     """Send ``sig`` while the run's temporary directory exists (the export), then judge.
 
     A SIGINT / SIGTERM must end the run cleanly (README: exit 130 "cancelled" for Ctrl-C, 143
-    "terminated" for SIGTERM; the temporary directory removed); after a SIGKILL the next run in the same parent must leave no
-    temporary directory behind.
+    "terminated" for SIGTERM; the temporary directory removed); after a SIGKILL the next run in
+    the same parent must leave no temporary directory behind.
     """
     attempts = []
     for _ in range(5):  # the export lasts a fraction of a second: retry a missed window
