@@ -206,8 +206,9 @@ class CameraInput:
         """
         if stamp == 0.0:
             return
-        ahead = stamp - self._node.get_clock().now().nanoseconds * 1e-9
-        if ahead > FUTURE_WARN_S:
+        now = self._node.get_clock().now().nanoseconds * 1e-9
+        ahead = stamp - now
+        if now > 0.0 and ahead > FUTURE_WARN_S:  # 0: simulated time before the first /clock
             self._report.input_warning(
                 "image.header.stamp", f"{ahead:.0f} s ahead of this node's clock (are the "
                 "hosts' clocks synchronised?); results carry this stamp")
