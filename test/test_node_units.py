@@ -240,3 +240,67 @@ def test_every_parameter_is_in_the_yaml_and_the_docs():
                   "/collision_object"):
         assert topic in docs, topic
         assert topic in (ROOT / "docs" / "node.md").read_text(), topic
+
+
+class TestDroppedFrames:
+    """A frame replaced in the latest-frame slot is never decoded; its headers are checked."""
+
+    @staticmethod
+    def node():
+        from types import SimpleNamespace
+
+        import rclpy.logging
+
+        from sam3d_ros.ros.diagnostics import Reporter
+        from sam3d_ros.ros.stats import PipelineStats
+
+        stats = PipelineStats()
+        report = Reporter(rclpy.logging.get_logger("test_dropped"), stats, lambda: 0.0)
+        return SimpleNamespace(report=report), stats
+
+    @staticmethod
+    def frame(mutate=None):
+        from sam3d_ros.ros.camera_input import CameraMessages
+
+        rgb, depth = images()
+        rgb.header.stamp.sec = 5
+        msgs = CameraMessages(rgb, depth, info())
+        if mutate is not None:
+            mutate(msgs)
+        return msgs
+
+    @pytest.mark.parametrize("mutate,field", [
+        (lambda m: setattr(m.image, "encoding", "yuv422"), "image.encoding"),
+        (lambda m: setattr(m.image, "data", bytes(m.image.data)[:100]), "image.data"),
+        (lambda m: setattr(m.depth, "data", bytes(100)), "depth.data"),
+        (lambda m: setattr(m.camera_info, "k", [0.0] * 9), "camera_info.k"),
+        (lambda m: setattr(m.image.header, "frame_id", ""), "image.header.frame_id"),
+        (lambda m: setattr(m.image.header.stamp, "sec", 0), "image.header.stamp"),
+    ])
+    def test_a_bad_frame_replaced_unprocessed_is_reported(self, mutate, field):
+        from sam3d_ros.ros.frame_worker import FrameWorker
+        from sam3d_ros.ros.frames import check_dropped
+
+        node, stats = self.node()
+        dropped = []
+
+        def on_dropped(msgs):
+            dropped.append(msgs)
+            check_dropped(node, msgs)
+
+        # Not started: nothing takes the slot, so each submit replaces the frame waiting.
+        worker = FrameWorker(lambda msgs, cancelled: None, lambda where, exc: None,
+                             lambda: 0.0, lambda: True, on_dropped)
+        bad = self.frame(mutate)
+        worker.submit(bad)
+        worker.submit(self.frame())
+        assert dropped == [bad] and worker.drops == 1
+        snap = stats.snapshot(10.0)
+        assert snap.counts["failed"] == 1 and snap.last_error_field == field
+
+    def test_a_good_frame_replaced_is_not_a_failure(self):
+        from sam3d_ros.ros.frames import check_dropped
+
+        node, stats = self.node()
+        check_dropped(node, self.frame())
+        assert stats.snapshot(10.0).counts["failed"] == 0

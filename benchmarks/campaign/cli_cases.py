@@ -149,11 +149,10 @@ def _image_cases() -> List[Case]:
     out = [_bad(name, text, "image_url", build, quick) for name, text, build, quick in cases]
     out += [
         _bad("http-loopback", "--allow-http, image_url on 127.0.0.1 (loopback must be refused)",
-             "image_url", http("/rgb.png", 5), False,
-             known="issue 10 item 17, fix in branch core"),
+             "image_url", http("/rgb.png", 5), False),
         _bad("http-one-byte-per-second", "--allow-http --http-timeout 2, a server sending 1 "
              "byte/s (liveness bound 30 s: a total deadline, or loopback refused)", "image_url",
-             http("/slow", 2), True, known="issue 10 item 17, fix in branch core",
+             http("/slow", 2), True,
              timeout_s=30.0),
     ]
     return out
@@ -221,18 +220,18 @@ def _pointmap_cases() -> List[Case]:
          variant("neg", lambda ws: np.full(ws.depth.shape, -1.0, np.float32)), False, {}),
         ("depth-float-millimetres", "float32 depth in millimetres (median ~700)",
          variant("float-mm", lambda ws: ws.depth.astype(np.float32)), True,
-         {"known": "issue 10 item 18, fix in branch core"}),
+         {}),
         ("depth-int32", "int32 depth",
          variant("int32", lambda ws: ws.depth.astype(np.int32)), False, {}),
         ("pointmap-pickled-npy", "NPY of a pickled object array", pickled, True, {}),
         ("pointmap-raw-pickle", "a Python pickle, not NPY", raw_pickle, False, {}),
         ("pointmap-npz-zip-bomb", f"NPZ of ~0.5 MB whose member inflates to "
          f"{BOMB_MEMBER_BYTES // 2**20} MiB (peak RSS bound {BOMB_RSS_MB:.0f} MB)", bomb, True,
-         {"rss": BOMB_RSS_MB, "known": "issue 10 item 16, fix in branch core"}),
+         {"rss": BOMB_RSS_MB}),
         ("pointmap-npy-declares-112gib", "NPY of 192 bytes declaring 100000×100000×3 float32",
-         declares(False), True, {"known": "issue 10 item 16, fix in branch core"}),
+         declares(False), True, {}),
         ("pointmap-npz-declares-112gib", "NPZ whose member declares 100000×100000×3 float32",
-         declares(True), False, {"known": "issue 10 item 16, fix in branch core"}),
+         declares(True), False, {}),
         ("pointmap-npz-no-depth-key", "NPZ with arrays 'a' and 'b'", no_key, False, {}),
         ("pointmap-two-channels", "H×W×2 float NPY", two_channel, False, {}),
         ("pointmap-8bit-png", "8-bit PNG as depth", png8, False, {}),
@@ -301,7 +300,7 @@ def _prompt_cases() -> List[Case]:
         _bad("prompts-only-background", "one point, label 0 (background only)",
              "point_prompts", points("pt-bg", x=5, y=5, label=0), False),
         _bad("boxes-10000", "10,000 box prompts (liveness bound 120 s)", "box_prompts",
-             many_boxes, True, known="issue 10 item 16, fix in branch core"),
+             many_boxes, True),
         _bad("seed-out-of-range", "seed 2**40", "seed",
              lambda ws: ws.request_with("seed", seed=2**40), False),
         _bad("prompt-not-string", "prompt is the number 5", "prompt",
@@ -343,8 +342,7 @@ def _request_file_cases() -> List[Case]:
         _bad("request-not-object", "request file holding a JSON list", "--request",
              raw("list", "[1, 2]"), False),
         _bad("request-deeply-nested-json", "request with lists nested 100,000 deep",
-             "--request", raw("nested", nested_json(100000)), True,
-             known="issue 10 item 23, fix in branch core"),
+             "--request", raw("nested", nested_json(100000)), True),
         _bad("request-not-utf8", "request file in Latin-1 with a non-ASCII byte", "--request",
              raw("latin1", b'{"image_url": "rgb\xe9.png"}'), False),
         _bad("request-missing-file", "--request names a missing file", "--request",
@@ -396,14 +394,14 @@ def _output_cases() -> List[Case]:
 
     return [
         Case("cli", "output-parent-is-file", "--output under a path that is a file", "--output",
-             parent_is_file, quick=True, known="issue 10 item 23, fix in branch core"),
+             parent_is_file, quick=True),
         Case("cli", "output-nonempty-dir", "--output is a non-empty directory (left as it was)",
              "--output", nonempty),
         Case("cli", "output-is-a-file", "--output is an existing file (left as it was)",
              "--output", is_file),
         Case("cli", "output-symlink-to-empty-dir", "--output is a symlink to an empty "
              "directory: written through it, or refused before computing", "--output",
-             symlink_empty, known="issue 10 item 23, fix in branch core"),
+             symlink_empty),
         Case("cli", "output-symlink-to-nonempty-dir", "--output is a symlink to a non-empty "
              "directory (left as it was)", "--output", symlink_nonempty),
     ]
@@ -414,13 +412,11 @@ def _signal_cases() -> List[Case]:
         Case("cli", "sigint-during-export", "SIGINT while the run directory is being written "
              "(640×480 example)", "", lambda ws: during_export(ws, "sigint", signal.SIGINT)),
         Case("cli", "sigterm-during-export", "SIGTERM while the run directory is being written "
-             "(640×480 example): exit 130, nothing left", "",
-             lambda ws: during_export(ws, "sigterm", signal.SIGTERM), quick=True,
-             known="issue 10 item 19, fix in branch core"),
+             "(640×480 example): exit 143 'terminated', nothing left", "",
+             lambda ws: during_export(ws, "sigterm", signal.SIGTERM), quick=True),
         Case("cli", "sigkill-during-export", "SIGKILL while the run directory is being written; "
              "the next run in the same parent removes the stale temp dir", "",
-             lambda ws: during_export(ws, "sigkill", signal.SIGKILL), quick=True,
-             known="issue 10 item 19, fix in branch core"),
+             lambda ws: during_export(ws, "sigkill", signal.SIGKILL), quick=True),
     ]
 
 

@@ -277,9 +277,9 @@ def _describe_path(path: Path) -> str:
 def during_export(ws: CliWorkspace, name: str, sig: int) -> Outcome:
     """Send ``sig`` while the run's temporary directory exists (the export), then judge.
 
-    A SIGINT / SIGTERM must end the run like Ctrl-C (exit 130, "cancelled", the temporary
-    directory removed); after a SIGKILL the next run in the same parent must leave no
-    temporary directory behind.
+    A SIGINT / SIGTERM must end the run cleanly (README: exit 130 "cancelled" for Ctrl-C, 143
+    "terminated" for SIGTERM; the temporary directory removed); after a SIGKILL the next run in
+    the same parent must leave no temporary directory behind.
     """
     attempts = []
     for _ in range(5):  # the export lasts a fraction of a second: retry a missed window
@@ -307,7 +307,8 @@ def during_export(ws: CliWorkspace, name: str, sig: int) -> Outcome:
     if sig == signal.SIGKILL:
         named = alive = None
     else:
-        named = run.code == 130 and "cancelled" in run.stderr
+        code, word = (143, "terminated") if sig == signal.SIGTERM else (130, "cancelled")
+        named = run.code == code and word in run.stderr
         alive = run.code >= 0 and not run.timed_out
     notes = [f"temp dirs right after the signal: {left_after_run or 'none'}"]
     if partial:

@@ -6,7 +6,8 @@ of its own. Each session first applies a box prompt and processes one good frame
 
 * topic / prompt cases publish the bad input, then wait for a ``/diagnostics`` message whose
   error names the field (``last_error`` or the status message ``<field>: <reason>``, with the
-  ``failures`` counter grown, so an earlier error does not count); an input that must be
+  ``failures`` counter grown, so an earlier error does not count) or whose new warning does
+  (``last_warning``: a frame processed but suspect, a stamp out of order); an input that must be
   accepted (``field == ""``) must produce ``~/objects`` for its stamp instead;
 * goal cases send the goal on ``~/reconstruct`` and expect it aborted with ``error``
   ``<field>: <reason>``;
@@ -188,7 +189,8 @@ class NodeSession:
         earlier = set()  # every error text shown before: a sticky one is not new
         for msg in self.rec.get("diagnostics")[:mark]:
             if msg.status:
-                earlier |= {self.rec.diag_values(msg).get("last_error", ""),
+                values = self.rec.diag_values(msg)
+                earlier |= {values.get("last_error", ""), values.get("last_warning", ""),
                             msg.status[0].message}
 
         def check() -> bool:
@@ -197,7 +199,8 @@ class NodeSession:
                     continue
                 values = self.rec.diag_values(msg)
                 grown = failures_before < 0 or int(values.get("failures", 0)) > failures_before
-                for text in (values.get("last_error", ""), msg.status[0].message):
+                for text in (values.get("last_error", ""), values.get("last_warning", ""),
+                             msg.status[0].message):
                     # New: a failure counted, or a message not shown before (a warning).
                     if (grown or text not in earlier) and ": " in text:
                         if text not in seen:
@@ -376,7 +379,9 @@ def node_campaign(root: Path):
 
 
 def topic_case(camp: NodeCampaign, group: str, field: str, mutate: Optional[Mutator] = None,
-                stamp: Any = None, prompt: Optional[Prompt] = None) -> Outcome:
+                stamp: Any = None, prompt: Optional[Prompt] = None,
+                processed: bool = False) -> Outcome:
+    """One bad frame or prompt; ``processed``: a warning case, the frame must be processed too."""
     s = camp.session(group)
     mark, before = len(s.rec.get("diagnostics")), s.failures()
     if prompt is not None:
@@ -387,7 +392,12 @@ def topic_case(camp: NodeCampaign, group: str, field: str, mutate: Optional[Muta
     notes = []
     if field:
         named, result = s.reported(field, mark, before)
-        if header is not None and not named:
+        if header is not None and processed:
+            msg = s.objects_for(header, GOOD_S)
+            named = named and msg is not None
+            result += ("; processed" if msg is not None
+                       else f"; not processed within {GOOD_S:.0f} s")
+        elif header is not None and not named:
             msg = s.objects_for(header, 1.0)
             if msg is not None:
                 result += f"; the frame was processed ({len(msg.objects)} objects published)"

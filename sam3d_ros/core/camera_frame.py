@@ -18,12 +18,15 @@ from sam3d_ros.core.compressed_images import depth_from_compressed, rgb_from_com
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.image_decoding import (
     depth_from_image,
+    image_to_numpy,
     intrinsics_from_camera_info,
     rgb_from_image,
+    rgb_layout,
 )
 from sam3d_ros.core.types import Frame
 
-__all__ = ["CameraFrame", "build_camera_frame", "is_compressed", "stamp_seconds"]
+__all__ = ["CameraFrame", "build_camera_frame", "check_frame_id", "check_headers",
+           "check_stamp", "is_compressed", "stamp_seconds"]
 
 
 @dataclass
@@ -43,6 +46,38 @@ def stamp_seconds(header: Any) -> float:
 def is_compressed(msg: Any) -> bool:
     """True for a ``sensor_msgs/CompressedImage`` (``format``; an ``Image`` has ``encoding``)."""
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def check_frame_id(image: Any, prefix: str = "") -> None:
+    """Refuse an image without ``header.frame_id``: outputs and TF cannot be published in ''."""
+    if not image.header.frame_id:
+        raise InputError(f"{prefix}image.header.frame_id",
+                         "is empty: results, markers and TF need the camera's optical frame")
+
+
+def check_headers(image: Any, depth: Optional[Any], camera_info: Any) -> None:
+    """The cheap checks of a camera set, without decoding (for a frame the node drops).
+
+    The image's frame_id and stamp (zero: unset), the raw images' encoding, step and data
+    length (a view, no copy) and the CameraInfo; compressed payloads are not opened.
+
+    Raises:
+        InputError: naming the field, as :func:`build_camera_frame` would.
+    """
+    check_frame_id(image)
+    check_stamp(image)
+    if not is_compressed(image):
+        rgb_layout(image, "image")
+    if depth is not None and not is_compressed(depth):
+        image_to_numpy(depth, "depth")
+    intrinsics_from_camera_info(camera_info, "camera_info")
+
+
+def check_stamp(image: Any) -> None:
+    """Refuse a camera image stamped zero (unset: tf2 would read it as 'the latest')."""
+    if image.header.stamp.sec == 0 and image.header.stamp.nanosec == 0:
+        raise InputError("image.header.stamp", "is zero (unset); stamp frames with the "
+                         "capture time")
 
 
 def build_camera_frame(

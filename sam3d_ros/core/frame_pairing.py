@@ -72,6 +72,20 @@ class ApproxTimeSync:
         if emit is not None:
             self.callback(emit)
 
+    def forget_after(self, stamp_s: float) -> int:
+        """Drop queued messages stamped after ``stamp_s`` (stamps went back: a looped bag).
+
+        They belong to the old timeline; left queued, they would never be consumed and would
+        hold matched pivots in the queue. Returns how many were dropped.
+        """
+        with self._lock:
+            dropped = 0
+            for k, q in enumerate(self._queues):
+                kept = deque(item for item in q if item[0] <= stamp_s)
+                dropped += len(q) - len(kept)
+                self._queues[k] = kept
+            return dropped
+
     def _nearest(self, index: int, stamp: float) -> Optional[Tuple[float, Any]]:
         best = None
         for item in self._queues[index]:
@@ -135,11 +149,14 @@ class LatestSlot:
 
     def put(self, item: Any) -> bool:
         """Store ``item``; returns True when it replaced an unprocessed one (counted as a drop)."""
+        return self.swap(item) is not None
+
+    def swap(self, item: Any) -> Any:
+        """Store ``item``; returns the unprocessed one it replaced (a drop), or ``None``."""
         with self._cond:
-            replaced = self._item is not None
-            if replaced:
+            replaced, self._item = self._item, item
+            if replaced is not None:
                 self.drops += 1
-            self._item = item
             self.puts += 1
             self._cond.notify_all()
             return replaced

@@ -50,6 +50,7 @@ __all__ = [
     "message_buffer",
     "rgb8_from_array",
     "rgb_from_image",
+    "rgb_layout",
     "stamp_to_seconds",
 ]
 
@@ -180,6 +181,14 @@ def rgb_from_image(msg, field: str = "image") -> np.ndarray:
         InputError: ``<field>.encoding`` is not a colour or grey encoding, ``<field>.width`` /
             ``<field>.height`` is zero, or the image is malformed (see :func:`image_to_numpy`).
     """
+    return rgb8_from_array(rgb_layout(msg, field), bgr=msg.encoding.startswith("bgr"))
+
+
+def rgb_layout(msg, field: str = "image") -> np.ndarray:
+    """The checks of :func:`rgb_from_image` without the conversion: a read-only view.
+
+    Cheap (no copy): the node runs it on frames it drops unprocessed.
+    """
     enc = msg.encoding
     if enc not in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1",
                    "rgb16", "bgr16", "rgba16", "bgra16", "mono16"):
@@ -191,7 +200,7 @@ def rgb_from_image(msg, field: str = "image") -> np.ndarray:
     if not msg.width or not msg.height:  # before any size comparison blames the CameraInfo
         raise InputError(f"{field}.{'height' if msg.width else 'width'}",
                          f"image is empty ({msg.width}x{msg.height})")
-    return rgb8_from_array(image_to_numpy(msg, field), bgr=enc.startswith("bgr"))
+    return image_to_numpy(msg, field)
 
 
 def rgb8_from_array(img: np.ndarray, bgr: bool) -> np.ndarray:

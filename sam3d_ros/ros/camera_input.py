@@ -8,6 +8,7 @@ their approximate-time pairing; one synchronised set is decoded into a core fram
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple, Union
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - Humble
     from rclpy.qos_event import SubscriptionEventCallbacks  # type: ignore
 
 NAMES = ("image", "depth", "camera_info")
+FUTURE_WARN_S = 60.0  # a stamp this far ahead of our clock is reported (hosts' clocks differ)
 
 
 @dataclass
@@ -76,6 +78,8 @@ class CameraInput:
         self._qos: Optional[QoSProfile] = None
         self._sync: Optional[ApproxTimeSync] = None
         self._latest: Optional[CameraMessages] = None
+        self._stamp_lock = threading.Lock()
+        self._last_stamp: Optional[float] = None
 
     @property
     def latest(self) -> Optional[CameraMessages]:
@@ -99,6 +103,7 @@ class CameraInput:
     def subscribe(self, active: Callable[[], bool]) -> None:
         """Subscribe to the three topics; messages count only while ``active()``."""
         qos = self._qos = self.qos()
+        self._last_stamp = None
         slop = float(self._p("sync_slop_s"))
         self._sync = ApproxTimeSync(
             3, slop, self._on_synced, self._on_unmatched, expire_s=max(0.5, 5.0 * slop),
@@ -187,9 +192,33 @@ class CameraInput:
         sync = self._sync
         if sync is None or not active():
             return
+        stamp = stamp_seconds(msg.header)
         if index == 0:
             self._stats.image_received()
-        sync.add(index, stamp_seconds(msg.header), msg)
+            self._check_stamp(sync, stamp)
+        sync.add(index, stamp, msg)
+
+    def _check_stamp(self, sync: ApproxTimeSync, stamp: float) -> None:
+        """Warn about a colour stamp that went back or is far ahead; the frame is processed.
+
+        Stamps going back (a looped bag, a restarted driver) restart the pairing; a zero stamp
+        is left to the frame's checks (refused there).
+        """
+        if stamp == 0.0:
+            return
+        now = self._node.get_clock().now().nanoseconds * 1e-9
+        ahead = stamp - now
+        if now > 0.0 and ahead > FUTURE_WARN_S:  # 0: simulated time before the first /clock
+            self._report.input_warning(
+                "image.header.stamp", f"{ahead:.0f} s ahead of this node's clock (are the "
+                "hosts' clocks synchronised?); results carry this stamp")
+        with self._stamp_lock:
+            last, self._last_stamp = self._last_stamp, stamp
+        if last is not None and stamp < last:
+            sync.forget_after(stamp)
+            self._report.input_warning(
+                "image.header.stamp", f"went back {last - stamp:.3f} s (a looped bag or a "
+                "restarted driver?); pairing restarted")
 
     def _on_synced(self, msgs: List[Any]) -> None:
         cam = CameraMessages(msgs[0], msgs[1], msgs[2])

@@ -11,9 +11,10 @@ message and values of the ``<node>: pipeline`` status; the level comes from the 
 * ERROR: the backends could not be built (until a configure succeeds); the latest frame or goal
   failed (until one succeeds, at most for the window); colour images found no depth /
   CameraInfo partner and none was paired in the window (the input is broken);
-* WARN: frames or goals failed in the window but the latest succeeded; some images without a
-  partner in the window (one mismatch in a stream is never an ERROR); a camera publisher whose
-  QoS cannot reach the subscription (now); no input;
+* WARN: frames or goals failed in the window but the latest succeeded; a camera stamp out of
+  order (backwards, far in the future) in the window; some images without a partner in the
+  window (one mismatch in a stream is never an ERROR); a camera publisher whose QoS cannot
+  reach the subscription (now); no input;
 * OK otherwise (an empty scene too).
 """
 
@@ -80,6 +81,11 @@ class Reporter:
     def error(self, field_name: str, reason: str, pairing: bool = False) -> None:
         """Record a failure of ``field_name`` with ``reason`` (``pairing``: a sync mismatch)."""
         self._stats.error(field_name, reason, pairing)
+
+    def input_warning(self, field_name: str, reason: str) -> None:
+        """Warn (throttled per field) and show it in ``/diagnostics`` (WARN, ``last_warning``)."""
+        self.warn_throttled(f"input-warning:{field_name}", f"input: {field_name}: {reason}")
+        self._stats.warning(field_name, reason)
 
     def input_error(self, exc: InputError, pairing: bool = False) -> None:
         """Warn (throttled per field and kind of reason) and record a bad input."""
@@ -155,6 +161,7 @@ def pipeline_status(state: str, snap: StatsSnapshot, settings: Mapping[str, Any]
     values["last_error_field"] = snap.last_error_field
     age = snap.last_error_age_s
     values["last_error_age_s"] = "" if age is None else f"{age:.1f}"
+    values["last_warning"] = snap.last_warning
     return level, message, values
 
 
@@ -174,6 +181,8 @@ def _level(state: str, snap: StatsSnapshot, settings: Mapping[str, Any],
                         f"last {window}; last: {work.last_failure}")
     if state != "active":
         return "OK", state
+    if snap.warnings.failed:
+        return "WARN", snap.warnings.last_failure
     if qos_problem:
         return "WARN", qos_problem
     if pairs.failed:

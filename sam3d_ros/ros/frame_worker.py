@@ -2,7 +2,8 @@
 
 Each synchronised set replaces the one waiting in a :class:`~sam3d_ros.core.frame_pairing.
 LatestSlot`; the worker takes whatever is newest when it is free, so it never works through a
-backlog of stale frames (replaced frames are counted as drops).
+backlog of stale frames (replaced frames are counted as drops, and handed to ``on_dropped`` so
+that a bad frame is reported even when it is never processed).
 
 One thread serves the node's whole life: :meth:`FrameWorker.stop` (deactivate) only pauses it and
 cancels the frame in progress, and :meth:`FrameWorker.start` (activate) resumes it, so a frame
@@ -30,12 +31,16 @@ class FrameWorker:
         on_error: ``on_error(where, exc)`` for an exception ``process`` let through.
         max_rate_hz: returns the largest frame rate (0: no cap).
         enabled: returns whether frames are processed at all (``continuous``).
+        on_dropped: ``on_dropped(item)`` for a frame replaced unprocessed (in the caller of
+            :meth:`submit`: keep it cheap).
     """
 
     def __init__(self, process: Callable[[Any, Callable[[], bool]], None],
                  on_error: Callable[[str, BaseException], None],
-                 max_rate_hz: Callable[[], float], enabled: Callable[[], bool]) -> None:
+                 max_rate_hz: Callable[[], float], enabled: Callable[[], bool],
+                 on_dropped: Optional[Callable[[Any], None]] = None) -> None:
         self._process = process
+        self._on_dropped = on_dropped
         self._on_error = on_error
         self._max_rate_hz = max_rate_hz
         self._enabled = enabled
@@ -53,8 +58,10 @@ class FrameWorker:
         return self._slot.drops
 
     def submit(self, item: Any) -> None:
-        """Offer a new frame (replaces one still waiting)."""
-        self._slot.put(item)
+        """Offer a new frame (replaces one still waiting, handed to ``on_dropped``)."""
+        dropped = self._slot.swap(item)
+        if dropped is not None and self._on_dropped is not None:
+            self._on_dropped(dropped)
 
     def start(self) -> None:
         """Take frames (activate); starts the thread the first time."""

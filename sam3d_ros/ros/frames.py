@@ -10,7 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Optional
 
-from sam3d_ros.core.camera_frame import build_camera_frame, stamp_seconds
+from sam3d_ros.core.camera_frame import (
+    build_camera_frame,
+    check_frame_id,
+    check_headers,
+    check_stamp,
+    stamp_seconds,
+)
 from sam3d_ros.core.errors import Cancelled, InputError, Sam3dError
 from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt, query_kind, ros_field
 from sam3d_ros.core.types import SegmentationQuery
@@ -25,6 +31,8 @@ def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool
     query: Optional[SegmentationQuery] = None
     report = node.report
     try:
+        check_frame_id(msgs.image)  # outputs and TF are published in the image's frame
+        check_stamp(msgs.image)
         cam = build_camera_frame(msgs.image, msgs.depth, msgs.camera_info,
                                  warn=report.warn_once)
         node.last_size = (cam.frame.width, cam.frame.height)
@@ -69,6 +77,14 @@ def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool
     except Exception as exc:  # noqa: BLE001 - a bad frame must never take the node down
         report.error("internal", describe(exc))
         report.exception("processing failed", exc)
+
+
+def check_dropped(node: Any, msgs: CameraMessages) -> None:
+    """Report a frame replaced before it was processed if its headers are bad (no decoding)."""
+    try:
+        check_headers(msgs.image, msgs.depth, msgs.camera_info)
+    except InputError as exc:
+        node.report.input_error(exc)
 
 
 def process_in_turn(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool]) -> None:

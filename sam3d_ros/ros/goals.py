@@ -14,7 +14,12 @@ from std_msgs.msg import Header
 from sam3d_ros.action import Reconstruct
 from sam3d_ros.core import grasp_messages as grasp_out
 from sam3d_ros.core import output_messages as out
-from sam3d_ros.core.camera_frame import CameraFrame, build_camera_frame, stamp_seconds
+from sam3d_ros.core.camera_frame import (
+    CameraFrame,
+    build_camera_frame,
+    check_frame_id,
+    stamp_seconds,
+)
 from sam3d_ros.core.errors import Cancelled, InputError, NoObjectFound, Sam3dError
 from sam3d_ros.core.image_decoding import intrinsics_from_camera_info
 from sam3d_ros.core.inputs import parse_request
@@ -64,10 +69,12 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
                         "false and give image/depth/camera_info")
                 cam = build_camera_frame(latest.image, latest.depth, latest.camera_info,
                                          warn=node.report.warn_once)
+                check_frame_id(latest.image)
             else:
                 depth = goal.depth if goal.depth.width and goal.depth.height else None
                 cam = build_camera_frame(goal.image, depth, goal.camera_info, "goal.",
                                          warn=node.report.warn_once)
+                check_frame_id(goal.image, "goal.")  # results are in the image's frame
             frame = cam.frame
             query, explicit = query_from_prompt(goal.prompt, frame.width, frame.height,
                                                 "goal.prompt")

@@ -61,7 +61,7 @@ from sam3d_ros.ros.camera_input import CameraInput
 from sam3d_ros.ros.diagnostics import Reporter, describe, pipeline_status
 from sam3d_ros.ros.engine_host import EngineHost
 from sam3d_ros.ros.frame_worker import FrameWorker
-from sam3d_ros.ros.frames import process_in_turn
+from sam3d_ros.ros.frames import check_dropped, process_in_turn
 from sam3d_ros.ros.goals import execute_goal
 from sam3d_ros.ros.message_kit import RCLPY
 from sam3d_ros.ros.object_ids import ObjectIds
@@ -101,7 +101,7 @@ class Sam3dNode(LifecycleNode):
         self._worker = FrameWorker(
             lambda msgs, cancelled: process_in_turn(self, msgs, cancelled),
             self.report.exception, lambda: self.param("max_rate_hz"),
-            lambda: self.param("continuous"))
+            lambda: self.param("continuous"), lambda msgs: check_dropped(self, msgs))
         self._action: Optional[QueuedActionServer] = None
         self._runs = itertools.count(1)
         # Diagnostics exist from construction: a configure that fails is reported too. They are

@@ -66,8 +66,10 @@ class StatsSnapshot:
     last_error: str
     last_error_field: str
     last_error_age_s: Optional[float]
+    last_warning: str
     processing: Window
     pairing: Window
+    warnings: Window
     window_s: float
     fault: str
     last_synced: float
@@ -93,6 +95,8 @@ class PipelineStats:
         self._latency = LatencyStats()
         self._processing = Recent()
         self._pairing = Recent()
+        self._warnings = Recent()
+        self._last_warning = ""
         self._last_error = ""
         self._last_error_field = ""
         self._last_error_time = 0.0
@@ -144,6 +148,12 @@ class PipelineStats:
             self._counts["failed"] += 1
             (self._pairing if pairing else self._processing).add(False, now, self._last_error)
 
+    def warning(self, field_name: str, reason: str) -> None:
+        """A frame was processed but something about it is suspect (a stamp out of order)."""
+        with self._lock:
+            self._last_warning = f"{field_name}: {reason}"
+            self._warnings.add(False, time.monotonic(), self._last_warning)
+
     def fault(self, field_name: str, reason: str) -> None:
         """A failure that holds until :meth:`clear_fault` (the backends could not be built)."""
         self.error(field_name, reason)
@@ -175,7 +185,9 @@ class PipelineStats:
                 processed_rate_hz=self._processed_rate.rate(now),
                 latency=self._latency.summary(), last_error=self._last_error,
                 last_error_field=self._last_error_field, last_error_age_s=error_age,
+                last_warning=self._last_warning,
                 processing=self._processing.window(now, window_s),
-                pairing=self._pairing.window(now, window_s), window_s=float(window_s),
+                pairing=self._pairing.window(now, window_s),
+                warnings=self._warnings.window(now, window_s), window_s=float(window_s),
                 fault=self._fault, last_synced=self._last_synced,
                 activated_at=self._activated_at, now=now)
