@@ -159,10 +159,11 @@ class Recorder:
                 ("grasp_markers", MarkerArray, f"{node_ns}/grasp_markers"),
                 ("collision", CollisionObject, "/collision_object"),
             ]
+        self.subscriptions: Dict[str, Any] = {}
         for key, msg_type, topic in topics:
             self.msgs[key] = []
             self.arrival[key] = []
-            self.node.create_subscription(
+            self.subscriptions[key] = self.node.create_subscription(
                 msg_type, topic, lambda m, k=key: self._record(k, m),
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.executor = SingleThreadedExecutor()
@@ -215,6 +216,15 @@ class Recorder:
         """Until the node subscribes to the three camera topics."""
         return self.wait(lambda: all(p.get_subscription_count() > 0 for p in
                                      (self.pub_image, self.pub_depth, self.pub_info)), timeout)
+
+    def wait_matched(self, keys: Sequence[str] = ("tf",), timeout: float = 30.0) -> bool:
+        """Until the node's publishers of the ``keys`` outputs are matched to this recorder.
+
+        Discovery between two processes can take seconds on a loaded machine: a test that sends
+        a few frames once must wait for it, or the node publishes its outputs to nobody.
+        """
+        return self.wait(lambda: all(self.subscriptions[k].get_publisher_count() > 0
+                                     for k in keys), timeout)
 
     def diag_values(self, msg: DiagnosticArray) -> Dict[str, str]:
         return {kv.key: kv.value for kv in msg.status[0].values}
@@ -285,15 +295,53 @@ def box_prompt(scene, pad: int = 4, object_ids: bool = True) -> Prompt:
     return msg
 
 
-def warm_up_action_client(rec: "Recorder", client: Any) -> None:
+class SpunNode:
+    """A node of its own, spun in a thread of its own: the home of an action client.
+
+    rclpy's executor takes at most one feedback message and one result per wait from an action
+    client, after every ready subscription: on the recorder's node, busy with images, point
+    clouds and markers, the feedback of a few goals lags behind their results, and feedback
+    that arrives after its goal's result is dropped by the client.
+    """
+
+    def __init__(self, name: str = "sam3d_test_client"):
+        self.node = Node(name)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def warm_up_action_client(rec: "Recorder", client: Any, feedback_goal: Any = None) -> None:
     """Until the server answers this client's goal, result and cancel requests.
 
     DDS discovery is not symmetric: ``wait_for_server`` returns when this client sees the
     server, possibly before the server's response writers have matched this client's readers,
     and a response sent before that is lost (seen on a loaded machine as a cancel that never
     got its answer). A goal without an image fails at once and publishes nothing.
+    With ``feedback_goal`` (a goal that runs), also until this client receives its feedback:
+    the feedback topic is matched on its own, and feedback sent before that is lost.
     """
     deadline = time.monotonic() + 90.0
+    while feedback_goal is not None and time.monotonic() < deadline:
+        got: List[Any] = []
+        sent = client.send_goal_async(feedback_goal, feedback_callback=got.append)
+        if rec.wait(sent.done, 10.0) and sent.result().accepted:
+            result = sent.result().get_result_async()
+            rec.wait(result.done, 60.0)
+            if got:
+                break
     while time.monotonic() < deadline:
         sent = client.send_goal_async(Reconstruct.Goal(use_latest_frame=False))
         if not rec.wait(sent.done, 10.0):

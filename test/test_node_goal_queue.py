@@ -13,6 +13,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from node_harness import (
     Recorder,
+    SpunNode,
     box_prompt,
     camera_info,
     explicit_goal,
@@ -33,12 +34,14 @@ WAIT_S = 120.0  # liveness bound on a loaded 2-core machine, not a speed target
 BURST_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def burst_client(rec, action="/sam3d/reconstruct"):
-    client = ActionClient(rec.node, Reconstruct, action, goal_service_qos_profile=BURST_QOS,
+def burst_client(rec, peer, action="/sam3d/reconstruct", feedback_goal=None):
+    """An action client on ``peer`` (a node of its own, not the busy recorder's)."""
+    client = ActionClient(peer.node, Reconstruct, action, goal_service_qos_profile=BURST_QOS,
                           result_service_qos_profile=BURST_QOS,
-                          cancel_service_qos_profile=BURST_QOS)
+                          cancel_service_qos_profile=BURST_QOS,
+                          feedback_sub_qos_profile=BURST_QOS)
     assert client.wait_for_server(timeout_sec=30.0)
-    warm_up_action_client(rec, client)
+    warm_up_action_client(rec, client, feedback_goal)
     return client
 
 
@@ -48,12 +51,14 @@ def env():
     params = {"camera_qos_reliability": "reliable", "sync_slop_s": 0.01}
     with ros_context(), running_node(params) as node:
         rec = Recorder()
+        peer = SpunNode()
         try:
             assert rec.wait_subscribed(), node.log()
             rec.pub_prompt.publish(box_prompt(sc))
-            client = burst_client(rec)
-            yield sc, node, rec, client
+            client = burst_client(rec, peer, feedback_goal=explicit_goal(sc))
+            yield sc, node, rec, client, peer
         finally:
+            peer.close()
             rec.close()
 
 
@@ -63,7 +68,7 @@ def _all_done(futures):
 
 @pytest.mark.parametrize("n_goals", [50, 120])
 def test_goal_storm_answers_every_goal_and_caps_the_queue(env, n_goals):
-    sc, node, rec, client = env
+    sc, node, rec, client, _peer = env
     goal = explicit_goal(sc)
     sent = [client.send_goal_async(goal) for _ in range(n_goals)]
     assert rec.wait(lambda: _all_done(sent), WAIT_S), (
@@ -117,33 +122,33 @@ def test_queued_goals_go_before_camera_frames(env):
     """A goal waits for at most the frame in progress when it was accepted.
 
     Three goals are accepted at once while frames stream in: after the last is accepted, at
-    most one camera frame (the one already in progress) is published before that goal starts,
-    although each goal ends with the engine free and a new frame waiting.
+    most one camera frame (the one already in progress) is published before the first goal's
+    result, and none between the goals, although each goal ends with the engine free and a new
+    frame waiting. Judged on the node's /tf, one writer whose messages arrive in order (the
+    goals' feedback can arrive after their results: a different topic).
     """
-    sc, node, rec, client = env
-    goal_stamps = {1, 2, 3}
+    sc, node, rec, client, peer = env
+    goal_stamps = (1, 2, 3)
+    feedback = []  # every goal's feedback, read from the topic (the client drops late ones)
+    peer.node.create_subscription(
+        Reconstruct.Impl.FeedbackMessage, "/sam3d/reconstruct/_action/feedback",
+        lambda m: feedback.append((bytes(m.goal_id.uuid), m.feedback)), BURST_QOS)
 
-    def frame_tfs():  # arrival times of the /tf of camera frames (not of the goals)
+    def tf_sequence():  # (stamp second, arrival time) of every /tf, in arrival order
         with rec.lock:
-            return [t for m, t in zip(rec.msgs["tf"], rec.arrival["tf"], strict=True)
-                    if m.transforms and m.transforms[0].header.stamp.sec not in goal_stamps]
+            return [(m.transforms[0].header.stamp.sec, t)
+                    for m, t in zip(rec.msgs["tf"], rec.arrival["tf"], strict=True)
+                    if m.transforms]
+
+    def frame_tfs():
+        return [t for sec, t in tf_sequence() if sec not in goal_stamps]
 
     stream = FrameStream(rec, sc)
     try:
         seen = len(frame_tfs())
         assert rec.wait(lambda: len(frame_tfs()) >= seen + 2, WAIT_S), "frames not processed"
-        accepted_at, started_at = [], []
-        feedback = []
-
-        def on_feedback(msg):
-            if msg.feedback.queue_position == 0 and msg.feedback.stage != "queued":
-                started_at.append(time.monotonic())
-            feedback.append(msg.feedback)
-
-        sent = []
-        for stamp in sorted(goal_stamps):
-            sent.append(client.send_goal_async(
-                explicit_goal(sc, stamp), feedback_callback=on_feedback if stamp == 3 else None))
+        accepted_at = []
+        sent = [client.send_goal_async(explicit_goal(sc, stamp)) for stamp in goal_stamps]
         for future in sent:
             future.add_done_callback(lambda _f: accepted_at.append(time.monotonic()))
         assert rec.wait(lambda: _all_done(sent), WAIT_S)
@@ -156,19 +161,26 @@ def test_queued_goals_go_before_camera_frames(env):
     finally:
         stream.close()
     assert all(r.result().status == GoalStatus.STATUS_SUCCEEDED for r in results)
-    assert started_at and len(accepted_at) == 3
-    between = [t for t in frame_tfs() if max(accepted_at) < t < started_at[0]]
-    assert len(between) <= 1, f"{len(between)} frames ran before the last queued goal"
-    assert any(f.queue_position >= 1 for f in feedback)  # the third goal did wait
+    assert len(accepted_at) == 3
+    sequence = [(sec, t) for sec, t in tf_sequence() if t > max(accepted_at)]
+    order = [sec for sec, _ in sequence]
+    assert all(stamp in order for stamp in goal_stamps), order
+    first, last = order.index(1), order.index(3)
+    assert order[first:last + 1] == [1, 2, 3], f"frames ran between the queued goals: {order}"
+    assert first <= 1, f"{first} frames ran before the first queued goal: {order}"
+    # The third goal did wait, and was told its place.
+    third = bytes(sent[2].result().goal_id.uuid)
+    assert rec.wait(lambda: any(g == third and f.queue_position >= 1 for g, f in feedback),
+                    WAIT_S)
     assert rec.wait_diag(
         lambda m: int(rec.diag_values(m)["frames_deferred_to_goals"]) > 0, timeout=30.0)
 
 
 def test_shutdown_aborts_queued_and_running_goals_with_the_reason(env):
-    sc, _node, rec, _client = env
+    sc, _node, rec, _client, peer = env
     name = "sam3d_goal_shutdown"
     with running_node({"continuous": False}, extra=["-r", f"__node:={name}"]) as node:
-        client = burst_client(rec, f"/{name}/reconstruct")
+        client = burst_client(rec, peer, f"/{name}/reconstruct")
         feedback = [[] for _ in range(4)]
         sent = [client.send_goal_async(explicit_goal(sc, i + 1),
                                        feedback_callback=lambda m, fb=fb: fb.append(m.feedback))

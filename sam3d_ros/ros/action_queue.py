@@ -135,6 +135,9 @@ class QueuedActionServer:
             goal_service_qos_profile=services,
             result_service_qos_profile=services,
             cancel_service_qos_profile=services,
+            # Feedback of every queued goal ("queued at position n") goes out together on
+            # acceptance and on every start: a depth-10 history would drop some of it.
+            feedback_pub_qos_profile=QoSProfile(depth=service_depth(self._max_queued)),
             result_timeout=float(result_timeout_s),
         )
         self._cancel_timer = node.create_timer(

@@ -172,11 +172,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                    else "depth", qos),
                     "camera_info": node.create_publisher(CameraInfo, "camera_info", qos)}
                 deadline = time.monotonic() + args.wait
-                waiting = [pubs["image"]] + ([prompt_pub] if args.request else [])
+                # All three camera topics (and the prompt) matched, or the first frames are
+                # published to nobody and cannot pair.
+                waiting = list(pubs.values()) + ([prompt_pub] if args.request else [])
                 while (any(pub.get_subscription_count() == 0 for pub in waiting)
                        and time.monotonic() < deadline):
                     rclpy.spin_once(node, timeout_sec=0.1)
-                time.sleep(0.5)  # the other two topics' matching
+                next_t = time.monotonic()  # the rate counts from the first frame
             if not args.keep_stamps:
                 stamp = node.get_clock().now().to_msg()
                 for msg in (image, depth, info):
