@@ -27,11 +27,11 @@ from sam3d_ros.core.types import ObjectMask
 # (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
 FLOORS = {
     ("m2t2", "boxes"): 0.80,
-    ("m2t2", "points"): 0.71,
-    ("m2t2", "masks"): 0.87,
-    ("dof6", "boxes"): 0.83,
-    ("dof6", "points"): 0.82,
-    ("dof6", "masks"): 0.84,
+    ("m2t2", "points"): 0.72,
+    ("m2t2", "masks"): 0.88,
+    ("dof6", "boxes"): 0.88,
+    ("dof6", "points"): 0.88,
+    ("dof6", "masks"): 0.92,
 }
 
 

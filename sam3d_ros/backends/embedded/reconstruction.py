@@ -23,11 +23,16 @@ height above the plane):
        (side-on robot-head views, seeds 1000+/2000+: F@5mm −0.01 to −0.02, it over-fills).
        **Visibility carving** then removes every voxel in observed free space: in front of the
        observed depth, or above a pixel that sees the bare table (near the table, where grazing
-       rays make the depth test weak). The hidden bottom
+       rays make the depth test weak), or on a pixel without depth outside the object's mask
+       (and every other mask: real sensors have a stereo shadow beside objects; the mask says
+       the object is not there). The hidden bottom
        edge is chamfered (``bevel``);
     3. **surface**: surface nets on the voxels (closed, counter-clockwise from outside), Taubin
        smoothing, then every camera-facing vertex is moved along its normal onto the local mean
        of the observed points (the surface lies on the data, not half a voxel outside);
+       vertices that overhang the mask onto pixels seen past them (or without depth) move
+       back onto the mask's edge at their depth (real frames, dof6 given masks: silhouette
+       IoU 0.86 → 0.94; synthetic robot-head F@5mm +0.01);
     4. **pose**: gravity-aligned oriented box (z = plane normal, x/y = minimum-area rectangle of
        the footprint, x the longer side); without a plane, the principal axes of the points;
        translation = box centre, isotropic scale = the largest box side, extents = the box;
@@ -125,6 +130,10 @@ class EmbeddedReconstructor:
             as that primitive, instead of growing the footprint behind its silhouette.
         grazing_deg: depth pixels whose surface is seen more obliquely than this are smears,
             not surface (:func:`~sam3d_ros.core.depth_hygiene.grazing_pixels`); 90 keeps them.
+        silhouette_snap: move mesh vertices that project outside the object's mask onto
+            free or unmeasured pixels back onto the mask's edge, at their depth
+            (:meth:`_FrameContext.snap_to_silhouette`): the voxel surface otherwise overhangs
+            the silhouette by about half a voxel (3–4 px at 0.6 m).
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -155,6 +164,7 @@ class EmbeddedReconstructor:
         fill_silhouette: bool = True,
         primitives: bool = True,
         grazing_deg: float = 80.0,
+        silhouette_snap: bool = True,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
@@ -182,6 +192,7 @@ class EmbeddedReconstructor:
         self.fill_silhouette = bool(fill_silhouette)
         self.primitives = bool(primitives)
         self.grazing_deg = float(grazing_deg)
+        self.silhouette_snap = bool(silhouette_snap)
         self.min_points = int(min_points)
         self.max_visible_gaussians = int(max_visible_gaussians)
         self.opacity = float(opacity)
@@ -254,6 +265,7 @@ class EmbeddedReconstructor:
         out = []
         for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
             check_cancelled()
+            ctx.set_object(arr)
             out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed), cleaned[i]))
         return out
 
@@ -314,6 +326,10 @@ class EmbeddedReconstructor:
             if fit is not None:
                 ref, back = self._complete_primitive(ref, q[measured], fit), 0.0
         verts, faces = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
+        if self.silhouette_snap:
+            verts = (ctx.snap_to_silhouette(origin + verts @ frame_rot.T) - origin) @ frame_rot
+            if floor is not None:
+                verts[:, 2] = np.maximum(verts[:, 2], floor)
 
         # Pose: gravity-aligned box of the completed surface.
         centre2, axes2, ext2 = min_area_rectangle(verts[:, :2])
@@ -653,6 +669,11 @@ class EmbeddedReconstructor:
         )
 
 
+# Pixels of colour–depth misregistration allowed around a mask before unmeasured pixels count as
+# outside the object's silhouette (RealSense D4xx frames: 1–3 px).
+SILHOUETTE_SLACK_PX = 2
+
+
 class _FrameContext:
     """Per-frame arrays shared by the objects: points, validity, colours, free-space test."""
 
@@ -684,6 +705,11 @@ class _FrameContext:
         self.table_height = 0.002
         self.plane = plane
         self._z = z
+        self._valid_roi = ok
+        self._union_roi = union[r0:r1, c0:c1]
+        self.unmeasured_outside: Optional[np.ndarray] = None
+        self._object_roi: Optional[np.ndarray] = None
+        self._others_roi: Optional[np.ndarray] = None
         self.table = None
         if plane is not None:
             # Pixels that see the bare table: whatever lies on their rays above it is empty.
@@ -691,6 +717,68 @@ class _FrameContext:
                 dist = np.abs(pts @ plane.normal.astype(np.float32) + np.float32(plane.offset))
                 table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
             self.table = ndimage.binary_erosion(table, iterations=1)
+
+    def set_object(self, mask: np.ndarray, slack_px: int = SILHOUETTE_SLACK_PX) -> None:
+        """Make ``mask`` (H×W) the object whose free space the next tests judge.
+
+        Pixels without depth (the stereo shadow beside every object of a RealSense, dark or
+        shiny surfaces) say nothing about depth, but when they lie outside the object's mask,
+        farther than ``slack_px`` (colour–depth misregistration), and in no other object's mask
+        (an occluder without depth), the object is not there: its silhouette ends at the mask.
+        Without this, completion (a tapered body extruded down, a handle's hole) fills the
+        shadow on real frames.
+        """
+        r0, r1, c0, c1 = self.roi
+        near = ndimage.binary_dilation(mask[r0:r1, c0:c1], iterations=max(int(slack_px), 0))
+        others = self._union_roi & ~mask[r0:r1, c0:c1]
+        others = ndimage.binary_dilation(others, iterations=max(int(slack_px), 0))
+        self.unmeasured_outside = ~self._valid_roi & ~near & ~others
+        self._object_roi = mask[r0:r1, c0:c1]
+        self._others_roi = others
+
+    def snap_to_silhouette(self, verts: np.ndarray) -> np.ndarray:
+        """Move camera-frame vertices that overhang the object's silhouette back onto it.
+
+        A vertex overhangs when it projects more than one pixel outside the object's mask
+        (:meth:`set_object`) onto a pixel that is in no other object's mask and whose depth is
+        unmeasured or farther than the vertex (the camera sees past it there). It moves
+        parallel to the image plane, at its own depth, to half a pixel outside the nearest
+        mask pixel, so the mesh's silhouette ends on the mask's edge. Occluded parts (behind
+        another object or anything nearer) are left alone.
+        """
+        mask = self._object_roi
+        if mask is None or not mask.any():
+            return verts
+        r0, r1, c0, c1 = self.roi
+        r, c, inside = self.pixel_of(verts)
+        inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
+        r = np.where(inside, r - r0, 0)
+        c = np.where(inside, c - c0, 0)
+        near = ndimage.binary_dilation(mask, iterations=1)
+        z_pix = self._z[r, c]
+        seen_past = (z_pix <= 0) | (z_pix > verts[:, 2] + 2.0 * self.sigma[r, c])
+        move = inside & ~near[r, c] & ~self._others_roi[r, c] & seen_past
+        if not move.any():
+            return verts
+        # Nearest mask pixels from a crop around the mask (a full-ROI transform per object
+        # costs ~20 ms at 1280×720); vertices beyond the crop look up from its border.
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        pad = 16
+        a0, a1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, mask.shape[0])
+        b0, b1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, mask.shape[1])
+        _, (ir, ic) = ndimage.distance_transform_edt(~mask[a0:a1, b0:b1], return_indices=True)
+        rm, cm = r[move], c[move]
+        lr, lc = np.clip(rm - a0, 0, a1 - a0 - 1), np.clip(cm - b0, 0, b1 - b0 - 1)
+        tr, tc = ir[lr, lc].astype(np.float64) + a0, ic[lr, lc].astype(np.float64) + b0
+        dr, dc = rm - tr, cm - tc
+        norm = np.maximum(np.hypot(dr, dc), 1e-9)
+        tr += 0.5 * dr / norm + r0
+        tc += 0.5 * dc / norm + c0
+        out = verts.copy()
+        z = verts[move, 2]
+        out[move, 0] = (tc - self.k.cx) * z / self.k.fx
+        out[move, 1] = (tr - self.k.cy) * z / self.k.fy
+        return out
 
     def forget_depth(self, selection: np.ndarray) -> None:
         """Treat the depth of the ``selection`` pixels (H×W) as unknown in free-space tests.
@@ -743,6 +831,8 @@ class _FrameContext:
         d = self.depth_min[r, c]
         tol = margin + 2.0 * self.sigma[r, c]
         free = inside & (d > 0) & (p[:, 2] < d - tol)
+        if self.unmeasured_outside is not None:
+            free |= inside & self.unmeasured_outside[r, c]
         if heights is not None and self.table is not None:
             free |= inside & self.table[r, c] & (heights > self.table_height)
         return free
