@@ -705,11 +705,14 @@ class _FrameContext:
         self.table_height = 0.002
         self.plane = plane
         self._z = z
-        self._valid_roi = ok
         self._union_roi = union[r0:r1, c0:c1]
-        self.unmeasured_outside: Optional[np.ndarray] = None
-        self._object_roi: Optional[np.ndarray] = None
-        self._others_roi: Optional[np.ndarray] = None
+        self._union_near = ndimage.binary_dilation(self._union_roi, iterations=SILHOUETTE_SLACK_PX)
+        # Pixels without depth (the stereo shadow beside every object of a RealSense, dark or
+        # shiny surfaces) say nothing about depth, but outside every mask (farther than the
+        # colour–depth misregistration) no object is there: completion (a tapered body
+        # extruded down, a handle's hole) must not fill them.
+        self.unmeasured_outside = ~ok & ~self._union_near
+        self._object: Optional[tuple] = None
         self.table = None
         if plane is not None:
             # Pixels that see the bare table: whatever lies on their rays above it is empty.
@@ -718,23 +721,19 @@ class _FrameContext:
                 table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
             self.table = ndimage.binary_erosion(table, iterations=1)
 
-    def set_object(self, mask: np.ndarray, slack_px: int = SILHOUETTE_SLACK_PX) -> None:
-        """Make ``mask`` (H×W) the object whose free space the next tests judge.
-
-        Pixels without depth (the stereo shadow beside every object of a RealSense, dark or
-        shiny surfaces) say nothing about depth, but when they lie outside the object's mask,
-        farther than ``slack_px`` (colour–depth misregistration), and in no other object's mask
-        (an occluder without depth), the object is not there: its silhouette ends at the mask.
-        Without this, completion (a tapered body extruded down, a handle's hole) fills the
-        shadow on real frames.
-        """
-        r0, r1, c0, c1 = self.roi
-        near = ndimage.binary_dilation(mask[r0:r1, c0:c1], iterations=max(int(slack_px), 0))
-        others = self._union_roi & ~mask[r0:r1, c0:c1]
-        others = ndimage.binary_dilation(others, iterations=max(int(slack_px), 0))
-        self.unmeasured_outside = ~self._valid_roi & ~near & ~others
-        self._object_roi = mask[r0:r1, c0:c1]
-        self._others_roi = others
+    def set_object(self, mask: np.ndarray) -> None:
+        """Make ``mask`` (H×W) the object whose silhouette :meth:`snap_to_silhouette` keeps."""
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            self._object = None
+            return
+        h, w = mask.shape
+        pad = 16 + SILHOUETTE_SLACK_PX
+        a0, a1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, h)
+        b0, b1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, w)
+        crop = mask[a0:a1, b0:b1]
+        self._object = (mask, (a0, a1, b0, b1), ndimage.binary_dilation(crop, iterations=1),
+                        ndimage.binary_dilation(crop, iterations=SILHOUETTE_SLACK_PX))
 
     def snap_to_silhouette(self, verts: np.ndarray) -> np.ndarray:
         """Move camera-frame vertices that overhang the object's silhouette back onto it.
@@ -746,34 +745,34 @@ class _FrameContext:
         mask pixel, so the mesh's silhouette ends on the mask's edge. Occluded parts (behind
         another object or anything nearer) are left alone.
         """
-        mask = self._object_roi
-        if mask is None or not mask.any():
+        if self._object is None:
             return verts
+        mask, (a0, a1, b0, b1), near1, near_slack = self._object
         r0, r1, c0, c1 = self.roi
         r, c, inside = self.pixel_of(verts)
         inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
-        r = np.where(inside, r - r0, 0)
-        c = np.where(inside, c - c0, 0)
-        near = ndimage.binary_dilation(mask, iterations=1)
-        z_pix = self._z[r, c]
-        seen_past = (z_pix <= 0) | (z_pix > verts[:, 2] + 2.0 * self.sigma[r, c])
-        move = inside & ~near[r, c] & ~self._others_roi[r, c] & seen_past
+        in_crop = (r >= a0) & (r < a1) & (c >= b0) & (c < b1)
+        lr, lc = np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)
+        near = in_crop & near1[lr, lc]
+        # Another object's pixel (within the misregistration slack, where it is not ours).
+        rr, cc = np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)
+        others = (self._union_roi[rr, cc] & ~mask[r, c]) | (
+            self._union_near[rr, cc] & ~(in_crop & near_slack[lr, lc]))
+        z_pix = self._z[rr, cc]
+        seen_past = (z_pix <= 0) | (z_pix > verts[:, 2] + 2.0 * self.sigma[rr, cc])
+        move = inside & ~near & ~others & seen_past
         if not move.any():
             return verts
-        # Nearest mask pixels from a crop around the mask (a full-ROI transform per object
+        # Nearest mask pixels, from a crop around the mask (a full-ROI transform per object
         # costs ~20 ms at 1280×720); vertices beyond the crop look up from its border.
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        pad = 16
-        a0, a1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, mask.shape[0])
-        b0, b1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, mask.shape[1])
         _, (ir, ic) = ndimage.distance_transform_edt(~mask[a0:a1, b0:b1], return_indices=True)
         rm, cm = r[move], c[move]
-        lr, lc = np.clip(rm - a0, 0, a1 - a0 - 1), np.clip(cm - b0, 0, b1 - b0 - 1)
-        tr, tc = ir[lr, lc].astype(np.float64) + a0, ic[lr, lc].astype(np.float64) + b0
+        tr = ir[lr[move], lc[move]].astype(np.float64) + a0
+        tc = ic[lr[move], lc[move]].astype(np.float64) + b0
         dr, dc = rm - tr, cm - tc
         norm = np.maximum(np.hypot(dr, dc), 1e-9)
-        tr += 0.5 * dr / norm + r0
-        tc += 0.5 * dc / norm + c0
+        tr += 0.5 * dr / norm
+        tc += 0.5 * dc / norm
         out = verts.copy()
         z = verts[move, 2]
         out[move, 0] = (tc - self.k.cx) * z / self.k.fx
@@ -831,8 +830,7 @@ class _FrameContext:
         d = self.depth_min[r, c]
         tol = margin + 2.0 * self.sigma[r, c]
         free = inside & (d > 0) & (p[:, 2] < d - tol)
-        if self.unmeasured_outside is not None:
-            free |= inside & self.unmeasured_outside[r, c]
+        free |= inside & self.unmeasured_outside[r, c]
         if heights is not None and self.table is not None:
             free |= inside & self.table[r, c] & (heights > self.table_height)
         return free
