@@ -349,6 +349,26 @@ def test_box_around_two_objects_returns_the_dominant_one(seg):
     assert r.mask[masks[1]].mean() < 0.1
 
 
+def test_box_around_a_flat_dark_object_without_depth(seg):
+    """A coiled cable or a cloth: about 1 cm proud of the table and dark. Depth finds a sliver
+    (the far part has none, the middle reads at the table's height); the box and colour find
+    the object."""
+    objects = (("box", 0.0, 0.05, (0.14, 0.10, 0.01), (25, 25, 30)),)
+    frame, masks, boxes = render_scene(objects)
+    table, _, _ = render_scene(())
+    pts = frame.points.copy()
+    ys, _ = np.nonzero(masks[0])
+    rows = np.arange(masks[0].shape[0])[:, None]
+    far = masks[0] & (rows < ys.min() + 0.4 * np.ptp(ys))
+    middle = masks[0] & ~far & (rows < ys.min() + 0.8 * np.ptp(ys))
+    pts[far] = np.nan
+    pts[middle] = table.points[middle]
+    frame = Frame(rgb=frame.rgb, points=pts)
+    (r,) = seg.segment(
+        frame, SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0, 3)])]))
+    assert iou(r.mask, masks[0]) >= 0.8, iou(r.mask, masks[0])
+
+
 def test_point_outside_image_and_background_only_are_input_errors(scene, seg):
     frame, _, _ = scene
     with pytest.raises(InputError) as err:
