@@ -380,8 +380,7 @@ def node_cases(soak_s: float = 600.0, bad_every_s: float = 30.0) -> List[Case]:
         Case("node", "goal-storm-50", "50 goals sent at once, each cancelled once accepted: "
              "every goal and cancel answered", "", storm(50), quick=True, group="storm50"),
         Case("node", "goal-storm-120", "120 goals sent at once, each cancelled once accepted",
-             "", storm(120), known="issue 10 item 15: after its fix, 3 of 98 accepted goals "
-             "got no result in one run (not yet investigated)", group="storm120"),
+             "", storm(120), group="storm120"),
         Case("node", "lifecycle-20-cycles-30hz", "20 deactivate/activate cycles while frames "
              "arrive at 30 Hz", "", lifecycle_cycles(20), quick=True, group="lifecycle"),
     ]

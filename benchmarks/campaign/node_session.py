@@ -264,7 +264,16 @@ class NodeSession:
     def client(self) -> ActionClient:
         """The ``~/reconstruct`` client, once the server answers a goal, result and cancel."""
         if self._client is None:
-            client = ActionClient(self.rec.node, Reconstruct, "/sam3d/reconstruct")
+            # As docs/node.md tells clients that send bursts: service and feedback readers as
+            # deep as the burst. With rclpy's default (10), answers that arrive together
+            # overwrite each other in this client's own reader (the "3 of 98 results
+            # missing" of the 120-goal storm).
+            deep = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
+            client = ActionClient(self.rec.node, Reconstruct, "/sam3d/reconstruct",
+                                  goal_service_qos_profile=deep,
+                                  result_service_qos_profile=deep,
+                                  cancel_service_qos_profile=deep,
+                                  feedback_sub_qos_profile=deep)
             if not client.wait_for_server(timeout_sec=30.0):
                 raise RuntimeError("no action server")
             # DDS discovery is not symmetric: a reply sent before the server matched this
