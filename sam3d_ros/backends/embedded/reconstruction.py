@@ -732,28 +732,29 @@ class _FrameContext:
         a0, a1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, h)
         b0, b1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, w)
         crop = mask[a0:a1, b0:b1]
-        self._object = (mask, (a0, a1, b0, b1), ndimage.binary_dilation(crop, iterations=1),
+        self._object = (mask, (a0, a1, b0, b1), crop,
                         ndimage.binary_dilation(crop, iterations=SILHOUETTE_SLACK_PX))
 
     def snap_to_silhouette(self, verts: np.ndarray) -> np.ndarray:
         """Move camera-frame vertices that overhang the object's silhouette back onto it.
 
-        A vertex overhangs when it projects more than one pixel outside the object's mask
-        (:meth:`set_object`) onto a pixel that is in no other object's mask and whose depth is
-        unmeasured or farther than the vertex (the camera sees past it there). It moves
+        A vertex overhangs when it projects outside the object's mask (:meth:`set_object`)
+        onto a pixel that is in no other object's mask and whose depth is unmeasured or farther
+        than the vertex (the camera sees past it there; colour–depth misregistration leaves the
+        object's depth on pixels next to the mask, which keeps their vertices). It moves
         parallel to the image plane, at its own depth, to half a pixel outside the nearest
         mask pixel, so the mesh's silhouette ends on the mask's edge. Occluded parts (behind
         another object or anything nearer) are left alone.
         """
         if self._object is None:
             return verts
-        mask, (a0, a1, b0, b1), near1, near_slack = self._object
+        mask, (a0, a1, b0, b1), crop, near_slack = self._object
         r0, r1, c0, c1 = self.roi
         r, c, inside = self.pixel_of(verts)
         inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
         in_crop = (r >= a0) & (r < a1) & (c >= b0) & (c < b1)
         lr, lc = np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)
-        near = in_crop & near1[lr, lc]
+        near = in_crop & crop[lr, lc]
         # Another object's pixel (within the misregistration slack, where it is not ours).
         rr, cc = np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)
         others = (self._union_roi[rr, cc] & ~mask[r, c]) | (
