@@ -126,12 +126,39 @@ def running_node(params: Optional[Dict[str, Any]] = None, extra: Sequence[str] =
         node.stop()
 
 
-class Recorder:
+class SpunNode:
+    """A node spun in a thread of its own.
+
+    The tests' action clients live on one: on the recorder's node, its executor is busy with
+    images, point clouds and markers, and replies wait behind them.
+    """
+
+    def __init__(self, name: str = "sam3d_test_client"):
+        self.node = Node(name)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        # Stop spinning before the executor and node go, or the spin thread trips over them.
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+class Recorder(SpunNode):
     """A test-side node that publishes camera frames / prompts and records every output."""
 
     def __init__(self, name: str = "sam3d_test_peer", node_ns: str = "/sam3d",
                  grasp_topics: bool = False):
-        self.node = Node(name)
+        super().__init__(name)
         self.lock = threading.Lock()
         self.msgs: Dict[str, List[Any]] = {}
         self.arrival: Dict[str, List[float]] = {}
@@ -166,15 +193,6 @@ class Recorder:
             self.subscriptions[key] = self.node.create_subscription(
                 msg_type, topic, lambda m, k=key: self._record(k, m),
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _record(self, key: str, msg: Any) -> None:
         with self.lock:
@@ -194,13 +212,6 @@ class Recorder:
             for key in self.msgs:
                 self.msgs[key].clear()
                 self.arrival[key].clear()
-
-    def close(self) -> None:
-        # Stop spinning before the executor and node go, or the spin thread trips over them.
-        self._stop.set()
-        self.thread.join(timeout=5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
 
     # ---------------------------------------------------------------- waiting
 
@@ -293,34 +304,6 @@ def box_prompt(scene, pad: int = 4, object_ids: bool = True) -> Prompt:
         msg.boxes.append(BoxPrompt(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max,
                                    label=1, object_id=b.object_id if object_ids else -1))
     return msg
-
-
-class SpunNode:
-    """A node of its own, spun in a thread of its own: the home of an action client.
-
-    rclpy's executor takes at most one feedback message and one result per wait from an action
-    client, after every ready subscription: on the recorder's node, busy with images, point
-    clouds and markers, the feedback of a few goals lags behind their results, and feedback
-    that arrives after its goal's result is dropped by the client.
-    """
-
-    def __init__(self, name: str = "sam3d_test_client"):
-        self.node = Node(name)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
 
 
 def warm_up_action_client(rec: "Recorder", client: Any, feedback_goal: Any = None) -> None:
