@@ -90,7 +90,8 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
                    storage: str = "mcap", compressed: bool = False,
                    depth_offset_ns: Sequence[int] = (), skip: Sequence[str] = (),
                    boxes_topic: bool = False, start_ns: int = 1_700_000_000_000_000_000,
-                   step: int = 4, distinct: int = 0) -> Path:
+                   step: int = 4, distinct: int = 0,
+                   blank_frame_ids: Sequence[int] = ()) -> Path:
     """Write a rosbag2 folder of ``frames`` example frames; returns its path.
 
     Args:
@@ -102,6 +103,7 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
         step: pixel step (4: 160×120, 1: 640×480).
         distinct: when > 0, only this many distinct frames (noise draws, encodings) are made;
             frame ``i`` is frame ``i % distinct`` again with its own stamps.
+        blank_frame_ids: frames whose colour image has an empty ``header.frame_id``.
     """
     store = make_typestore("jazzy")
     kit = RosbagsKit(store)
@@ -138,6 +140,7 @@ def make_recording(path: Path, frames: int = 3, period_ns: int = 100_000_000,
             if i < len(depth_offset_ns):
                 stamp = msgs["depth"][1].header.stamp
                 stamp.sec, stamp.nanosec = divmod(t + int(depth_offset_ns[i]), 1_000_000_000)
+            msgs["image"][1].header.frame_id = "" if i in blank_frame_ids else FRAME_ID
             for key in ("image", "depth", "camera_info"):
                 if key not in skip:
                     write(key, msgs[key][0], t + {"image": 0, "depth": 1, "camera_info": 2}[key],

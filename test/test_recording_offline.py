@@ -155,6 +155,19 @@ def test_stamps_that_do_not_pair(tmp_path, capsys):
     assert len(read_back(tmp_path / "out")["/sam3d/objects"]) == 3
 
 
+def test_a_frame_without_frame_id_is_skipped_and_named(tmp_path, capsys):
+    # As the node refuses it: outputs and TF cannot be published in the frame "".
+    bag = make_recording(tmp_path / "in", frames=3, blank_frame_ids=(1,))
+    assert _run(tmp_path, bag) == 0
+    out = read_back(tmp_path / "out")
+    in_stamps = [m.header.stamp.nanosec for _, m in read_back(bag)[TOPICS["image"]]]
+    assert [m.header.stamp.nanosec for _, m in out["/sam3d/objects"]] == [in_stamps[0],
+                                                                           in_stamps[2]]
+    assert all(t.header.frame_id for _, m in out["/tf"] for t in m.transforms)
+    text = capsys.readouterr().out
+    assert "frame 1 (stamp" in text and "image.header.frame_id: is empty" in text
+
+
 def test_interrupted_run_leaves_a_readable_recording(tmp_path):
     bag = make_recording(tmp_path / "in", frames=40)
     request = example_request(tmp_path / "request.json")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
 from sam3d_ros.core import grasp_messages as grasp_out
 from sam3d_ros.core import output_messages as out
-from sam3d_ros.core.camera_frame import build_camera_frame, stamp_seconds
+from sam3d_ros.core.camera_frame import build_camera_frame, check_frame_id, stamp_seconds
 from sam3d_ros.core.errors import InputError, Terminated
 from sam3d_ros.core.inputs import InputOptions, parse_query, parse_seed
 from sam3d_ros.core.prompt_messages import prompt_request, query_from_prompt
@@ -260,6 +260,8 @@ def process_recording(
                 tracker.reset()  # as the node does for a new prompt
             stamp = stamp_seconds(frame.image.header)
             try:
+                # As the node: outputs, markers and TF are published in the image's frame.
+                check_frame_id(frame.image)
                 cam = build_camera_frame(frame.image, frame.depth, frame.camera_info)
                 width, height = cam.frame.width, cam.frame.height
                 query, explicit, seed, record = _query(frame, request, width, height, base_dir,
