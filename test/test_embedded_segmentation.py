@@ -369,6 +369,16 @@ def test_box_around_a_flat_dark_object_without_depth(seg):
     assert iou(r.mask, masks[0]) >= 0.8, iou(r.mask, masks[0])
 
 
+def test_a_loose_box_around_an_object_of_the_tables_colour_keeps_out_the_table(seg):
+    """Depth finds the object but it covers little of a generous box: the table inside the box
+    stays background (colour alone could not tell them apart)."""
+    objects = (("cyl", 0.0, 0.05, (0.035, 0.12), (170, 120, 90)),)
+    frame, masks, boxes = render_scene(objects)
+    (r,) = seg.segment(
+        frame, SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0, 60)])]))
+    assert iou(r.mask, masks[0]) >= 0.9, iou(r.mask, masks[0])
+
+
 def test_point_outside_image_and_background_only_are_input_errors(scene, seg):
     frame, _, _ = scene
     with pytest.raises(InputError) as err:

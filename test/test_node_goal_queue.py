@@ -130,9 +130,10 @@ def test_queued_goals_go_before_camera_frames(env):
     sc, node, rec, client, peer = env
     goal_stamps = (1, 2, 3)
     feedback = []  # every goal's feedback, read from the topic (the client drops late ones)
-    peer.node.create_subscription(
+    sub = peer.node.create_subscription(
         Reconstruct.Impl.FeedbackMessage, "/sam3d/reconstruct/_action/feedback",
         lambda m: feedback.append((bytes(m.goal_id.uuid), m.feedback)), BURST_QOS)
+    assert rec.wait(lambda: sub.get_publisher_count() > 0, WAIT_S)
 
     def tf_sequence():  # (stamp second, arrival time) of every /tf, in arrival order
         with rec.lock:

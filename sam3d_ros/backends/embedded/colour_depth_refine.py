@@ -70,9 +70,10 @@ def refine_mask(
             object colour model (measured: 2 splits touching boxes but loses multi-coloured
             objects on dof6_*, 0.86 → 0.79; 3 keeps both).
         weak_depth: with a box, when the depth mask covers less than this share of the box,
-            everything inside the box starts as probably object (plain GrabCut): depth
-            found too little to seed the colour models (a coiled cable flat on the table,
-            m2t2_1: segmentation IoU 0.21 → 0.55; no other real frame changes).
+            everything inside the box starts as probably object (plain GrabCut) and the
+            support inside the box is left to colour: depth found too little to seed the
+            colour models (a coiled cable flat on the table, m2t2_1: segmentation IoU
+            0.21 → 0.55; no other real frame changes).
         max_side: the colour models are learnt on the crop shrunk to at most this many pixels
             a side (GrabCut's cost grows with the pixel count), then one graph cut labels the
             full-resolution crop with them.
@@ -108,13 +109,15 @@ def refine_mask(
 
     gc = np.full(m.shape, cv2.GC_PR_BGD, dtype=np.uint8)
     gc[m | c] = cv2.GC_PR_FGD
+    weak = False
     if box is not None:
         # Inside a box, pixels without depth (dark, shiny, transparent surfaces) are left to
         # colour from the object's side: depth could not have found them.
         inside = np.zeros(m.shape, dtype=bool)
         inside[box[1] - y0 : box[3] + 1 - y0, box[0] - x0 : box[2] + 1 - x0] = True
         gc[inside & ~valid] = cv2.GC_PR_FGD
-        if m.sum() < weak_depth * inside.sum():
+        weak = bool((m & inside).sum() < weak_depth * inside.sum())
+        if weak:
             # Depth found little of what the box holds (a flat object on the support, a dark
             # or shiny one): start from the box, as GrabCut does without depth.
             gc[inside] = cv2.GC_PR_FGD
@@ -155,9 +158,10 @@ def refine_mask(
             # in the band too); the support farther away is certainly not the object.
             near = ndimage.binary_dilation(m | c, iterations=int(2 * depth_px) + 2)
             support = valid & (height < support_band) & ~near
-            if box is not None:
-                # Inside a box the "support" may be a flat object lying on it (a cable, a
-                # cloth): colour decides there.
+            if weak:
+                # Inside such a box the "support" may be a flat object lying on it (a cable,
+                # a cloth): colour decides there. Not otherwise: a loose box around an object
+                # of the table's colour would take in the table.
                 support &= ~inside
             certain_bg |= support
     if box is not None:

@@ -325,11 +325,13 @@ class EmbeddedReconstructor:
             fit = support_footprint(q[measured])
             if fit is not None:
                 ref, back = self._complete_primitive(ref, q[measured], fit), 0.0
-        verts, faces = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
+        verts, faces, voxel = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
         if self.silhouette_snap:
-            verts = (ctx.snap_to_silhouette(origin + verts @ frame_rot.T) - origin) @ frame_rot
+            snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
+            moved = (snapped - origin) @ frame_rot
             if floor is not None:
-                verts[:, 2] = np.maximum(verts[:, 2], floor)
+                moved[:, 2] = np.maximum(moved[:, 2], floor)
+            verts = undo_turned_faces(verts, moved, faces)  # the floor may have turned some
 
         # Pose: gravity-aligned box of the completed surface.
         centre2, axes2, ext2 = min_area_rectangle(verts[:, :2])
@@ -420,7 +422,10 @@ class EmbeddedReconstructor:
                         [pts[sel] - (f * height[sel])[:, None] * up for f in (0.5, 0.75)]
                     )
                     probe_h = np.concatenate([0.5 * height[sel], 0.25 * height[sel]])
-                    free = ctx.in_free_space(probes, self.carve_margin, probe_h)
+                    # Only measured depth says the space below is empty: a dark lower part
+                    # missing from the mask has no depth either.
+                    free = ctx.in_free_space(probes, self.carve_margin, probe_h,
+                                             unmeasured=False)
                     if free.mean() > 0.5:
                         floor = low
                 return _frame_from_up(up, centroid), origin, floor
@@ -523,7 +528,7 @@ class EmbeddedReconstructor:
         return mq[~free]
 
     def _surface(self, ref, ctx, frame_rot, origin, floor, gravity, back):
-        """Closed surface (gravity-frame vertices, faces) of the completed height map."""
+        """Closed surface (gravity-frame vertices, faces, voxel edge) of the height map."""
         ext = ref.max(axis=0) - ref.min(axis=0)
         v = max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
         lo = ref.min(axis=0) - 2 * v
@@ -600,7 +605,7 @@ class EmbeddedReconstructor:
             verts = _snap_to_points(verts, faces, ref, lo, v, occ.shape, -origin @ frame_rot)
         if floor is not None:
             verts[:, 2] = np.maximum(verts[:, 2], floor)
-        return verts, faces
+        return verts, faces, v
 
     def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: np.ndarray):
         """Vertex colours (uint8) and which vertices are visible.
@@ -735,7 +740,9 @@ class _FrameContext:
         self._object = (mask, (a0, a1, b0, b1), crop,
                         ndimage.binary_dilation(crop, iterations=SILHOUETTE_SLACK_PX))
 
-    def snap_to_silhouette(self, verts: np.ndarray) -> np.ndarray:
+    def snap_to_silhouette(
+        self, verts: np.ndarray, faces: np.ndarray, max_move: float
+    ) -> np.ndarray:
         """Move camera-frame vertices that overhang the object's silhouette back onto it.
 
         A vertex overhangs when it projects outside the object's mask (:meth:`set_object`)
@@ -744,7 +751,9 @@ class _FrameContext:
         object's depth on pixels next to the mask, which keeps their vertices). It moves
         parallel to the image plane, at its own depth, to half a pixel outside the nearest
         mask pixel, so the mesh's silhouette ends on the mask's edge. Occluded parts (behind
-        another object or anything nearer) are left alone.
+        another object or anything nearer) are left alone. A move is at most ``max_move`` (a
+        voxel: the overhang of the voxel surface; what lies farther out is carving's
+        business), and the moves of a face that would turn over are undone (no folds).
         """
         if self._object is None:
             return verts
@@ -774,11 +783,16 @@ class _FrameContext:
         norm = np.maximum(np.hypot(dr, dc), 1e-9)
         tr += 0.5 * dr / norm
         tc += 0.5 * dc / norm
+        target = verts[move].copy()
+        z = target[:, 2]
+        target[:, 0] = (tc - self.k.cx) * z / self.k.fx
+        target[:, 1] = (tr - self.k.cy) * z / self.k.fy
+        step = target - verts[move]
+        length = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, max_move / np.maximum(length, 1e-12))
         out = verts.copy()
-        z = verts[move, 2]
-        out[move, 0] = (tc - self.k.cx) * z / self.k.fx
-        out[move, 1] = (tr - self.k.cy) * z / self.k.fy
-        return out
+        out[move] += step
+        return undo_turned_faces(verts, out, faces)
 
     def forget_depth(self, selection: np.ndarray) -> None:
         """Treat the depth of the ``selection`` pixels (H×W) as unknown in free-space tests.
@@ -814,13 +828,15 @@ class _FrameContext:
         return r, c, inside
 
     def in_free_space(
-        self, p: np.ndarray, margin: float, heights: Optional[np.ndarray] = None
+        self, p: np.ndarray, margin: float, heights: Optional[np.ndarray] = None,
+        unmeasured: bool = True,
     ) -> np.ndarray:
         """True where a camera point lies clearly in front of the observed surface.
 
         ``heights`` (above the support plane) enables the table test: a point above the plane
         that projects onto a pixel seeing the bare table is empty even when it is close to the
         table along the ray (grazing rays make the depth test weak near the table).
+        ``unmeasured``: pixels without depth outside every mask count as empty too.
         """
         self._refresh()
         r, c, inside = self.pixel_of(p)
@@ -831,10 +847,37 @@ class _FrameContext:
         d = self.depth_min[r, c]
         tol = margin + 2.0 * self.sigma[r, c]
         free = inside & (d > 0) & (p[:, 2] < d - tol)
-        free |= inside & self.unmeasured_outside[r, c]
+        if unmeasured:
+            free |= inside & self.unmeasured_outside[r, c]
         if heights is not None and self.table is not None:
             free |= inside & self.table[r, c] & (heights > self.table_height)
         return free
+
+
+def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unnormalised face normals (F×3)."""
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    return np.cross(b - a, c - a)
+
+
+def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``after`` with the vertices of the faces that turned over put back.
+
+    Repeated until no face is turned against ``before`` (undoing everything gives ``before``,
+    so this ends).
+    """
+    ref = _face_normals(before, faces)
+    out = after.copy()
+    while True:
+        turned = (_face_normals(out, faces) * ref).sum(axis=1) <= 0.0
+        turned &= (ref * ref).sum(axis=1) > 0.0  # a face degenerate from the start stays
+        if not turned.any():
+            return out
+        undo = np.unique(faces[turned])
+        undo = undo[np.any(out[undo] != before[undo], axis=1)]
+        if undo.size == 0:
+            return out
+        out[undo] = before[undo]
 
 
 def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
