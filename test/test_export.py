@@ -493,3 +493,26 @@ def test_duplicate_object_ids_rejected(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
         ex.write_run(tmp_path / "r", {}, None, [make_object(1, 0, 1), make_object(1, 1, 2)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_the_moment_the_temp_dir_appears_leaves_nothing(tmp_path, monkeypatch):
+    """SIGTERM (Terminated) or Ctrl-C can arrive right after the temporary directory is made:
+    it must still be removed (the bad-input campaign sends the signal as soon as it appears)."""
+    import os
+
+    from sam3d_ros.core.errors import Terminated
+
+    real_mkdir = os.mkdir
+
+    def mkdir_then_signal(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if ".tmp-" in os.fspath(path):
+            raise Terminated()
+
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    monkeypatch.setattr(os, "mkdir", mkdir_then_signal)
+    with pytest.raises(Terminated):
+        ex.write_run(parent / "r1", REQUEST, make_frame(), [make_object(3, 0, 1)])
+    monkeypatch.undo()
+    assert list(parent.iterdir()) == []

@@ -37,7 +37,7 @@ import numpy as np
 from sam3d_ros import __version__
 from sam3d_ros.core import conventions
 from sam3d_ros.core.errors import InputError
-from sam3d_ros.core.run_dirs import make_temp_dir, remove_stale_temps
+from sam3d_ros.core.run_dirs import remove_stale_temps, temp_dir_path
 from sam3d_ros.core.types import Frame, Gaussians, Grasp, ObjectReconstruction
 
 CONTENT_TYPE_GLB = "model/gltf-binary"
@@ -600,8 +600,9 @@ def write_run(
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir.parent)  # of earlier runs killed while writing
-    tmp = make_temp_dir(run_dir)
+    tmp = temp_dir_path(run_dir)
     try:
+        os.mkdir(tmp, 0o700)  # inside the try: a SIGTERM right after mkdir still removes it
         os.chmod(tmp, 0o755)
         if objects:
             (tmp / OBJECTS_DIR).mkdir()

@@ -1,7 +1,7 @@
 """Run directories on disk: temporary names while writing, stale-temp cleanup, pruning.
 
 A run directory is written under a hidden temporary name in its parent,
-``.<name>.tmp-<pid>-<random>`` (:func:`make_temp_dir`), and renamed when complete. A process
+``.<name>.tmp-<pid>-<random>`` (:func:`temp_dir_path`), and renamed when complete. A process
 killed while writing (SIGKILL, power loss) leaves that temporary directory behind;
 :func:`remove_stale_temps`, called before every new run is written, deletes the ones whose
 writer is gone (its pid is not running here) or that are older than ``max_age_s`` (a pid may
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -27,10 +27,25 @@ _TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[A-Za-z0-9_]+$")
 _RUN_DIR_RE = re.compile(r"^(frame|goal)_\d{8}T\d{6}_\d{6}_\d+$")
 
 
+def temp_dir_path(run_dir: Path) -> Path:
+    """A fresh name ``.<name>.tmp-<pid>-<random>`` for the sibling ``run_dir`` is built in.
+
+    Not created here: the caller creates it inside the ``try`` whose handler removes it, so a
+    signal arriving between the creation and the ``try`` (a SIGTERM sent the moment the
+    directory appears) cannot leave it behind.
+    """
+    return run_dir.parent / f".{run_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+
+
 def make_temp_dir(run_dir: Path) -> Path:
-    """Create the temporary sibling ``.<name>.tmp-<pid>-<random>`` that ``run_dir`` is built in."""
-    prefix = f".{run_dir.name}.tmp-{os.getpid()}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=run_dir.parent))
+    """Create the temporary sibling of ``run_dir`` (:func:`temp_dir_path`), mode 0700."""
+    while True:
+        path = temp_dir_path(run_dir)
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
 
 
 def _pid_running(pid: int) -> bool:
