@@ -60,6 +60,7 @@ import numpy as np
 from scipy import ndimage
 
 from sam3d_ros.backends.embedded.shape_completion import (
+    face_normals,
     fill_height_map,
     footprint_samples,
     make_well_composed,
@@ -854,22 +855,16 @@ class _FrameContext:
         return free
 
 
-def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unnormalised face normals (F×3)."""
-    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    return np.cross(b - a, c - a)
-
-
 def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """``after`` with the vertices of the faces that turned over put back.
 
     Repeated until no face is turned against ``before`` (undoing everything gives ``before``,
     so this ends).
     """
-    ref = _face_normals(before, faces)
+    ref = face_normals(before, faces)
     out = after.copy()
     while True:
-        turned = (_face_normals(out, faces) * ref).sum(axis=1) <= 0.0
+        turned = (face_normals(out, faces) * ref).sum(axis=1) <= 0.0
         turned &= (ref * ref).sum(axis=1) > 0.0  # a face degenerate from the start stays
         if not turned.any():
             return out

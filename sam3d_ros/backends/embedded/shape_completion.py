@@ -203,10 +203,15 @@ def taubin_smooth(
     return v
 
 
+def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Face normals (F×3), twice the face area long (outward for counter-clockwise faces)."""
+    tri = verts[faces]
+    return np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+
+
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals (outward for counter-clockwise faces)."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn = face_normals(verts, faces)
     idx = faces.T.ravel()
     n_v = verts.shape[0]
     vn = np.stack(
