@@ -33,7 +33,7 @@ def make_object(obj_id, rng, n_vert=5000, n_gauss=20000, h=480, w=640):
                             rng.uniform(0, 1, (n_gauss, 3)).astype(np.float32),
                             rng.uniform(0.05, 0.95, n_gauss).astype(np.float32)),
         rotation=q, translation=np.array([0.1 * obj_id, 0.0, 1.0]), scale=np.array([0.2]),
-        mask=rng.uniform(size=(h, w)) > 0.7, label="thing", score=0.9,
+        region=rng.uniform(size=(h, w)) > 0.7, label="thing", score=0.9,
     )
 
 

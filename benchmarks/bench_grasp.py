@@ -79,7 +79,7 @@ def true_mesh_objects(scene: SyntheticScene) -> List[ObjectReconstruction]:
             mesh=Mesh((v - centre).astype(np.float32), np.asarray(obj.mesh_faces, np.int32),
                       np.zeros((len(v), 3), np.uint8)),
             gaussians=empty, rotation=np.array([0.0, 0, 0, 1]), translation=centre,
-            scale=np.ones(3), mask=obj.visible_mask))
+            scale=np.ones(3), region=obj.visible_mask))
     return out
 
 

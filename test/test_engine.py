@@ -112,7 +112,7 @@ class FakeReconstructor:
                     rotation=np.array([0.0, 0.0, 0.0, 1.0]),
                     translation=np.array([0.0, 0.0, 1.0 + index]),
                     scale=np.array([0.1, 0.1, 0.1]),
-                    mask=m.mask,
+                    region=m.region,
                 )
             )
         return out[:-1] if self.drop else out

@@ -49,7 +49,7 @@ def make_object(obj_id, index, seed, subdiv=2, n_gauss=200, label="mug"):
         rotation=q,
         translation=np.array([0.1 * obj_id, -0.05, 0.8 + 0.1 * obj_id]),
         scale=np.array([rng.uniform(0.05, 0.3)]),
-        mask=mask,
+        region=mask,
         label=label,
         score=0.5 + 0.1 * obj_id,
         extents=np.array([0.1, 0.2, 0.3]),

@@ -71,7 +71,7 @@ def make_object(object_id, vertices, faces, mask=None):
                             np.tile(np.float32([0, 0, 0, 1]), (n, 1)),
                             np.full((n, 3), 0.5, np.float32), np.full(n, 0.9, np.float32)),
         rotation=np.array([0.0, 0.0, 0.0, 1.0]), translation=centre, scale=np.ones(3),
-        mask=np.zeros((K.height, K.width), bool) if mask is None else mask,
+        region=np.zeros((K.height, K.width), bool) if mask is None else mask,
     )
 
 

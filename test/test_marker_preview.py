@@ -36,7 +36,7 @@ def make_object(vertices, faces, object_id=4, scale=0.1, t=(0.0, 0.0, 0.7), colo
         mesh=Mesh(v, np.asarray(faces, np.int32),
                   index_colours(len(v)) if colors is None else colors),
         gaussians=g, rotation=np.array([0.0, 0.0, 0.0, 1.0]), translation=np.array(t),
-        scale=np.full(3, scale), mask=np.zeros((4, 4), bool), label="thing", score=1.0)
+        scale=np.full(3, scale), region=np.zeros((4, 4), bool), label="thing", score=1.0)
 
 
 def mean_edge(v, f):

@@ -46,7 +46,7 @@ def make_object(object_id=3, t=(0.05, 0.02, 0.7), yaw=0.4, mesh=None, size=0.1, 
         object_id=object_id, object_index=0,
         mesh=Mesh(v.astype(np.float32), np.asarray(mesh.faces, np.int32), colours), gaussians=g,
         rotation=q, translation=np.array(t, np.float64), scale=np.full(3, size),
-        mask=np.zeros((4, 4), bool), label=label, extents=np.ptp(v, axis=0) * size)
+        region=np.zeros((4, 4), bool), label=label, extents=np.ptp(v, axis=0) * size)
 
 
 def grasps_on(obj, n=3):

@@ -42,8 +42,8 @@ def make_object(n_vertices, object_id, seed):
         object_id=object_id, object_index=object_id,
         mesh=Mesh(v, f, rng.integers(0, 256, size=(n_vertices, 3)).astype(np.uint8)),
         gaussians=g, rotation=np.array([0.0, 0.0, 0.0, 1.0]),
-        translation=np.array([0.1, -0.2, 0.7]), scale=np.full(3, 0.1), mask=np.zeros((4, 4), bool),
-        label="mug" * object_id, score=0.5)
+        translation=np.array([0.1, -0.2, 0.7]), scale=np.full(3, 0.1),
+        region=np.zeros((4, 4), bool), label="mug" * object_id, score=0.5)
 
 
 def both(build):

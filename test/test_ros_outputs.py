@@ -13,7 +13,7 @@ from visualization_msgs.msg import Marker
 from sam3d_ros.core import conventions as conv
 from sam3d_ros.core import output_messages as out
 from sam3d_ros.core.point_clouds import pointcloud2_to_arrays
-from sam3d_ros.core.types import CameraIntrinsics, Gaussians, Mesh, ObjectReconstruction
+from sam3d_ros.core.types import CameraIntrinsics, Gaussians, MaskCrop, Mesh, ObjectReconstruction
 from sam3d_ros.ros.message_kit import RCLPY
 
 HEADER = Header(frame_id="cam_optical")
@@ -39,7 +39,7 @@ def cube_object(object_id=5, index=0, t=(0.1, -0.05, 0.8), yaw=0.3, extents=(0.0
                   np.ones(1, np.float32))
     return ObjectReconstruction(object_id=object_id, object_index=index,
                                 mesh=Mesh(v, faces, colors), gaussians=g, rotation=q,
-                                translation=np.array(t), scale=np.full(3, scale), mask=mask,
+                                translation=np.array(t), scale=np.full(3, scale), region=mask,
                                 label="box", score=0.75, extents=ext)
 
 
@@ -160,8 +160,9 @@ def test_label_goes_above_the_box_along_the_support_plane_normal():
 
 def test_points_of_masks_with_object_index():
     objs = [cube_object(5, 0), cube_object(9, 1)]
-    objs[1].mask[:] = False
-    objs[1].mask[0:8, 0:8] = True
+    corner = np.zeros((48, 64), bool)
+    corner[0:8, 0:8] = True
+    objs[1].region = MaskCrop.of(corner)
     depth = np.full((48, 64), 1.0, np.float32)
     depth[20:30, 36:40] = 2.5  # the right band of object 0's mask sees the background
     points = conv.backproject(depth, K)

@@ -43,5 +43,5 @@ def pass_through_masks(frame: Frame, masks: Sequence[np.ndarray]) -> List[Object
             raise InputError(field_name, f"unsupported mask dtype {m.dtype}")
         if not b.any():
             raise InputError(field_name, "mask is empty (no foreground pixel)")
-        out.append(ObjectMask(object_id=i, mask=b, label="", score=1.0))
+        out.append(ObjectMask(object_id=i, region=b, label="", score=1.0))
     return out

@@ -42,6 +42,8 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
+from .types import MaskCrop
+
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
 
@@ -229,7 +231,8 @@ def object_depth(
 
     Args:
         points: H×W×3 pointmap in the camera optical frame (metres; NaN = invalid).
-        mask: H×W bool object mask (on the colour image).
+        mask: the object's mask on the colour image (H×W bool, or a
+            :class:`~sam3d_ros.core.types.MaskCrop`).
         plane: optional support plane (:class:`~sam3d_ros.core.support_plane.Plane`); pixels less
             than ``plane_clearance`` above it (or below it) are not the object.
         jump_abs, jump_rel: depth-jump threshold ``max(jump_abs, jump_rel · z)``.
@@ -243,19 +246,14 @@ def object_depth(
         depth_margin: metres added to the plausible depth extent.
         fill: fill the dropped mask pixels with the nearest reliable depth.
     """
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
+    region = MaskCrop.of(mask)
+    h, w = region.image_shape
     empty = ObjectDepth(
         np.zeros((h, w), bool), np.zeros((h, w), bool), np.full((h, w), np.nan, np.float32)
     )
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    if not region.any():
         return empty
-    pad = edge_px + 2
-    r0, r1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, h)
-    c0, c1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, w)
-    m = mask[r0:r1, c0:c1]
+    m, (r0, r1, c0, c1) = region.window(edge_px + 2)
     pts = np.asarray(points[r0:r1, c0:c1], dtype=np.float32)
     z = pts[:, :, 2]
     with np.errstate(invalid="ignore"):

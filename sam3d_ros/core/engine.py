@@ -366,10 +366,10 @@ class Engine:
             masks = list(self.segmenter.segment(frame, query))
             shape = (frame.height, frame.width)
             for item in masks:
-                if np.shape(item.mask) != shape:
+                if tuple(item.region.image_shape) != shape:
                     raise BackendError(
                         f"segmenter {self.segmenter.name!r} returned a mask of shape "
-                        f"{np.shape(item.mask)} for a {shape} image"
+                        f"{tuple(item.region.image_shape)} for a {shape} image"
                     )
             return masks
 

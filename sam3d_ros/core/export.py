@@ -657,10 +657,8 @@ def _metadata_document(
                                     "height": int(k.height)}
     docs = []
     for obj, meta, (glb_rel, ply_rel) in zip(objects, meta_list, per_object, strict=True):
-        mask = np.asarray(obj.mask, dtype=bool)
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        bbox = ([int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
-                if rows.size else None)
+        r0, r1, c0, c1 = obj.region.bbox
+        bbox = [c0, r0, c1 - 1, r1 - 1] if obj.region.any() else None
         docs.append(dict(
             meta,
             extents=None if obj.extents is None else _floats(obj.extents),
@@ -670,7 +668,7 @@ def _metadata_document(
             num_vertices=int(np.shape(obj.mesh.vertices)[0]),
             num_faces=int(np.shape(obj.mesh.faces)[0]) if np.size(obj.mesh.faces) else 0,
             num_gaussians=len(obj.gaussians),
-            mask_pixels=int(mask.sum()),
+            mask_pixels=obj.region.area,
             mask_bbox_xyxy=bbox,
             glb=glb_rel,
             splat=ply_rel,

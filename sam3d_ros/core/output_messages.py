@@ -545,7 +545,7 @@ def object_points(
     valid = np.isfinite(points).all(axis=2)
     xyz, col, idx = [], [], []
     for i, obj in enumerate(objects):
-        mask = object_depth(points, np.asarray(obj.mask, dtype=bool)).reliable & valid & ~taken
+        mask = object_depth(points, obj.region).reliable & valid & ~taken
         taken |= mask
         xyz.append(points[mask].astype(np.float32))
         col.append(np.asarray(rgb)[mask].astype(np.uint8))
@@ -649,18 +649,18 @@ def debug_image(
     """
     img = np.array(rgb, dtype=np.uint8, copy=True)
     for obj in objects:
-        mask = np.asarray(obj.mask, dtype=bool)
-        if mask.shape != img.shape[:2]:
+        region = obj.region
+        if tuple(region.image_shape) != img.shape[:2]:
             continue
-        color = object_color(obj.object_id)
-        _blend(img, mask, color, mask_alpha)
+        r0, r1, c0, c1 = region.bbox
+        _blend(img[r0:r1, c0:c1], region.pixels, object_color(obj.object_id), mask_alpha)
     for obj in objects:
-        mask = np.asarray(obj.mask, dtype=bool)
-        if mask.shape != img.shape[:2] or not mask.any():
+        region = obj.region
+        if tuple(region.image_shape) != img.shape[:2] or not region.any():
             continue
         color = object_color(obj.object_id)
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+        r0, r1, c0, c1 = region.bbox
+        box = (c0, r0, c1 - 1, r1 - 1)
         draw_rectangle(img, box, color)
         if intrinsics is not None:
             t = np.asarray(obj.translation, dtype=np.float64).reshape(3)

@@ -15,7 +15,7 @@ Units and frames (see :mod:`sam3d_ros.core.conventions` for the single source of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -106,14 +106,131 @@ class SegmentationQuery:
     text: Optional[str] = None
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
+class MaskCrop:
+    """A bool mask of an H×W image, kept as the crop of its bounding box.
+
+    Memory follows the object, not the image: a 1280×720 mask is 0.9 MB in full, and a frame
+    of many small objects would otherwise hold one such array per object in every result.
+    An empty mask is a 0×0 crop. Build one with :meth:`of`.
+
+    Attributes:
+        pixels: h×w bool, the mask inside its bounding box (rows ``top:top+h``,
+            columns ``left:left+w`` of the image).
+        top, left: the box's first row and column in the image.
+        image_shape: ``(H, W)`` of the image the mask belongs to.
+    """
+
+    pixels: np.ndarray
+    top: int
+    left: int
+    image_shape: Tuple[int, int]
+
+    @classmethod
+    def of(cls, mask) -> "MaskCrop":
+        """The crop of an H×W mask (any array-like; non-zero = inside); a MaskCrop is kept."""
+        if isinstance(mask, MaskCrop):
+            return mask
+        arr = np.asarray(mask)
+        if arr.ndim != 2:
+            raise ValueError(f"a mask is an H×W array, got shape {arr.shape}")
+        arr = arr.astype(bool, copy=False)
+        shape = (int(arr.shape[0]), int(arr.shape[1]))
+        rows = np.flatnonzero(arr.any(axis=1))
+        if rows.size == 0:
+            return cls(np.zeros((0, 0), bool), 0, 0, shape)
+        cols = np.flatnonzero(arr.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return cls(arr[r0:r1, c0:c1].copy(), r0, c0, shape)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """The image's ``(H, W)`` (what ``np.shape`` of the full mask would say)."""
+        return self.image_shape
+
+    @property
+    def bbox(self) -> Tuple[int, int, int, int]:
+        """``(row0, row1, col0, col1)`` of the crop, ends exclusive."""
+        h, w = self.pixels.shape
+        return self.top, self.top + h, self.left, self.left + w
+
+    @property
+    def area(self) -> int:
+        """Number of pixels inside the mask."""
+        return int(np.count_nonzero(self.pixels))
+
+    def any(self) -> bool:
+        """Whether the mask has a pixel."""
+        return bool(self.pixels.any())
+
+    def full(self, writeable: bool = True) -> np.ndarray:
+        """The H×W bool mask (a new array; read-only unless ``writeable``)."""
+        out = np.zeros(self.image_shape, dtype=bool)
+        r0, r1, c0, c1 = self.bbox
+        out[r0:r1, c0:c1] = self.pixels
+        out.flags.writeable = writeable
+        return out
+
+    def window(self, pad: int) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+        """The mask on its box grown by ``pad`` pixels (clipped to the image), and that box.
+
+        Returns ``(mask, (row0, row1, col0, col1))`` with ``mask`` the (row1-row0)×(col1-col0)
+        bool array (a new array). An empty mask gives a 0×0 array.
+        """
+        if self.pixels.size == 0:
+            return np.zeros((0, 0), bool), (0, 0, 0, 0)
+        h, w = self.image_shape
+        r0, r1, c0, c1 = self.bbox
+        box = (max(r0 - pad, 0), min(r1 + pad, h), max(c0 - pad, 0), min(c1 + pad, w))
+        return self.over(box), box
+
+    def over(self, box: Tuple[int, int, int, int]) -> np.ndarray:
+        """The mask on the image window ``(row0, row1, col0, col1)``, ends exclusive.
+
+        A new array; the window may reach past the image (the mask is False there).
+        """
+        a0, a1, b0, b1 = (int(v) for v in box)
+        out = np.zeros((max(a1 - a0, 0), max(b1 - b0, 0)), dtype=bool)
+        r0, r1, c0, c1 = self.bbox
+        i0, i1, j0, j1 = max(r0, a0), min(r1, a1), max(c0, b0), min(c1, b1)
+        if i0 < i1 and j0 < j1:
+            out[i0 - a0:i1 - a0, j0 - b0:j1 - b0] = self.pixels[i0 - r0:i1 - r0, j0 - c0:j1 - c0]
+        return out
+
+    def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether each pixel ``(rows[i], cols[i])`` is in the mask (False off the image)."""
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        r0, r1, c0, c1 = self.bbox
+        inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
+        out = np.zeros(inside.shape, dtype=bool)
+        out[inside] = self.pixels[rows[inside] - r0, cols[inside] - c0]
+        return out
+
+    def paste_into(self, target: np.ndarray) -> None:
+        """OR the mask into an H×W bool array in place."""
+        r0, r1, c0, c1 = self.bbox
+        target[r0:r1, c0:c1] |= self.pixels
+
+
+@dataclass(eq=False)
 class ObjectMask:
-    """One segmented object: an H×W bool mask."""
+    """One segmented object: its mask (kept as a crop; an H×W array given is cropped)."""
 
     object_id: int
-    mask: np.ndarray
+    region: MaskCrop
     label: str = ""
     score: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.region = MaskCrop.of(self.region)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The H×W bool mask, read-only, built on demand.
+
+        Per-frame work reads :attr:`region`; a new mask is a new :attr:`region`.
+        """
+        return self.region.full(writeable=False)
 
 
 @dataclass
@@ -168,11 +285,23 @@ class ObjectReconstruction:
     rotation: np.ndarray
     translation: np.ndarray
     scale: np.ndarray
-    mask: np.ndarray
+    region: MaskCrop
+    """The object's mask on the image (a crop; an H×W array given is cropped)."""
     label: str = ""
     score: float = 1.0
     extents: Optional[np.ndarray] = None
     """Object size along its own axes in metres (the oriented bounding box), when known."""
+
+    def __post_init__(self) -> None:
+        self.region = MaskCrop.of(self.region)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The H×W bool mask, read-only, built on demand.
+
+        Per-frame work reads :attr:`region`; a new mask is a new :attr:`region`.
+        """
+        return self.region.full(writeable=False)
 
 
 @runtime_checkable

@@ -84,6 +84,7 @@ from sam3d_ros.core.types import (
     CameraIntrinsics,
     Frame,
     Gaussians,
+    MaskCrop,
     Mesh,
     ObjectMask,
     ObjectReconstruction,
@@ -223,24 +224,24 @@ class EmbeddedReconstructor:
             )
         with np.errstate(invalid="ignore"):
             valid = points[:, :, 2] > 0  # False for NaN (invalid pixels are NaN in x, y, z)
-        mask_arrays = []
         for i, m in enumerate(masks):
-            arr = np.asarray(m.mask, dtype=bool)
-            if arr.shape != (h, w):
-                raise InputError(f"mask_urls[{i}]", f"mask is {arr.shape}, image is {(h, w)}")
-            if not (arr & valid).any():
+            region = m.region
+            if tuple(region.image_shape) != (h, w):
+                raise InputError(f"mask_urls[{i}]",
+                                 f"mask is {tuple(region.image_shape)}, image is {(h, w)}")
+            r0, r1, c0, c1 = region.bbox
+            if not (region.pixels & valid[r0:r1, c0:c1]).any():
                 raise InputError(
                     f"mask_urls[{i}]",
                     f"object {m.object_id} has no valid depth inside its mask "
                     "(empty mask, or no depth measured there)",
                 )
-            mask_arrays.append(arr)
-        if not mask_arrays:
+        if not masks:
             return []
         k = frame.intrinsics or intrinsics_from_pointmap(points, field="pointmap_url")
         union = np.zeros((h, w), dtype=bool)
-        for arr in mask_arrays:
-            union |= arr
+        for m in masks:
+            m.region.paste_into(union)
         # The table: every fourth row/column is plenty, and 16× cheaper.
         sub_union = ndimage.binary_dilation(union[::4, ::4], iterations=2)
         plane = fit_support_plane(
@@ -262,12 +263,12 @@ class EmbeddedReconstructor:
         )
         ctx = _FrameContext(points, valid, frame.rgb, k, roi, union, plane)
         # Hygiene of every object first: the depth each one disowns is unknown to all carving.
-        cleaned = [self._clean_points(ctx, arr) for arr in mask_arrays]
+        cleaned = [self._clean_points(ctx, m.region) for m in masks]
         out = []
-        for i, (m, arr) in enumerate(zip(masks, mask_arrays, strict=True)):
+        for i, m in enumerate(masks):
             check_cancelled()
-            ctx.set_object(arr)
-            out.append(self._reconstruct_one(ctx, plane, m, arr, i, int(seed), cleaned[i]))
+            ctx.set_object(m.region)
+            out.append(self._reconstruct_one(ctx, plane, m, i, int(seed), cleaned[i]))
         return out
 
     # ----------------------------------------------------------------------------------------
@@ -278,7 +279,6 @@ class EmbeddedReconstructor:
         ctx: "_FrameContext",
         plane: Optional[Plane],
         obj: ObjectMask,
-        mask: np.ndarray,
         index: int,
         seed: int,
         cleaned: Tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -349,7 +349,7 @@ class EmbeddedReconstructor:
         quat = matrix_to_quat(rot)
 
         verts_cam = origin + verts @ frame_rot.T
-        colors, seen = self._vertex_colors(verts_cam, ctx, mask)
+        colors, seen = self._vertex_colors(verts_cam, ctx, obj.region)
         mesh = Mesh(
             vertices=camera_to_canonical(verts_cam, quat, translation, scale).astype(np.float32),
             faces=faces.astype(np.int32),
@@ -366,7 +366,7 @@ class EmbeddedReconstructor:
             rotation=quat.astype(np.float64),
             translation=translation.astype(np.float64),
             scale=np.full(3, scale),
-            mask=mask.copy(),
+            region=obj.region,
             label=obj.label,
             score=obj.score,
             extents=extents,
@@ -375,7 +375,7 @@ class EmbeddedReconstructor:
     # ----------------------------------------------------------------------------------------
     # steps
 
-    def _clean_points(self, ctx: "_FrameContext", mask: np.ndarray):
+    def _clean_points(self, ctx: "_FrameContext", mask: MaskCrop):
         """The object's depth points after hygiene (:func:`~.depth_hygiene.object_depth`).
 
         Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
@@ -608,7 +608,7 @@ class EmbeddedReconstructor:
             verts[:, 2] = np.maximum(verts[:, 2], floor)
         return verts, faces, v
 
-    def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: np.ndarray):
+    def _vertex_colors(self, verts_cam: np.ndarray, ctx: "_FrameContext", mask: MaskCrop):
         """Vertex colours (uint8) and which vertices are visible.
 
         A visible vertex takes its pixel's colour; a hidden one the mask pixel nearest to where it
@@ -617,7 +617,7 @@ class EmbeddedReconstructor:
         r, c, inside = ctx.pixel_of(verts_cam)
         seen = np.zeros(verts_cam.shape[0], dtype=bool)
         rr, cc = r[inside], c[inside]
-        near = ctx.valid[rr, cc] & mask[rr, cc]
+        near = ctx.valid[rr, cc] & mask.contains(rr, cc)
         zobs = ctx.points[rr, cc, 2]
         with np.errstate(invalid="ignore"):
             near &= np.abs(verts_cam[inside, 2] - zobs) < 0.01
@@ -626,16 +626,16 @@ class EmbeddedReconstructor:
         colors[seen] = ctx.rgb[r[seen], c[seen]]
         hidden = ~seen
         if hidden.any():
-            h, w = mask.shape
+            h, w = mask.image_shape
             k = ctx.k
             z = np.maximum(verts_cam[hidden, 2], 1e-6)
             u = np.clip(np.rint(k.fx * verts_cam[hidden, 0] / z + k.cx), 0, w - 1).astype(int)
             v = np.clip(np.rint(k.fy * verts_cam[hidden, 1] / z + k.cy), 0, h - 1).astype(int)
-            rows = np.flatnonzero(mask.any(axis=1))
-            cols = np.flatnonzero(mask.any(axis=0))
-            r0, r1 = min(v.min(), rows[0]), max(v.max(), rows[-1]) + 1
-            c0, c1 = min(u.min(), cols[0]), max(u.max(), cols[-1]) + 1
-            _, (ir, ic) = ndimage.distance_transform_edt(~mask[r0:r1, c0:c1], return_indices=True)
+            b0, b1, d0, d1 = mask.bbox
+            r0, r1 = min(int(v.min()), b0), max(int(v.max()) + 1, b1)
+            c0, c1 = min(int(u.min()), d0), max(int(u.max()) + 1, d1)
+            _, (ir, ic) = ndimage.distance_transform_edt(~mask.over((r0, r1, c0, c1)),
+                                                         return_indices=True)
             src_r = ir[v - r0, u - c0] + r0
             src_c = ic[v - r0, u - c0] + c0
             colors[hidden] = ctx.rgb[src_r, src_c]
@@ -727,19 +727,13 @@ class _FrameContext:
                 table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
             self.table = ndimage.binary_erosion(table, iterations=1)
 
-    def set_object(self, mask: np.ndarray) -> None:
-        """Make ``mask`` (H×W) the object whose silhouette :meth:`snap_to_silhouette` keeps."""
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
+    def set_object(self, mask: MaskCrop) -> None:
+        """Make ``mask`` the object whose silhouette :meth:`snap_to_silhouette` keeps."""
+        if not mask.any():
             self._object = None
             return
-        h, w = mask.shape
-        pad = 16 + SILHOUETTE_SLACK_PX
-        a0, a1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, h)
-        b0, b1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, w)
-        crop = mask[a0:a1, b0:b1]
-        self._object = (mask, (a0, a1, b0, b1), crop,
-                        ndimage.binary_dilation(crop, iterations=SILHOUETTE_SLACK_PX))
+        crop, box = mask.window(16 + SILHOUETTE_SLACK_PX)
+        self._object = (box, crop, ndimage.binary_dilation(crop, iterations=SILHOUETTE_SLACK_PX))
 
     def snap_to_silhouette(
         self, verts: np.ndarray, faces: np.ndarray, max_move: float
@@ -758,7 +752,7 @@ class _FrameContext:
         """
         if self._object is None:
             return verts
-        mask, (a0, a1, b0, b1), crop, near_slack = self._object
+        (a0, a1, b0, b1), crop, near_slack = self._object
         r0, r1, c0, c1 = self.roi
         r, c, inside = self.pixel_of(verts)
         inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
@@ -767,7 +761,7 @@ class _FrameContext:
         near = in_crop & crop[lr, lc]
         # Another object's pixel (within the misregistration slack, where it is not ours).
         rr, cc = np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)
-        others = (self._union_roi[rr, cc] & ~mask[r, c]) | (
+        others = (self._union_roi[rr, cc] & ~near) | (
             self._union_near[rr, cc] & ~(in_crop & near_slack[lr, lc]))
         z_pix = self._z[rr, cc]
         seen_past = (z_pix <= 0) | (z_pix > verts[:, 2] + 2.0 * self.sigma[rr, cc])
@@ -776,7 +770,7 @@ class _FrameContext:
             return verts
         # Nearest mask pixels, from a crop around the mask (a full-ROI transform per object
         # costs ~20 ms at 1280×720); vertices beyond the crop look up from its border.
-        _, (ir, ic) = ndimage.distance_transform_edt(~mask[a0:a1, b0:b1], return_indices=True)
+        _, (ir, ic) = ndimage.distance_transform_edt(~crop, return_indices=True)
         rm, cm = r[move], c[move]
         tr = ir[lr[move], lc[move]].astype(np.float64) + a0
         tc = ic[lr[move], lc[move]].astype(np.float64) + b0

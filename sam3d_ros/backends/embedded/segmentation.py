@@ -444,7 +444,7 @@ class EmbeddedSegmenter:
             )
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
-        return ObjectMask(object_id=oid, mask=mask, label="", score=float(score))
+        return ObjectMask(object_id=oid, region=mask, label="", score=float(score))
 
     def _crop_around(self, ctx: _FrameContext, x0: int, y0: int, x1: int, y1: int) -> _Window:
         mx = max(self.min_margin_px, int(round(self.margin * (x1 - x0 + 1))))
@@ -768,7 +768,7 @@ class EmbeddedSegmenter:
             full = np.zeros((h, w), dtype=bool)
             full[sl] = mask
             score = float(np.clip(count[ids].sum() / max(1.0, float(mask.sum())), 0.0, 1.0))
-            out.append(ObjectMask(object_id=i, mask=full, label="", score=score))
+            out.append(ObjectMask(object_id=i, region=full, label="", score=score))
         return out
 
     def _attach_parts(

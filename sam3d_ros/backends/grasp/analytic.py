@@ -230,9 +230,8 @@ class AnalyticGraspPlanner:
         points = np.asarray(frame.points)
         union = np.zeros(points.shape[:2], dtype=bool)
         for obj in objects:
-            mask = np.asarray(obj.mask, dtype=bool)
-            if mask.shape == union.shape:
-                union |= mask
+            if tuple(obj.region.image_shape) == union.shape:
+                obj.region.paste_into(union)
         sub_union = ndimage.binary_dilation(union[::4, ::4], iterations=2)
         return fit_support_plane(points[::4, ::4], valid=~sub_union, rng=0)
 
@@ -487,12 +486,10 @@ class AnalyticGraspPlanner:
         parts = [t.points for i, t in enumerate(targets) if i != index and t is not None]
         if scene is not None:
             pts, rows, cols, step = scene
-            mask = np.asarray(obj.mask, dtype=bool)
-            if mask.shape[0] > rows.max(initial=0) and mask.shape[1] > cols.max(initial=0):
+            h, w = obj.region.image_shape
+            if h > rows.max(initial=0) and w > cols.max(initial=0):
                 # this object's pixels (grown by ~3 px for mixed edge pixels) are not obstacles
-                own = ndimage.binary_dilation(mask[::step, ::step],
-                                              iterations=max(1, int(np.ceil(3 / step))))
-                parts.append(pts[~own[rows // step, cols // step]])
+                parts.append(pts[~_own_pixels(obj.region, rows, cols, step, 3)])
             else:
                 parts.append(pts)
         if not parts:
@@ -571,8 +568,9 @@ class AnalyticGraspPlanner:
         if frame.points is None or k is None or len(pts) == 0:
             return out
         points = np.asarray(frame.points)
-        mask = np.asarray(obj.mask, dtype=bool)
-        h, w = mask.shape
+        mask = obj.region
+        h, w = mask.image_shape
+        r0, r1, c0, c1 = mask.bbox
         u, v = conventions.project(pts, k)
         u, v = np.rint(u), np.rint(v)
         front = np.isfinite(u) & np.isfinite(v)
@@ -580,12 +578,33 @@ class AnalyticGraspPlanner:
         for dv in (-1, 0, 1):
             for du in (-1, 0, 1):
                 uu, vv = u + du, v + dv
-                inside = front & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+                # only pixels in the mask's box can be in the mask
+                inside = front & (uu >= c0) & (uu < c1) & (vv >= r0) & (vv < r1)
                 ui, vi = uu[inside].astype(np.int64), vv[inside].astype(np.int64)
                 near = np.linalg.norm(points[vi, ui] - pts[inside], axis=1)
-                hit = mask[vi, ui] & (near <= self.observed_tolerance)
+                hit = mask.pixels[vi - r0, ui - c0] & (near <= self.observed_tolerance)
                 out[np.flatnonzero(inside)[hit]] = True
         return out
+
+
+def _own_pixels(region, rows, cols, step: int, grow_px: int) -> np.ndarray:
+    """Which sampled pixels lie in the object's mask grown by ``grow_px`` pixels.
+
+    ``rows``, ``cols`` are multiples of ``step``; the growth is judged on that grid, over the
+    mask's box only.
+    """
+    iterations = max(1, int(np.ceil(grow_px / step)))
+    own = np.zeros(len(rows), dtype=bool)
+    win, (a0, _, b0, _) = region.window((iterations + 1) * step)
+    g0, h0 = -(-a0 // step), -(-b0 // step)  # the first grid row / column in the window
+    grid = win[g0 * step - a0::step, h0 * step - b0::step]
+    if grid.size == 0:
+        return own
+    grid = ndimage.binary_dilation(grid, iterations=iterations)
+    gr, gc = rows // step - g0, cols // step - h0
+    inside = (gr >= 0) & (gr < grid.shape[0]) & (gc >= 0) & (gc < grid.shape[1])
+    own[inside] = grid[gr[inside], gc[inside]]
+    return own
 
 
 def _ray_triangles(origin, direction, tri) -> Tuple[np.ndarray, np.ndarray]:

@@ -309,7 +309,7 @@ class Sam3Segmenter:
         if query.text and query.text.strip():
             text = query.text.strip()
             return self._guarded(lambda: self._segment_text(frame, text))
-        return [ObjectMask(object_id=0, mask=np.ones((frame.height, frame.width), bool))]
+        return [ObjectMask(object_id=0, region=np.ones((frame.height, frame.width), bool))]
 
     def _guarded(self, func: Any) -> List[ObjectMask]:
         self.load()
@@ -351,7 +351,7 @@ class Sam3Segmenter:
             if not masks[i].any():
                 continue
             out.append(ObjectMask(
-                object_id=rank, mask=masks[i], label=text, score=float(scores[i])
+                object_id=rank, region=masks[i], label=text, score=float(scores[i])
             ))
         return out
 
@@ -432,7 +432,7 @@ class Sam3Segmenter:
             if not mask.any():
                 _LOG.warning("SAM 3 returned an empty mask for object %s", prompt.object_id)
             out.append(ObjectMask(
-                object_id=int(prompt.object_id), mask=mask, score=float(ious[best])
+                object_id=int(prompt.object_id), region=mask, score=float(ious[best])
             ))
         return out
 

@@ -218,7 +218,7 @@ def reference_output_to_object(
         rotation=q_opt,
         translation=translation,
         scale=scale3,
-        mask=np.asarray(mask, dtype=bool).copy(),
+        region=mask,
         label=label,
         score=float(score),
         extents=(hi - lo) * s,
@@ -543,12 +543,12 @@ class Sam3dObjectsReconstructor:
         shape = (frame.height, frame.width)
         checked = []
         for i, m in enumerate(masks):
-            mk = np.asarray(m.mask, dtype=bool)
-            if mk.shape != shape:
-                raise InputError(f"masks[{i}]", f"mask shape {mk.shape} != image {shape}")
-            if not mk.any():
+            if tuple(m.region.image_shape) != shape:
+                raise InputError(f"masks[{i}]",
+                                 f"mask shape {tuple(m.region.image_shape)} != image {shape}")
+            if not m.region.any():
                 raise InputError(f"masks[{i}]", f"mask of object {m.object_id} is empty")
-            checked.append(mk)
+            checked.append(m.mask)  # the model takes the whole image's mask
         points = None if frame.points is None else np.asarray(frame.points, dtype=np.float32)
         if points is not None and points.shape != shape + (3,):
             raise InputError("pointmap_url", f"pointmap shape {points.shape} != {shape + (3,)}")
