@@ -855,9 +855,12 @@ def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) 
     Repeated until no face is turned against ``before`` (undoing everything gives ``before``,
     so this ends).
     """
-    ref = face_normals(before, faces)
     out = after.copy()
-    while True:
+    # Only faces with a moved vertex can turn (a few percent of the mesh: the checks below
+    # cost ~20 ms per object on the whole mesh, repeated).
+    faces = faces[np.any(out != before, axis=1)[faces].any(axis=1)]
+    ref = face_normals(before, faces)
+    while faces.size:
         turned = (face_normals(out, faces) * ref).sum(axis=1) <= 0.0
         turned &= (ref * ref).sum(axis=1) > 0.0  # a face degenerate from the start stays
         if not turned.any():
@@ -867,6 +870,7 @@ def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) 
         if undo.size == 0:
             return out
         out[undo] = before[undo]
+    return out
 
 
 def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:

@@ -205,8 +205,12 @@ def taubin_smooth(
 
 def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Face normals (F×3), twice the face area long (outward for counter-clockwise faces)."""
-    tri = verts[faces]
-    return np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    p0, p1, p2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    a, b = p1 - p0, p2 - p0
+    # Written out: np.cross takes twice as long on N×3 arrays (measured; its axis handling).
+    return np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+                     a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
 
 
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
