@@ -10,6 +10,7 @@ from sam3d_ros.core.conventions import backproject
 from sam3d_ros.core.depth_hygiene import (
     continuous_regions,
     depth_edges,
+    depth_steps,
     grazing_pixels,
     object_depth,
 )
@@ -26,6 +27,30 @@ def _object_on_background(z_obj=0.8, z_bg=1.3):
     obj[40:80, 60:100] = True
     depth[obj] = z_obj
     return depth, obj
+
+
+def test_depth_steps_find_an_occlusion_step_smaller_than_a_jump_but_not_a_slope():
+    rows = np.arange(H, dtype=np.float32)[:, None]
+    cols = np.arange(W, dtype=np.float32)[None, :]
+    # A surface receding 1.5 cm per pixel down the image (far steeper than any step), with a
+    # second surface 1 cm behind it right of column 80 (less than a 2 cm jump at 1 m).
+    z = 0.8 + 0.015 * rows + 0.0 * cols
+    behind = np.broadcast_to(cols >= 80, z.shape)
+    z = np.where(behind, z + 0.01, z).astype(np.float32)
+    z += np.random.default_rng(0).normal(0.0, 0.0005, z.shape).astype(np.float32)
+    assert not depth_edges(z, 0.02, 0.0)[:, 70:90].any()  # no jump there
+    steps = depth_steps(z, 0.006, 0.0, baseline=2)
+    line = steps[10:-10, 78:83]
+    assert line.any(axis=1).all()  # every row crosses the step
+    assert not steps[:, :74].any() and not steps[:, 86:].any()  # the slope has none
+    # The step splits the surface into its two sides.
+    _, n = ndimage.label(~steps)
+    assert n == 2
+    # No depth (NaN or 0) is no step; a hole does not mark its rim.
+    holed = z.copy()
+    holed[50:60, 20:30] = np.nan
+    holed[50:60, 120:130] = 0.0
+    assert not depth_steps(holed, 0.006, 0.0)[:, :74].any()
 
 
 def test_depth_edges_mark_both_sides_of_a_jump_and_only_there():

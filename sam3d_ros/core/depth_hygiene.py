@@ -85,6 +85,45 @@ def depth_edges(
     return edge
 
 
+def depth_steps(
+    z: np.ndarray, step_abs: float = 0.006, step_rel: float = 0.006, baseline: int = 2
+) -> np.ndarray:
+    """Bool mask of pixels on a depth step that the surface's own slope does not explain.
+
+    Along rows and columns, the depth change over ``baseline`` pixels is compared with the
+    mean change over the ``baseline`` pixels on either side (the local slope); a difference
+    above ``max(step_abs, step_rel · z)`` is a step, and the pixels it spans are marked. An
+    occlusion edge between two touching objects is such a step even when it is smaller than
+    a jump (:func:`depth_edges`: stereo smoothing turns it into a ramp a few pixels wide),
+    while a steep but smooth surface (a face seen at a slant) has none. Differencing over
+    ``baseline`` pixels rather than neighbours averages the sensor's pixel noise. NaN (or 0)
+    is no depth: a step needs depth on both of its sides (one-sided slope next to a hole).
+    """
+    z = np.asarray(z, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        z = np.where(np.isfinite(z) & (z > 0), z, np.nan).astype(np.float32)
+    k = int(baseline)
+    out = np.zeros(z.shape, dtype=bool)
+    for axis in (0, 1):
+        zt = z if axis == 1 else z.T
+        n = zt.shape[1]
+        if n <= 3 * k:
+            continue
+        a, b = zt[:, k:n - 2 * k], zt[:, 2 * k:n - k]  # b lies k pixels after a
+        before = a - zt[:, :n - 3 * k]
+        after = zt[:, 3 * k:] - b
+        with np.errstate(invalid="ignore"):
+            slope = np.where(np.isnan(before), after,
+                             np.where(np.isnan(after), before, 0.5 * (before + after)))
+            slope = np.where(np.isnan(slope), 0.0, slope)
+            step = np.abs(b - a - slope) > np.maximum(step_abs, step_rel * np.fmin(a, b))
+        marked = np.zeros(zt.shape, dtype=bool)
+        for j in range(k + 1):  # the pixels from a to b
+            marked[:, k + j:n - 2 * k + j] |= step
+        out |= marked if axis == 1 else marked.T
+    return out
+
+
 def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     """``a`` read at ``(row + dy, col + dx)``; ``fill`` outside."""
     h, w = a.shape[:2]

@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from sam3d_ros.core.depth_hygiene import object_depth
+from sam3d_ros.core.depth_hygiene import depth_steps, object_depth
 
 try:  # OpenCV is a core dependency; without it the refinement is skipped.
     import cv2
@@ -49,6 +49,7 @@ def refine_mask(
     iterations: int = 4,
     max_side: int = 96,
     click_seed: float = 3.0,
+    click_step: Tuple[float, float] = (0.006, 0.006),
     weak_depth: float = 0.25,
 ) -> np.ndarray:
     """Refine ``mask`` (H×W bool, from depth) on colour with depth-certain labels.
@@ -68,7 +69,15 @@ def refine_mask(
             its own half-thickness (largest distance to its edge) starts as probably
             background, so that a touching neighbour of another colour is not in the initial
             object colour model (measured: 2 splits touching boxes but loses multi-coloured
-            objects on dof6_*, 0.86 → 0.79; 3 keeps both).
+            objects on dof6_*, 0.86 → 0.79; 3 keeps both). The surface continuous with the
+            clicks (no depth step of ``click_step``) is exempt, and its inner core is certain
+            object: a multi-coloured object is one surface, a touching neighbour lies across
+            a step.
+        click_step: ``(metres, fraction of the depth)``: the depth step (beyond the surface's
+            own slope, :func:`~sam3d_ros.core.depth_hygiene.depth_steps`) that ends the
+            surface continuous with a click. Measured on the real frames (segmentation IoU of
+            clicks, mean over objects): 0.765 → 0.808; none worse. Without steps (the whole
+            depth region trusted) a box held in the gripper takes the gripper (0.57 → 0.24).
         weak_depth: with a box, when the depth mask covers less than this share of the box,
             everything inside the box starts as probably object (plain GrabCut) and the
             support inside the box is left to colour: depth found too little to seed the
@@ -135,13 +144,16 @@ def refine_mask(
         return d
 
     if fg_points and box is None:
-        # A click vouches only for its surroundings: the depth region under it may hold a
-        # touching neighbour that colour is to split off.
+        # A click vouches for its surroundings and for the surface that continues from it
+        # without a depth step: the depth region under it may also hold a touching neighbour
+        # (joined across a step smaller than a jump) that colour is to split off.
+        own = _continuous_from_clicks(z, valid, m | c, fg_points, y0, x0, click_step)
         near_click = distance_to(fg_points) <= max(6.0, 0.5 * float(inner.max()))
-        sure &= near_click
-        # The colour models start from the click's surroundings: the rest of the depth region
-        # starts as probably background and joins when its colour says so.
-        far = (m | c) & (distance_to(fg_points) > max(12.0, click_seed * float(inner.max())))
+        sure &= near_click | own
+        # The colour models start from there: the rest of the depth region starts as probably
+        # background and joins when its colour says so.
+        far = (m | c) & ~own
+        far &= distance_to(fg_points) > max(12.0, click_seed * float(inner.max()))
         gc[far] = cv2.GC_PR_BGD
     gc[sure] = cv2.GC_FGD
 
@@ -213,6 +225,23 @@ def refine_mask(
     out_mask = np.zeros((h, w), dtype=bool)
     out_mask[sl] = fg
     return out_mask
+
+
+def _continuous_from_clicks(z, valid, region, clicks, y0: int, x0: int,
+                            step: Tuple[float, float]) -> np.ndarray:
+    """The part of ``region`` reached from a click without crossing a depth step.
+
+    ``region`` and ``z`` are a crop whose first pixel is ``(y0, x0)`` of the image; steps as
+    :func:`~sam3d_ros.core.depth_hygiene.depth_steps`.
+    """
+    inside = region & valid
+    steps = depth_steps(np.where(inside, z, np.nan), step[0], step[1])
+    labels, _ = ndimage.label(inside & ~steps)
+    h, w = region.shape
+    ids = {int(labels[y - y0, x - x0]) for x, y in clicks
+           if 0 <= y - y0 < h and 0 <= x - x0 < w}
+    ids.discard(0)
+    return np.isin(labels, sorted(ids)) if ids else np.zeros(region.shape, dtype=bool)
 
 
 def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int) -> np.ndarray:
