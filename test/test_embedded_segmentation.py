@@ -350,6 +350,28 @@ def test_one_click_keeps_a_multi_coloured_object_whole(seg):
     assert iou(r.mask, mask) >= 0.9, iou(r.mask, mask)
 
 
+def test_a_hole_through_which_the_table_is_seen_stays_open(seg):
+    """A box with a window through it (a mug's handle, a coiled cable): the table seen through
+    the window is not the object, while pinholes are closed."""
+    (obj,) = (("box", 0.0, 0.03, (0.12, 0.06, 0.12), (200, 40, 40)),)
+    frame, (mask,), boxes = render_scene((obj,))
+    table, _, _ = render_scene(())
+    ys, xs = np.nonzero(mask)
+    window = np.zeros_like(mask)
+    window[int(np.percentile(ys, 35)):int(np.percentile(ys, 65)),
+           int(np.percentile(xs, 35)):int(np.percentile(xs, 65))] = True
+    window &= mask
+    rgb, points = frame.rgb.copy(), frame.points.copy()
+    rgb[window], points[window] = table.rgb[window], table.points[window]
+    pinhole = (int(np.percentile(ys, 20)), int(np.percentile(xs, 20)))
+    points[pinhole[0] - 1:pinhole[0] + 2, pinhole[1] - 1:pinhole[1] + 2] = np.nan
+    query = SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0)])])
+    (r,) = seg.segment(Frame(rgb=rgb, points=points), query)
+    assert r.mask[window].mean() < 0.1
+    assert r.mask[pinhole]
+    assert iou(r.mask, mask & ~window) >= 0.9, iou(r.mask, mask & ~window)
+
+
 def test_box_around_two_objects_returns_the_dominant_one(seg):
     # A tall box fills most of the prompt box; a small cube stands beside it, partly inside.
     objects = (

@@ -162,13 +162,17 @@ def refine_mask(
     front, back = np.percentile(zc, [2, 98])
     extent = max(float(np.ptp(pts[:, :, 0][c])), float(np.ptp(pts[:, :, 1][c])), 0.02)
     with np.errstate(invalid="ignore"):
-        certain_bg |= valid & (z > back + max(0.03, 0.5 * extent))
+        # Seen through a hole of the object (a mug's handle, a coiled cable): the support, or
+        # anything well behind the object.
+        seen_past = valid & (z > back + max(0.03, 0.5 * extent))
+        certain_bg |= seen_past
         certain_bg |= valid & (z < front - max(0.05, 0.5 * extent))
         if plane is not None:
             height = pts @ np.asarray(plane.normal, np.float32) + np.float32(plane.offset)
             # The band where the object meets the support is left to colour (its bottom lies
             # in the band too); the support farther away is certainly not the object.
             near = ndimage.binary_dilation(m | c, iterations=int(2 * depth_px) + 2)
+            seen_past |= valid & (height < support_band)
             support = valid & (height < support_band) & ~near
             if weak:
                 # Inside such a box the "support" may be a flat object lying on it (a cable,
@@ -219,7 +223,15 @@ def refine_mask(
         seeds = seeds[seeds > 0]
         if seeds.size:
             fg = np.isin(labels, seeds)
-    fg = ndimage.binary_fill_holes(fg)
+    # Close pinholes, not the holes through which the support or the background is seen
+    # (a hole where a fifth of the pixels see past the object; the rest usually has no depth).
+    holes, n_holes = ndimage.label(ndimage.binary_fill_holes(fg) & ~fg)
+    if n_holes:
+        area = np.bincount(holes.ravel(), minlength=n_holes + 1)
+        past = np.bincount(holes.ravel(), weights=seen_past.ravel(), minlength=n_holes + 1)
+        closed = past < 0.2 * area
+        closed[0] = False
+        fg |= closed[holes]
     if fg.sum() < 0.2 * m.sum():
         return mask
     out_mask = np.zeros((h, w), dtype=bool)
