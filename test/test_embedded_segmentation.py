@@ -363,8 +363,11 @@ def test_a_hole_through_which_the_table_is_seen_stays_open(seg):
     window &= mask
     rgb, points = frame.rgb.copy(), frame.points.copy()
     rgb[window], points[window] = table.rgb[window], table.points[window]
+    # A pinhole: a small spot without depth whose colour GrabCut gives to the table.
     pinhole = (int(np.percentile(ys, 20)), int(np.percentile(xs, 20)))
-    points[pinhole[0] - 1:pinhole[0] + 2, pinhole[1] - 1:pinhole[1] + 2] = np.nan
+    spot = (slice(pinhole[0] - 2, pinhole[0] + 3), slice(pinhole[1] - 2, pinhole[1] + 3))
+    points[spot] = np.nan
+    rgb[spot] = TABLE_RGB
     query = SegmentationQuery(objects=[ObjectPrompt(0, boxes=[box_prompt(boxes[0], 0)])])
     (r,) = seg.segment(Frame(rgb=rgb, points=points), query)
     assert r.mask[window].mean() < 0.1

@@ -79,6 +79,11 @@ def test_objects_take_an_image_mask_and_give_it_back():
         obj.mask[0, 0] = True  # a changed copy would be lost: the mask is changed by its region
     with pytest.raises(ValueError, match="H×W"):
         ObjectMask(0, np.zeros((2, 3, 3), bool))
+    with pytest.raises(ValueError, match="read-only"):
+        obj.region.pixels[0, 0] = False  # results share it
+    obj.region = full[::-1]  # an assigned image mask is cropped too
+    assert isinstance(obj.region, MaskCrop)
+    np.testing.assert_array_equal(obj.mask, full[::-1])
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])

@@ -92,10 +92,12 @@ def depth_steps(
 
     Along rows and columns, the depth change over ``baseline`` pixels is compared with the
     mean change over the ``baseline`` pixels on either side (the local slope); a difference
-    above ``max(step_abs, step_rel · z)`` is a step, and the pixels it spans are marked. An
-    occlusion edge between two touching objects is such a step even when it is smaller than
-    a jump (:func:`depth_edges`: stereo smoothing turns it into a ramp a few pixels wide),
-    while a steep but smooth surface (a face seen at a slant) has none. Differencing over
+    above ``max(step_abs, step_rel · z)`` is a step, and the pixels it spans are marked (a
+    step far above the threshold also marks up to ``baseline`` pixels beside it, whose slope
+    estimate takes it in). An occlusion edge between two touching objects is such a step even
+    when it is smaller than a jump (:func:`depth_edges`: stereo smoothing turns it into a
+    ramp a few pixels wide), while a steep but smooth surface (a face seen at a slant) has
+    none; neighbours whose surfaces meet flush (one plane) have none either. Differencing over
     ``baseline`` pixels rather than neighbours averages the sensor's pixel noise. NaN (or 0)
     is no depth: a step needs depth on both of its sides (one-sided slope next to a hole).
     """

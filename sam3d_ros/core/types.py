@@ -141,7 +141,9 @@ class MaskCrop:
             return cls(np.zeros((0, 0), bool), 0, 0, shape)
         cols = np.flatnonzero(arr.any(axis=0))
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        return cls(arr[r0:r1, c0:c1].copy(), r0, c0, shape)
+        pixels = arr[r0:r1, c0:c1].copy()
+        pixels.flags.writeable = False  # shared by the results that hold it
+        return cls(pixels, r0, c0, shape)
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -212,17 +214,23 @@ class MaskCrop:
         target[r0:r1, c0:c1] |= self.pixels
 
 
+class _HoldsRegion:
+    """``region`` is always a :class:`MaskCrop`: an H×W array given (or assigned) is cropped."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "region":
+            value = MaskCrop.of(value)
+        super().__setattr__(name, value)
+
+
 @dataclass(eq=False)
-class ObjectMask:
+class ObjectMask(_HoldsRegion):
     """One segmented object: its mask (kept as a crop; an H×W array given is cropped)."""
 
     object_id: int
     region: MaskCrop
     label: str = ""
     score: float = 1.0
-
-    def __post_init__(self) -> None:
-        self.region = MaskCrop.of(self.region)
 
     @property
     def mask(self) -> np.ndarray:
@@ -271,7 +279,7 @@ class Mesh:
 
 
 @dataclass
-class ObjectReconstruction:
+class ObjectReconstruction(_HoldsRegion):
     """One reconstructed object, in the frame contract of :mod:`sam3d_ros.core.conventions`.
 
     ``mesh`` and ``gaussians`` are in the canonical object frame; ``rotation`` ([x, y, z, w]),
@@ -291,9 +299,6 @@ class ObjectReconstruction:
     score: float = 1.0
     extents: Optional[np.ndarray] = None
     """Object size along its own axes in metres (the oriented bounding box), when known."""
-
-    def __post_init__(self) -> None:
-        self.region = MaskCrop.of(self.region)
 
     @property
     def mask(self) -> np.ndarray:

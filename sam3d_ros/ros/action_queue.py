@@ -198,7 +198,16 @@ class QueuedActionServer:
             if _goal_key(goal_handle) in self._started:
                 return
             self._started.add(_goal_key(goal_handle))
-        goal_handle.execute()
+        try:
+            goal_handle.execute()
+        except Exception:  # noqa: BLE001 -- re-raised unless it is the race below
+            # rclpy's execute() checks for a cancel request, then moves the goal to EXECUTING:
+            # a cancel arriving in between makes that move invalid (CANCELING cannot execute).
+            # Asked again, it sees the request and runs the callback, which ends the goal as
+            # cancelled; otherwise the goal would never get a result.
+            if not goal_handle.is_cancel_requested:
+                raise
+            goal_handle.execute()
 
     def _announce_positions(self) -> None:
         with self._lock:
@@ -289,7 +298,12 @@ class QueuedActionServer:
                 goal_handle.succeed()
             return result
         finally:
-            self._finish(goal_handle)
+            try:
+                self._finish(goal_handle)
+            except Exception as exc:  # noqa: BLE001 -- it would replace this goal's result
+                # (rclpy then sends an empty one): the next goal's start failed, say so.
+                self._node.get_logger().error(f"goal queue: starting the next goal failed: "
+                                              f"{exc!r}")
 
     def _finish(self, goal_handle: ServerGoalHandle) -> None:
         """Drop a goal from the queue; start the next one and tell the others where they are."""

@@ -152,7 +152,7 @@ def _gaussians_local(gs: Any) -> Optional[dict]:
 
 
 def reference_output_to_object(
-    out: dict, object_id: int, object_index: int, mask: np.ndarray, label: str = "",
+    out: dict, object_id: int, object_index: int, mask, label: str = "",
     score: float = 1.0,
 ) -> ObjectReconstruction:
     """Convert one SAM 3D Objects output dict into an :class:`ObjectReconstruction`.
@@ -541,14 +541,12 @@ class Sam3dObjectsReconstructor:
         """
         rgb = np.ascontiguousarray(np.asarray(frame.rgb)[:, :, :3], dtype=np.uint8)
         shape = (frame.height, frame.width)
-        checked = []
         for i, m in enumerate(masks):
             if tuple(m.region.image_shape) != shape:
                 raise InputError(f"masks[{i}]",
                                  f"mask shape {tuple(m.region.image_shape)} != image {shape}")
             if not m.region.any():
                 raise InputError(f"masks[{i}]", f"mask of object {m.object_id} is empty")
-            checked.append(m.mask)  # the model takes the whole image's mask
         points = None if frame.points is None else np.asarray(frame.points, dtype=np.float32)
         if points is not None and points.shape != shape + (3,):
             raise InputError("pointmap_url", f"pointmap shape {points.shape} != {shape + (3,)}")
@@ -563,12 +561,13 @@ class Sam3dObjectsReconstructor:
         out_objects = []
         self.last_alignments = []
         with self._lock:
-            for index, (m, mk) in enumerate(zip(masks, checked, strict=True)):
+            for index, m in enumerate(masks):
                 check_cancelled()  # minutes per object on a GPU: stop between objects
+                mk = m.region.full()  # the model takes the whole image's mask, one at a time
                 try:
                     out = self._inference(rgb, mk, seed=seed, pointmap=pointmap)
                     obj = reference_output_to_object(
-                        out, m.object_id, index, mk, label=m.label, score=m.score
+                        out, m.object_id, index, m.region, label=m.label, score=m.score
                     )
                     del out
                 except (InputError, BackendUnavailableError):
