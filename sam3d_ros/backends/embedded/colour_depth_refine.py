@@ -240,7 +240,7 @@ def refine_mask(
 
 
 def _continuous_from_clicks(z, valid, region, clicks, y0: int, x0: int,
-                            step: Tuple[float, float], reach_px: int = 4) -> np.ndarray:
+                            step: Tuple[float, float]) -> np.ndarray:
     """The part of ``region`` reached from a click without crossing a depth step.
 
     ``region`` and ``z`` are a crop whose first pixel is ``(y0, x0)`` of the image; steps as
@@ -250,18 +250,11 @@ def _continuous_from_clicks(z, valid, region, clicks, y0: int, x0: int,
     steps = depth_steps(np.where(inside, z, np.nan), step[0], step[1])
     labels, _ = ndimage.label(inside & ~steps)
     h, w = region.shape
-    ids = set()
-    for x, y in clicks:
-        # A click on a step or on a pixel without depth takes the nearest surface pixel
-        # within a few pixels.
-        r, c = y - y0, x - x0
-        ra, rb = max(r - reach_px, 0), min(r + reach_px + 1, h)
-        ca, cb = max(c - reach_px, 0), min(c + reach_px + 1, w)
-        near = labels[ra:rb, ca:cb]
-        rr, cc = np.nonzero(near)
-        if rr.size:
-            k = int(np.argmin((rr + ra - r) ** 2 + (cc + ca - c) ** 2))
-            ids.add(int(near[rr[k], cc[k]]))
+    # A click on a step or without depth gives no surface (taking the nearest surface pixel
+    # instead was measured worse: the coiled cable's click 0.33 -> 0.11).
+    ids = {int(labels[y - y0, x - x0]) for x, y in clicks
+           if 0 <= y - y0 < h and 0 <= x - x0 < w}
+    ids.discard(0)
     return np.isin(labels, sorted(ids)) if ids else np.zeros(region.shape, dtype=bool)
 
 
