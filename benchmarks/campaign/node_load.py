@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List
 
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
-from node_harness import box_prompt
+from node_harness import box_prompt, transition
 from sam3d_ros.action import Reconstruct
 
 from campaign.node_session import (
@@ -124,11 +124,13 @@ def lifecycle_cycles(cycles: int) -> Callable[[NodeCampaign], Outcome]:
             for i in range(cycles):
                 for tid, label in ((Transition.TRANSITION_DEACTIVATE, "deactivate"),
                                    (Transition.TRANSITION_ACTIVATE, "activate")):
-                    future = srv.call_async(ChangeState.Request(
-                        transition=Transition(id=tid)))
-                    if not s.rec.wait(future.done, 60.0):
+                    # (an answer lost to discovery is asked again once: node_harness._call)
+                    try:
+                        done = transition(s.rec, srv, tid, timeout=60.0)
+                    except AssertionError:
                         failed.append(f"{label} {i}: no answer in 60 s")
-                    elif not future.result().success:
+                        continue
+                    if not done:
                         failed.append(f"{label} {i}: refused")
                 if failed:
                     break
