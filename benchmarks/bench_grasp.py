@@ -107,8 +107,12 @@ def naive_grasp(scene: SyntheticScene, mask: np.ndarray, gripper: GripperModel) 
 
 
 class _Masked:
+    """What ``AnalyticGraspPlanner.fit_plane`` reads of an object: its mask."""
+
     def __init__(self, mask):
-        self.mask = mask
+        from sam3d_ros.core.types import MaskCrop
+
+        self.region = MaskCrop.of(mask)
 
 
 # --------------------------------------------------------------------------------------------
