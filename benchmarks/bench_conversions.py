@@ -22,7 +22,9 @@ copies" row is what materialising the arrays costs. ros2-numpy's Image packer ca
 import argparse
 import statistics
 import struct
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +36,9 @@ from sam3d_ros.core import point_clouds as clouds
 from sam3d_ros.core.conventions import metres_to_depth16
 from sam3d_ros.ros import conversions as convert
 from sam3d_ros.ros.message_kit import RCLPY
+
+# sam3d_bench from the checkout; appended, so that sam3d_ros is the installed one (with msgs)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 try:  # the peer is a test dependency only
     import ros2_numpy

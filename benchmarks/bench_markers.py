@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from std_msgs.msg import Header
 
-from sam3d_bench.scenes import make_tabletop_scene
-from sam3d_bench.sensor import SensorNoise, apply_depth_noise
-from sam3d_ros.core import conventions as conv
-from sam3d_ros.core import output_messages as out
-from sam3d_ros.core.engine import Engine
-from sam3d_ros.core.mesh_decimation import boundary_edge_count, is_closed_manifold
-from sam3d_ros.core.types import Frame
-from sam3d_ros.ros.message_kit import RCLPY
+# sam3d_bench from the checkout; appended, so that sam3d_ros is the installed one (with msgs)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from sam3d_bench.scenes import make_tabletop_scene  # noqa: E402
+from sam3d_bench.sensor import SensorNoise, apply_depth_noise  # noqa: E402
+from sam3d_ros.core import conventions as conv  # noqa: E402
+from sam3d_ros.core import output_messages as out  # noqa: E402
+from sam3d_ros.core.engine import Engine  # noqa: E402
+from sam3d_ros.core.mesh_decimation import boundary_edge_count, is_closed_manifold  # noqa: E402
+from sam3d_ros.core.types import Frame  # noqa: E402
+from sam3d_ros.ros.message_kit import RCLPY  # noqa: E402
 
 HEADER = Header(frame_id="camera_color_optical_frame")
 
