@@ -208,9 +208,13 @@ def test_30hz_input_keeps_only_the_latest_frame(env):
     period, n = 1.0 / 30.0, 90
     t0 = time.monotonic()
     published = []
+    burst_diag = rec.count("diagnostics")
     for i in range(n):
         published.append(rec.publish_frame(sc.frame.rgb, sc.depth_m, info))
         time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
+    # The input rate while the frames arrive (1 Hz diagnostics: two or three in the 3 s); read
+    # later it has decayed, as it should once the input stops (CI under load: 8.4 Hz).
+    during = [rec.diag_values(m) for m in rec.get("diagnostics")[burst_diag:] if m.status]
     last_header = published[-1]
     assert rec.wait(lambda: any(m.header.stamp == last_header.stamp for m in rec.get("objects")),
                     10.0), "the newest frame was not processed"
@@ -245,7 +249,8 @@ def test_30hz_input_keeps_only_the_latest_frame(env):
     fifo_age_s = n * (processing_s - period)
     if fifo_age_s > 1.0:  # only meaningful when processing is much slower than the input
         assert max(ages) < 0.5 * fifo_age_s, (ages, fifo_age_s)
-    assert float(values["input_rate_hz"]) > 10.0, values
+    rates = [float(v["input_rate_hz"]) for v in (during or [values])]
+    assert max(rates) > 10.0, rates
 
 
 BAD_CASES = ["encoding", "size_mismatch", "no_camera_info", "zero_depth", "nan_depth",
