@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sam3d_ros.core.cli import main
-from sam3d_ros.core.run_dirs import make_temp_dir, prune_runs, remove_stale_temps
+from sam3d_ros.core.run_dirs import prune_runs, remove_stale_temps, temp_dir_path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tabletop"
@@ -39,7 +39,8 @@ def test_prune_runs_keeps_newest_node_runs_only(tmp_path):
 
 
 def test_stale_temps_removed_live_ones_and_strangers_kept(tmp_path):
-    own = make_temp_dir(tmp_path / "run")  # this process is writing it
+    own = temp_dir_path(tmp_path / "run")  # this process is writing it
+    own.mkdir()
     (own / "scene.glb").write_bytes(b"x")
     dead = tmp_path / f".frame_1.tmp-{dead_pid()}-abc123_x"
     dead.mkdir()

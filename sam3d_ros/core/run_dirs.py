@@ -37,17 +37,6 @@ def temp_dir_path(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def make_temp_dir(run_dir: Path) -> Path:
-    """Create the temporary sibling of ``run_dir`` (:func:`temp_dir_path`), mode 0700."""
-    while True:
-        path = temp_dir_path(run_dir)
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-
-
 def _pid_running(pid: int) -> bool:
     if pid == os.getpid():
         return True  # another thread of this process may be writing it
@@ -65,7 +54,7 @@ def _pid_running(pid: int) -> bool:
 def remove_stale_temps(parent: Path, max_age_s: float = STALE_TEMP_AGE_S) -> List[Path]:
     """Delete temporary run directories in ``parent`` left by writers that are gone.
 
-    Only directories (not symlinks) named like :func:`make_temp_dir`'s are considered; one is
+    Only directories (not symlinks) named like :func:`temp_dir_path`'s are considered; one is
     stale when its pid is not running or it is older than ``max_age_s``. Returns the deleted
     paths.
     """

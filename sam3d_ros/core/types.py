@@ -217,10 +217,20 @@ class MaskCrop:
 class _HoldsRegion:
     """``region`` is always a :class:`MaskCrop`: an H×W array given (or assigned) is cropped."""
 
+    region: MaskCrop
+
     def __setattr__(self, name: str, value) -> None:
         if name == "region":
             value = MaskCrop.of(value)
         super().__setattr__(name, value)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The H×W bool mask, read-only, built on demand.
+
+        Per-frame work reads :attr:`region`; a new mask is a new :attr:`region`.
+        """
+        return self.region.full(writeable=False)
 
 
 @dataclass(eq=False)
@@ -231,14 +241,6 @@ class ObjectMask(_HoldsRegion):
     region: MaskCrop
     label: str = ""
     score: float = 1.0
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The H×W bool mask, read-only, built on demand.
-
-        Per-frame work reads :attr:`region`; a new mask is a new :attr:`region`.
-        """
-        return self.region.full(writeable=False)
 
 
 @dataclass
@@ -299,14 +301,6 @@ class ObjectReconstruction(_HoldsRegion):
     score: float = 1.0
     extents: Optional[np.ndarray] = None
     """Object size along its own axes in metres (the oriented bounding box), when known."""
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The H×W bool mask, read-only, built on demand.
-
-        Per-frame work reads :attr:`region`; a new mask is a new :attr:`region`.
-        """
-        return self.region.full(writeable=False)
 
 
 @runtime_checkable

@@ -172,8 +172,9 @@ def refine_mask(
             # The band where the object meets the support is left to colour (its bottom lies
             # in the band too); the support farther away is certainly not the object.
             near = ndimage.binary_dilation(m | c, iterations=int(2 * depth_px) + 2)
-            seen_past |= valid & (height < support_band)
-            support = valid & (height < support_band) & ~near
+            on_support = valid & (height < support_band)
+            seen_past |= on_support
+            support = on_support & ~near
             if weak:
                 # Inside such a box the "support" may be a flat object lying on it (a cable,
                 # a cloth): colour decides there. Not otherwise: a loose box around an object
