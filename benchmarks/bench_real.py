@@ -3,9 +3,9 @@
 
 For the masked frames (``dof6_*``, ``m2t2_*``) it runs the folder's hosted requests with box,
 click and mask prompts through :class:`sam3d_ros.core.engine.Engine` and measures, per object, the
-IoU
-of the result's silhouette (the posed mesh projected with K) with the given mask, ignoring the
-pixels of the other prompted objects (completing an occluded part is not penalised). For every
+IoU of the result's silhouette (the posed mesh projected with K) with the given mask, ignoring the
+pixels of the other prompted objects (completing an occluded part is not penalised), and the same
+IoU of the mask the object was reconstructed from (the segmenter's output). For every
 frame (unlabelled ones are segmented automatically) it prints label-free figures
 (:func:`sam3d_bench.evaluation.sanity_figures`): the share of mesh vertices more than 1 cm in front
 of the observed depth, depth over width along the horizontal viewing direction, mesh extent over
@@ -100,7 +100,8 @@ def evaluate_frame(engine: Engine, frame_dir: Path, modes=MODES) -> Dict[str, An
             parsed, outcome, seconds = run_request(engine, frame_dir, request)
         except Sam3dError as exc:  # the frame's objects then count as IoU 0
             out["modes"][mode] = {"error": str(exc), "objects": [
-                {"id": int(i), "iou": 0.0, "failed": True} for i in object_ids(request)
+                {"id": int(i), "iou": 0.0, "seg_iou": 0.0, "failed": True}
+                for i in object_ids(request)
                 if i in rf.masks or mode == "masks"]}
             continue
         ids = object_ids(request)
@@ -115,6 +116,8 @@ def evaluate_frame(engine: Engine, frame_dir: Path, modes=MODES) -> Dict[str, An
                 others = gt_union & ~rf.masks[gt_id]
                 sil = silhouette(posed_vertices(obj), obj.mesh.faces, k, rf.depth.shape)
                 row["iou"] = silhouette_iou(sil, rf.masks[gt_id], ignore=others)
+                # The mask the object was reconstructed from (the segmenter's), same measure.
+                row["seg_iou"] = silhouette_iou(obj.mask, rf.masks[gt_id], ignore=others)
             fig = sanity_figures(obj, frame.points, k, up)
             row.update(
                 in_front=fig.in_front,
@@ -174,6 +177,7 @@ def summarize(frames: List[Dict[str, Any]]) -> Dict[str, Any]:
                 "objects": len(rows),
                 "errors": errors,
                 "iou": _mean(o.get("iou") for o in rows),
+                "seg_iou": _mean(o.get("seg_iou") for o in rows),
                 "in_front_max": max((o["in_front"] for o in ok), default=float("nan")),
                 "in_front_mean": _mean(o["in_front"] for o in ok),
                 "depth_over_width_median": float(np.median([o["depth_over_width"] for o in ok]))
@@ -189,11 +193,11 @@ def summarize(frames: List[Dict[str, Any]]) -> Dict[str, Any]:
 def print_report(frames: List[Dict[str, Any]], table: Dict[str, Any], commit: str) -> None:
     """Print the tables."""
     print(f"# bench_real @ {commit}")
-    print("| group/mode | objects | errors | IoU | in front >1cm (mean / max) | depth/width p50 "
-          "| extent ratio p50 | watertight | seg+rec p50 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| group/mode | objects | errors | IoU | mask IoU (segmenter) | in front >1cm (mean / "
+          "max) | depth/width p50 | extent ratio p50 | watertight | seg+rec p50 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key, r in table.items():
-        print(f"| {key} | {r['objects']} | {r['errors']} | {r['iou']:.3f} | "
+        print(f"| {key} | {r['objects']} | {r['errors']} | {r['iou']:.3f} | {r['seg_iou']:.3f} | "
               f"{r['in_front_mean']:.3f} / {r['in_front_max']:.3f} | "
               f"{r['depth_over_width_median']:.2f} | {r['extent_ratio_median']:.2f} | "
               f"{r['watertight']:.2f} | {1000 * r['seconds_p50']:.0f} ms |")
