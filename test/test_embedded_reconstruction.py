@@ -490,6 +490,43 @@ def _silhouette_of(r, shape):
     return silhouette(v_cam, r.mesh.faces, K, shape)
 
 
+def test_silhouette_snap_moves_vertices_over_bled_depth_and_keeps_hidden_ones():
+    """The snap's rule, vertex by vertex, on a flat object 0.8 m away (mask columns 100–199).
+    Colour and depth of a real camera are misregistered by a few pixels: the object's own depth
+    lies on background pixels beside its (colour) mask, a few millimetres in front of the
+    silhouette's vertices. Those vertices move onto the mask's edge, as do vertices over
+    pixels seen past or without depth; a vertex hidden by something nearer that is in no
+    mask (an occluder) stays."""
+    from sam3d_ros.backends.embedded.reconstruction import _FrameContext
+    from sam3d_ros.core.types import MaskCrop
+
+    z0 = 0.8
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    depth = np.full((H, W), 1.2, dtype=np.float64)  # the background
+    mask = (u >= 100) & (u < 200) & (v >= 60) & (v < 180)
+    depth[mask] = z0
+    rows = {"bled": 80, "seen past": 100, "no depth": 120, "occluder": 140}
+    depth[rows["bled"], 200:204] = z0 - 0.004  # the object's depth beside it, as bled
+    depth[rows["occluder"], 200:204] = z0 - 0.05  # a nearer thing outside every mask
+    depth[rows["no depth"], 200:204] = np.nan
+    pts = np.stack([(u - K.cx) / K.fx * depth, (v - K.cy) / K.fy * depth, depth], axis=-1)
+    pts = pts.astype(np.float32)
+    valid = np.isfinite(depth)
+    ctx = _FrameContext(pts, valid, np.zeros((H, W, 3), np.uint8), K, (0, H, 0, W), mask, None)
+    ctx.set_object(MaskCrop.of(mask))
+    col = 202.0  # two pixels beyond the mask's last column
+    verts = np.array([[(col - K.cx) / K.fx * z0, (r - K.cy) / K.fy * z0, z0]
+                      for r in rows.values()])
+    faces = np.zeros((0, 3), dtype=np.int64)
+    out = ctx.snap_to_silhouette(verts, faces, max_move=0.01)
+    new_col = out[:, 0] / out[:, 2] * K.fx + K.cx
+    moved = dict(zip(rows, np.abs(new_col - col) > 1e-6, strict=True))
+    assert moved == {"bled": True, "seen past": True, "no depth": True, "occluder": False}, moved
+    # Moved ones end half a pixel outside the mask's edge (column 199), at their own depth.
+    assert np.allclose(new_col[:3], 199.5, atol=0.05), new_col
+    assert np.allclose(out[:, 2], z0)
+
+
 def test_silhouette_ends_at_the_mask_where_depth_is_missing():
     """A RealSense sees no depth beside many objects (stereo shadow, dark table). An
     overhanging top on a narrow post, extruded down to the table, must not fill those pixels

@@ -30,9 +30,10 @@ height above the plane):
     3. **surface**: surface nets on the voxels (closed, counter-clockwise from outside), Taubin
        smoothing, then every camera-facing vertex is moved along its normal onto the local mean
        of the observed points (the surface lies on the data, not half a voxel outside);
-       vertices that overhang the mask onto pixels seen past them (or without depth) move
-       back onto the mask's edge at their depth (real frames, dof6 given masks: silhouette
-       IoU 0.86 → 0.94; synthetic robot-head F@5mm +0.01);
+       vertices that overhang the mask onto pixels not hidden by something nearer (seen
+       past, without depth, or carrying the object's own depth bled beside it) move back
+       onto the mask's edge at their depth (real frames, dof6 given masks: silhouette IoU
+       0.86 → 0.95; synthetic robot-head F@5mm +0.01);
     4. **pose**: gravity-aligned oriented box (z = plane normal, x/y = minimum-area rectangle of
        the footprint, x the longer side); without a plane, the principal axes of the points;
        translation = box centre, isotropic scale = the largest box side, extents = the box;
@@ -678,6 +679,9 @@ class EmbeddedReconstructor:
 # Pixels of colour–depth misregistration allowed around a mask before unmeasured pixels count as
 # outside the object's silhouette (RealSense D4xx frames: 1–3 px).
 SILHOUETTE_SLACK_PX = 2
+# Depth this much (plus two noise sigmas) nearer than a vertex hides it: an occluder, not the
+# object's own depth bled beside its silhouette.
+SNAP_OCCLUDER_M = 0.01
 
 
 class _FrameContext:
@@ -741,9 +745,12 @@ class _FrameContext:
         """Move camera-frame vertices that overhang the object's silhouette back onto it.
 
         A vertex overhangs when it projects outside the object's mask (:meth:`set_object`)
-        onto a pixel that is in no other object's mask and whose depth is unmeasured or farther
-        than the vertex (the camera sees past it there; colour–depth misregistration leaves the
-        object's depth on pixels next to the mask, which keeps their vertices). It moves
+        onto a pixel that is in no other object's mask and whose depth is unmeasured or not
+        nearer than the vertex by more than an occluder's margin (``SNAP_OCCLUDER_M`` + 2σ):
+        the mask is the colour silhouette, and the object's own depth on pixels beside it is
+        misregistration (keeping those vertices, as before, measured worse: silhouette IoU
+        of the given masks on the real frames m2t2 0.908 → 0.915, dof6 0.939 → 0.947; boxes
+        and synthetic frames unchanged). It moves
         parallel to the image plane, at its own depth, to half a pixel outside the nearest
         mask pixel, so the mesh's silhouette ends on the mask's edge. Occluded parts (behind
         another object or anything nearer) are left alone. A move is at most ``max_move`` (a
@@ -764,8 +771,12 @@ class _FrameContext:
         others = (self._union_roi[rr, cc] & ~near) | (
             self._union_near[rr, cc] & ~(in_crop & near_slack[lr, lc]))
         z_pix = self._z[rr, cc]
-        seen_past = (z_pix <= 0) | (z_pix > verts[:, 2] + 2.0 * self.sigma[rr, cc])
-        move = inside & ~near & ~others & seen_past
+        # Not hidden: no depth, or no nearer than the vertex beyond an occluder's margin. Depth
+        # at the vertex's own depth outside the mask is the object's depth bled across its edge
+        # (misregistration, the stereo window), not the object.
+        unhidden = (z_pix <= 0) | (
+            z_pix > verts[:, 2] - SNAP_OCCLUDER_M - 2.0 * self.sigma[rr, cc])
+        move = inside & ~near & ~others & unhidden
         if not move.any():
             return verts
         # Nearest mask pixels, from a crop around the mask (a full-ROI transform per object
