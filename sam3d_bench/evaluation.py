@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from sam3d_ros.core.conventions import posed_vertices, project
+from sam3d_ros.core.depth_hygiene import misregistration_px
 from sam3d_ros.core.mesh_decimation import is_closed_manifold
 from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
 
@@ -111,10 +112,10 @@ def sanity_figures(
     col = np.where(inside, np.rint(u), -1).astype(np.int64)
     row = np.where(inside, np.rint(v), -1).astype(np.int64)
     inside &= (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    # The nearest observed depth within ~1 % of the image width: colour and depth of real
-    # cameras are misregistered by a few pixels, so a mesh that matches the colour silhouette
-    # may cover pixels that see the background.
-    radius = max(1, int(round(w / 128)))
+    # The nearest observed depth within the misregistration band (~1 % of the width): colour
+    # and depth of real cameras are misregistered by a few pixels, so a mesh that matches the
+    # colour silhouette may cover pixels that see the background.
+    radius = int(round(misregistration_px(w)))
     z_obs = np.where(np.isfinite(points[:, :, 2]) & (points[:, :, 2] > 0), points[:, :, 2], np.inf)
     z_obs = ndimage.minimum_filter(z_obs, size=2 * radius + 1)
     zo = np.full(verts.shape[0], np.nan)

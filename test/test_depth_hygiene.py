@@ -12,6 +12,7 @@ from sam3d_ros.core.depth_hygiene import (
     depth_edges,
     depth_steps,
     grazing_pixels,
+    misregistration_px,
     object_depth,
 )
 from sam3d_ros.core.types import CameraIntrinsics
@@ -93,7 +94,7 @@ def test_a_mask_dilated_onto_the_background_keeps_only_the_objects_depth():
     depth, obj = _object_on_background()
     points = backproject(depth, K)
     mask = ndimage.binary_dilation(obj, iterations=4)  # 4 px of wall inside the mask
-    od = object_depth(points, mask)
+    od = object_depth(points, mask, fill_px=4)  # a camera misregistered by 4 px
     band = mask & ~obj
     assert not od.reliable[band].any()
     assert od.reliable[ndimage.binary_erosion(obj, iterations=2)].all()
@@ -103,6 +104,34 @@ def test_a_mask_dilated_onto_the_background_keeps_only_the_objects_depth():
     beyond = band & ~ndimage.binary_dilation(obj) & ndimage.binary_erosion(mask)
     assert od.filled[beyond].all()
     assert np.allclose(od.depth[beyond], 0.8, atol=1e-6)
+
+
+def test_foreign_depth_is_filled_only_within_the_misregistration_band():
+    """A mask that took in a neighbour standing behind the object (a click leaking into a cup
+    of the same colour): the neighbour's pixels deep inside the mask keep out, rather than
+    being lifted to the object's depth as a wall in front of the neighbour; foreign depth
+    within the band and pixels without depth anywhere are filled."""
+    depth, obj = _object_on_background()
+    neighbour = np.zeros((H, W), bool)
+    neighbour[10:40, 65:95] = True  # above the object in the image, 30 cm behind it
+    depth[neighbour] = 1.1
+    dark = np.zeros((H, W), bool)
+    dark[55:65, 75:85] = True  # a dark patch in the middle of the object: no depth
+    depth[dark] = np.nan
+    points = backproject(depth, K)
+    mask = obj | neighbour
+    band = misregistration_px(W)
+    od = object_depth(points, mask, fill_px=band)
+    assert od.reliable[ndimage.binary_erosion(obj, iterations=2) & ~dark].all()
+    kept = od.reliable
+    dist = ndimage.distance_transform_edt(~kept)
+    far = neighbour & (dist > band)
+    assert far.sum() > 500 and not od.filled[far].any() and not od.reliable[far].any()
+    assert od.filled[dark].all() and np.allclose(od.depth[dark], 0.8, atol=1e-6)
+    # Unbounded, as before: the whole neighbour became the object at 0.8 m.
+    wide = object_depth(points, mask, fill_px=float(W))
+    assert wide.filled[far].mean() > 0.8
+    assert 1.0 <= misregistration_px(160) < misregistration_px(1280) == 10.0
 
 
 def test_foreground_band_of_an_occluder_is_dropped():

@@ -17,7 +17,13 @@ import pytest
 from real_data import require_real_rgbd
 from scipy import ndimage
 
-from sam3d_bench.evaluation import load_real_frame, posed_vertices, silhouette, silhouette_iou
+from sam3d_bench.evaluation import (
+    load_real_frame,
+    posed_vertices,
+    sanity_figures,
+    silhouette,
+    silhouette_iou,
+)
 from sam3d_ros.backends import make_reconstructor
 from sam3d_ros.core.engine import Engine
 from sam3d_ros.core.inputs import parse_request
@@ -27,8 +33,8 @@ from sam3d_ros.core.types import ObjectMask
 # (frames, mode) → floor of the mean silhouette IoU over the frames' objects.
 FLOORS = {
     ("m2t2", "boxes"): 0.83,
-    ("m2t2", "points"): 0.72,
-    ("m2t2", "masks"): 0.88,
+    ("m2t2", "points"): 0.75,
+    ("m2t2", "masks"): 0.89,
     ("dof6", "boxes"): 0.88,
     ("dof6", "points"): 0.88,
     ("dof6", "masks"): 0.92,
@@ -54,22 +60,31 @@ def _ious(engine: Engine, frame_dir: Path, mode: str):
     union = np.zeros(rf.depth.shape, dtype=bool)
     for m in rf.masks.values():
         union |= m
-    ious = []
+    ious, in_front = [], []
+    k = parsed.frame.intrinsics
     for obj in out.objects:
         assert is_closed_manifold(obj.mesh.faces), (frame_dir.name, mode, obj.object_id)
         gid = ids[obj.object_id] if ids else obj.object_id
-        sil = silhouette(posed_vertices(obj), obj.mesh.faces, parsed.frame.intrinsics, union.shape)
+        sil = silhouette(posed_vertices(obj), obj.mesh.faces, k, union.shape)
         ious.append(silhouette_iou(sil, rf.masks[gid], ignore=union & ~rf.masks[gid]))
-    return ious
+        in_front.append(sanity_figures(obj, parsed.frame.points, k).in_front)
+    return ious, in_front
 
 
 @pytest.mark.parametrize("group,mode", sorted(FLOORS))
 def test_silhouette_iou_floors(data_dir, engine, group, mode):
+    """The mean silhouette IoU of a group's objects, and nothing built in front of what the
+    camera sees: the share of a mesh's vertices more than 1 cm in front of the observed depth
+    (a neighbour taken into a click's mask was lifted to the object's depth as a wall: 16 %
+    of one object's vertices before the fill kept to the misregistration band)."""
     frames = sorted(d for d in data_dir.iterdir() if d.name.startswith(group + "_"))
     assert frames, f"no {group}_* frames in {data_dir}"
-    ious = [iou for d in frames for iou in _ious(engine, d, mode)]
+    per_frame = [_ious(engine, d, mode) for d in frames]
+    ious = [iou for frame_ious, _ in per_frame for iou in frame_ious]
+    in_front = [share for _, shares in per_frame for share in shares]
     assert len(ious) == sum(len(load_real_frame(d).masks) for d in frames)
     assert np.mean(ious) >= FLOORS[(group, mode)], ious
+    assert max(in_front) <= 0.12 and np.mean(in_front) <= 0.03, in_front
 
 
 def test_mask_dilated_onto_the_background_keeps_the_depth_extent(data_dir):

@@ -27,9 +27,11 @@ planner's "observed contact" test still reads the mask and the raw depth):
 3. a joined piece deeper than the object's plausible extent behind the surface's front (its
    lateral size) is dropped; the surface piece itself is kept whole, however long it is along
    the ray;
-4. mask pixels without depth, or whose depth belonged to another piece, are filled with the
+4. mask pixels without depth, or whose depth belonged to another piece within the
+   misregistration band (:func:`misregistration_px`) of the kept pixels, are filled with the
    depth of the nearest kept pixel (``filled``): they extend the silhouette at the object's own
-   depth and never along a ray.
+   depth and never along a ray. Foreign depth deeper inside the mask is another thing the mask
+   took in, and stays out.
 
 Everything is numpy/scipy on the mask's bounding box, deterministic, a few ms per object.
 """
@@ -37,7 +39,7 @@ Everything is numpy/scipy on the mask's bounding box, deterministic, a few ms pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -45,6 +47,15 @@ from scipy import ndimage
 from .types import MaskCrop
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
+
+# Colour–depth misregistration plus the stereo window's bleeding, as a share of the image width
+# (RealSense D4xx frames: up to ~1 %, 10 px at 1280×720).
+MISREGISTRATION_FRACTION = 1.0 / 128.0
+
+
+def misregistration_px(width: int) -> float:
+    """How far (pixels) depth and colour of one surface may lie apart in an image this wide."""
+    return max(1.0, MISREGISTRATION_FRACTION * float(width))
 
 
 def jump_threshold(z: np.ndarray, jump_abs: float = 0.01, jump_rel: float = 0.02) -> np.ndarray:
@@ -267,6 +278,7 @@ def object_depth(
     depth_extent: float = 1.0,
     depth_margin: float = 0.03,
     fill: bool = True,
+    fill_px: Optional[float] = None,
 ) -> ObjectDepth:
     """The object's reliable depth pixels inside ``mask`` (see the module docstring).
 
@@ -285,7 +297,11 @@ def object_depth(
         depth_extent: the object reaches at most this many times its lateral width (plus
             ``depth_margin``) behind its front surface.
         depth_margin: metres added to the plausible depth extent.
-        fill: fill the dropped mask pixels with the nearest reliable depth.
+        fill: fill the dropped mask pixels with the nearest reliable depth: all those without
+            depth, and those whose depth belongs to something else within ``fill_px`` pixels
+            of the reliable surface.
+        fill_px: the band in which foreign depth is filled; default
+            :func:`misregistration_px` of the image width.
     """
     region = MaskCrop.of(mask)
     h, w = region.image_shape
@@ -393,7 +409,15 @@ def object_depth(
         # those grows objects by 0.5–1 cm on clean depth.
         todo = m & ~keep & (~valid | (labels > 0))
         if todo.any():
-            _, (ir, ic) = ndimage.distance_transform_edt(~keep, return_indices=True)
+            dist, (ir, ic) = ndimage.distance_transform_edt(~keep, return_indices=True)
+            # Depth of something else is the object's only within the misregistration band
+            # of its surface; farther in, the mask holds another thing (a neighbour behind,
+            # taken in by the segmentation), which lifted to the object's depth became a wall
+            # in front of it (clicks on the real frames: mesh vertices > 1 cm in front of
+            # the observed depth, worst object 16 % -> 0.6 %; silhouette IoU 0.763 -> 0.784).
+            # Pixels without depth are filled at any distance (dark or shiny patches).
+            band = fill_px if fill_px is not None else misregistration_px(w)
+            todo &= ~valid | (dist <= band)
             zf = z[ir, ic]
             depth[r0:r1, c0:c1][todo] = zf[todo]
             filled[r0:r1, c0:c1] = todo
