@@ -377,11 +377,14 @@ def object_depth(
     join = np.zeros(n + 1, dtype=bool)
     join[best] = True
     if n > 1:
-        idx = np.arange(1, n + 1)
         # Mean depth per piece (one pass; ndimage.median sorts every piece).
         sums = np.bincount(labels.ravel(), weights=np.nan_to_num(z).ravel(), minlength=n + 1)
         piece_med = sums[1:] / np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[1:], 1)
-        piece_depth = np.asarray(ndimage.maximum(inner, labels, index=idx), dtype=np.float64)
+        # Deepest pixel per piece (ndimage.maximum sorts the labels: 6x slower).
+        piece_depth = np.zeros(n + 1)
+        pieces = labels > 0
+        np.maximum.at(piece_depth, labels[pieces], inner[pieces])
+        piece_depth = piece_depth[1:]
         same = (piece_med >= lo - 0.5 * spread) & (piece_med <= hi + 0.5 * spread)
         reach = reach_of(surface)
         thick = piece_depth >= max(3.0, 0.15 * float(inner[m].max()))

@@ -545,7 +545,7 @@ def object_points(
     valid = np.isfinite(points).all(axis=2)
     xyz, col, idx = [], [], []
     for i, obj in enumerate(objects):
-        mask = object_depth(points, obj.region).reliable & valid & ~taken
+        mask = object_depth(points, obj.region, fill=False).reliable & valid & ~taken
         taken |= mask
         xyz.append(points[mask].astype(np.float32))
         col.append(np.asarray(rgb)[mask].astype(np.uint8))

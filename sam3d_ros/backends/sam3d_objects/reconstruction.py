@@ -359,7 +359,7 @@ def align_to_depth(
     # background depth and smears that would pull the scale and offset. The outline is kept
     # (no erosion): the rendered surface is compared pixel for pixel with the same set.
     reliable = object_depth(
-        np.asarray(points), np.asarray(mask, bool), erode_px=0, edge_px=0
+        np.asarray(points), np.asarray(mask, bool), erode_px=0, edge_px=0, fill=False
     ).reliable.reshape(-1)
     if reliable.sum() < min_points:
         reliable = in_mask & valid
