@@ -248,9 +248,10 @@ class ObjectDepth:
 
     Attributes:
         reliable: H×W bool, mask pixels whose depth is the object's own surface.
-        filled: H×W bool, mask pixels without depth or whose depth belongs to something else
-            (background, occluder), given the depth of the nearest reliable pixel (silhouette
-            support only, never evidence of depth).
+        filled: H×W bool, mask pixels without depth, or whose depth belongs to something
+            else (background, occluder) within the misregistration band of the reliable
+            pixels, given the depth of the nearest reliable pixel (silhouette support only,
+            never evidence of depth).
         depth: H×W float32 metres on ``reliable | filled`` (NaN elsewhere).
     """
 

@@ -85,7 +85,8 @@ def refine_mask(
             0.21 → 0.55; no other real frame changes).
         max_side: the colour models are learnt on the crop shrunk to at most this many pixels
             a side (GrabCut's cost grows with the pixel count), then one graph cut labels the
-            full-resolution crop with them.
+            crop with them (at full resolution up to 192 px a side, at half resolution
+            beyond: :func:`_grabcut`).
 
     Returns:
         The refined mask; ``mask`` itself when refinement cannot run (no OpenCV, too few
@@ -264,9 +265,9 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int,
     """GrabCut labels of ``img`` from the initial labels ``gc`` (OpenCV's GC_* values).
 
     Large crops: the colour models are learnt on a shrunk copy, then a single graph cut with
-    the models frozen labels the full resolution (the boundary keeps full-resolution
-    accuracy at about a third of the cost); crops larger than ``cut_side`` get that cut at
-    half resolution (graph building dominates its cost; measured on the real frames: seg+rec
+    the models frozen labels the crop's uncertain pixels at full resolution (about a third
+    of the cost of learning there); crops larger than ``cut_side`` get that cut at half
+    resolution (graph building dominates its cost; measured on the real frames: seg+rec
     of 6 boxes at 1280×720 706 → 632 ms, clicks 920 → 797 ms, silhouette IoU within ±0.004).
     """
     bgd = np.zeros((1, 65), np.float64)
@@ -284,7 +285,7 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int,
         cv2.grabCut(img, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
         return gc
     cv2.grabCut(small_img, small_gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    # Start the full-resolution cut from the shrunk result where the labels were uncertain.
+    # Start the final cut from the shrunk result where the labels were uncertain.
     up = cv2.resize(small_gc, (w, h), interpolation=cv2.INTER_NEAREST)
     uncertain = (gc == cv2.GC_PR_FGD) | (gc == cv2.GC_PR_BGD)
     gc[uncertain] = np.where(

@@ -124,9 +124,10 @@ class EmbeddedReconstructor:
             between which the growth goes from ``back_extension_low`` to ``back_extension``.
         smooth_iterations: Taubin smoothing iterations.
         snap: move vertices onto the observed points along their normals.
-        fill_silhouette: lift the mask pixels whose depth is missing or belongs to something
-            else at the depth of the nearest reliable pixel (covers the colour silhouette where
-            colour and depth are misregistered).
+        fill_silhouette: lift the mask pixels whose depth is missing, or belongs to something
+            else within the misregistration band of the object's surface, at the depth of the
+            nearest reliable pixel (covers the colour silhouette where colour and depth are
+            misregistered; :func:`~sam3d_ros.core.depth_hygiene.object_depth`).
         primitives: complete an object whose visible side faces lie on a box's or an upright
             cylinder's outline
             (:func:`~sam3d_ros.backends.embedded.shape_completion.support_footprint`)
@@ -134,7 +135,8 @@ class EmbeddedReconstructor:
         grazing_deg: depth pixels whose surface is seen more obliquely than this are smears,
             not surface (:func:`~sam3d_ros.core.depth_hygiene.grazing_pixels`); 90 keeps them.
         silhouette_snap: move mesh vertices that project outside the object's mask onto
-            free or unmeasured pixels back onto the mask's edge, at their depth
+            pixels where nothing nearer hides them (free, unmeasured, or carrying the
+            object's own bled depth) back onto the mask's edge, at their depth
             (:meth:`_FrameContext.snap_to_silhouette`): the voxel surface otherwise overhangs
             the silhouette by about half a voxel (3–4 px at 0.6 m).
         min_points: fewest clean points an object needs.
