@@ -283,6 +283,18 @@ class Recorder(SpunNode):
         return header
 
 
+def apply_prompt(rec: "Recorder", node: "NodeProcess", prompt: Any, timeout: float = 20.0) -> None:
+    """Publish ``prompt`` and return once the node logged that it applied it.
+
+    A frame published before the prompt lands is segmented with the previous one; waiting for
+    the node's own line replaces a guessed sleep (the node logs ``prompt: ...`` after the
+    prompt is in force).
+    """
+    start = node.line_count()
+    rec.pub_prompt.publish(prompt)
+    assert node.wait_for_line("prompt: text=", timeout, start=start), node.log()[-3000:]
+
+
 def camera_info(intr, width: Optional[int] = None, height: Optional[int] = None) -> CameraInfo:
     """CameraInfo with K and P of pinhole intrinsics
     (``sam3d_ros.core.types.CameraIntrinsics``)."""

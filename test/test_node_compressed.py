@@ -8,7 +8,15 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from node_harness import FRAME_ID, Recorder, box_prompt, camera_info, ros_context, running_node
+from node_harness import (
+    FRAME_ID,
+    Recorder,
+    apply_prompt,
+    box_prompt,
+    camera_info,
+    ros_context,
+    running_node,
+)
 from node_harness import scene as make_scene
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -42,8 +50,7 @@ def env():
             assert rec.wait(lambda: all(p.get_subscription_count() > 0 for p in
                                         (pub_image, pub_depth, rec.pub_info)), 20.0), node.log()
             assert f"{COLOUR}/compressed" in node.log() and "compressedDepth" in node.log()
-            rec.pub_prompt.publish(box_prompt(sc))
-            time.sleep(0.5)  # the prompt lands before the first frame
+            apply_prompt(rec, node, box_prompt(sc))
             yield sc, node, rec, pub_image, pub_depth
         finally:
             rec.close()

@@ -11,6 +11,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from node_harness import (
     FRAME_ID,
     Recorder,
+    apply_prompt,
     box_prompt,
     camera_info,
     ros_context,
@@ -42,8 +43,7 @@ def env():
         rec = Recorder()
         try:
             assert rec.wait_subscribed(), node.log()
-            rec.pub_prompt.publish(box_prompt(sc))
-            time.sleep(0.5)  # as after every prompt change below: the prompt lands first
+            apply_prompt(rec, node, box_prompt(sc))
             yield sc, node, rec
         finally:
             rec.close()
@@ -173,8 +173,7 @@ def test_markers_points_detections_objects_agree(env):
                                                            "rgb8")
 
     # An object that leaves the prompt has its markers deleted.
-    rec.pub_prompt.publish(box_prompt(sc).__class__(boxes=box_prompt(sc).boxes[:2]))
-    time.sleep(0.5)
+    apply_prompt(rec, node, box_prompt(sc).__class__(boxes=box_prompt(sc).boxes[:2]))
     header2 = publish_good(sc, rec)
     tf2 = tf_for(rec, header2)
     assert len(tf2.transforms) == 2
@@ -182,22 +181,19 @@ def test_markers_points_detections_objects_agree(env):
     assert rec.wait(lambda: any(
         m.action == Marker.DELETE and m.id == gone
         for arr in rec.get("markers") for m in arr.markers if m.header.stamp == header2.stamp))
-    rec.pub_prompt.publish(box_prompt(sc))
-    time.sleep(0.5)
+    apply_prompt(rec, node, box_prompt(sc))
 
 
 def test_ids_stable_without_prompt_ids(env):
     sc, node, rec = env
-    rec.pub_prompt.publish(box_prompt(sc, object_ids=False))
-    time.sleep(0.5)
+    apply_prompt(rec, node, box_prompt(sc, object_ids=False))
     seen = []
     for _ in range(3):
         tf = tf_for(rec, publish_good(sc, rec))
         seen.append(sorted(t.child_frame_id for t in tf.transforms))
     assert len(seen[0]) == 3
     assert seen[1] == seen[0] and seen[2] == seen[0]
-    rec.pub_prompt.publish(box_prompt(sc))
-    time.sleep(0.5)
+    apply_prompt(rec, node, box_prompt(sc))
 
 
 def test_30hz_input_keeps_only_the_latest_frame(env):
@@ -308,8 +304,7 @@ def test_bad_input_warns_errors_and_recovers(env, case):
         ys, xs = np.nonzero(sc.objects[0].visible_mask)
         mask = np.zeros((sc.frame.height, sc.frame.width), np.uint8)
         mask[int(np.median(ys)), int(np.median(xs))] = 255
-        rec.pub_prompt.publish(Prompt(masks=[numpy_to_image(mask, "mono8")]))
-        time.sleep(0.5)
+        apply_prompt(rec, node, Prompt(masks=[numpy_to_image(mask, "mono8")]))
         rec.publish_frame(sc.frame.rgb, sc.depth_m, info)
         restore_prompt = True
 
@@ -322,8 +317,7 @@ def test_bad_input_warns_errors_and_recovers(env, case):
     assert node.alive()
 
     if restore_prompt:
-        rec.pub_prompt.publish(box_prompt(sc))
-        time.sleep(0.5)
+        apply_prompt(rec, node, box_prompt(sc))
     header = publish_good(sc, rec)
     assert len(tf_for(rec, header).transforms) == 3
     assert rec.wait_diag(lambda m: m.status[0].level != ERROR, start=rec.count("diagnostics"))

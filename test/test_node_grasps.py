@@ -14,6 +14,7 @@ from moveit_msgs.msg import CollisionObject
 from node_harness import (
     FRAME_ID,
     Recorder,
+    apply_prompt,
     box_prompt,
     camera_info,
     ros_context,
@@ -51,8 +52,7 @@ def env():
         rec = Recorder(grasp_topics=True)
         try:
             assert rec.wait_subscribed(), node.log()
-            rec.pub_prompt.publish(box_prompt(sc))
-            time.sleep(0.5)
+            apply_prompt(rec, node, box_prompt(sc))
             yield sc, node, rec
         finally:
             rec.close()
@@ -216,8 +216,7 @@ def test_collision_move_when_the_scene_shifts(env):
     sc, node, rec = env
     before = held_poses(rec)
     rgb, depth, prompt = shifted(sc, SHIFT_PX)
-    rec.pub_prompt.publish(prompt)
-    time.sleep(0.5)
+    apply_prompt(rec, node, prompt)
     header = publish(rec, rgb, depth, sc)
     poses = tf_poses(rec, header)
     msgs = collision_for(rec, header, 3)
@@ -258,16 +257,14 @@ def test_collision_remove_when_an_object_leaves(env):
     sc, node, rec = env
     rgb, depth, prompt = shifted(sc, SHIFT_PX)
     gone = prompt.boxes[2].object_id
-    rec.pub_prompt.publish(Prompt(boxes=prompt.boxes[:2]))
-    time.sleep(0.5)
+    apply_prompt(rec, node, Prompt(boxes=prompt.boxes[:2]))
     header = publish(rec, rgb, depth, sc)
     msgs = collision_for(rec, header, 1)
     assert (REMOVE, f"{PREFIX}{gone}") in [(op(m), m.id) for m in msgs]
     assert all(op(m) != REMOVE for m in msgs if m.id != f"{PREFIX}{gone}")
     grasps = for_stamp(rec, "grasps", header)[0]
     assert gone not in {g.object_id for g in grasps.grasps}
-    rec.pub_prompt.publish(box_prompt(sc))
-    time.sleep(0.5)
+    apply_prompt(rec, node, box_prompt(sc))
 
 
 def test_goal_result_carries_the_grasps(env):
