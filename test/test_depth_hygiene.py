@@ -109,8 +109,9 @@ def test_a_mask_dilated_onto_the_background_keeps_only_the_objects_depth():
 def test_foreign_depth_is_filled_only_within_the_misregistration_band():
     """A mask that took in a neighbour standing behind the object (a click leaking into a cup
     of the same colour): the neighbour's pixels deep inside the mask keep out, rather than
-    being lifted to the object's depth as a wall in front of the neighbour; foreign depth
-    within the band and pixels without depth anywhere are filled."""
+    being lifted to the object's depth as a wall in front of the neighbour, and so does a
+    patch without depth inside the neighbour; foreign depth within the band and the object's
+    own pixels without depth, however far from its edge, are filled."""
     depth, obj = _object_on_background()
     neighbour = np.zeros((H, W), bool)
     neighbour[10:40, 65:95] = True  # above the object in the image, 30 cm behind it
@@ -118,6 +119,9 @@ def test_foreign_depth_is_filled_only_within_the_misregistration_band():
     dark = np.zeros((H, W), bool)
     dark[55:65, 75:85] = True  # a dark patch in the middle of the object: no depth
     depth[dark] = np.nan
+    shiny = np.zeros((H, W), bool)
+    shiny[18:26, 75:85] = True  # a patch without depth inside the neighbour
+    depth[shiny] = np.nan
     points = backproject(depth, K)
     mask = obj | neighbour
     band = misregistration_px(W)
@@ -128,6 +132,8 @@ def test_foreign_depth_is_filled_only_within_the_misregistration_band():
     far = neighbour & (dist > band)
     assert far.sum() > 500 and not od.filled[far].any() and not od.reliable[far].any()
     assert od.filled[dark].all() and np.allclose(od.depth[dark], 0.8, atol=1e-6)
+    # Without depth but reached only across the neighbour: part of the neighbour, not filled.
+    assert not od.filled[shiny].any()
     # Unbounded, as before: the whole neighbour became the object at 0.8 m.
     wide = object_depth(points, mask, fill_px=float(W))
     assert wide.filled[far].mean() > 0.8
