@@ -574,9 +574,9 @@ def test_a_background_click_far_away_does_not_cut_what_depth_missed(seg):
     assert with_bg.mask[dark].mean() > 0.8
 
 
-def test_a_large_crop_is_cut_at_half_resolution_within_a_pixel_and_keeps_certain_labels():
+def test_a_large_crop_is_cut_at_half_resolution_near_the_full_cut_and_keeps_certain_labels():
     """GrabCut's final cut of a crop over ``cut_side`` pixels runs at half resolution: its
-    boundary stays within about a pixel of the full-resolution cut, and the certain labels
+    boundary stays within two pixels of the full-resolution cut, and the certain labels
     (a click's disk, the certain background) come back exactly as given."""
     import cv2
     from scipy import ndimage
@@ -593,17 +593,17 @@ def test_a_large_crop_is_cut_at_half_resolution_within_a_pixel_and_keeps_certain
     gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     gc[ndimage.binary_dilation(obj, iterations=6)] = cv2.GC_PR_FGD  # a loose depth mask
     gc[:, :20] = cv2.GC_BGD
-    gc[148:153, 208:213] = cv2.GC_FGD  # a click's disk
-    gc[40, 300] = cv2.GC_FGD  # one certain pixel, thinner than the half-resolution grid
+    gc[147:152, 207:212] = cv2.GC_FGD  # a click's disk, off the half-resolution grid
+    gc[41, 301] = cv2.GC_FGD  # one certain pixel between the half-resolution grid's samples
     full = _grabcut(img, gc.copy(), 4, 96, cut_side=max(h, w))
     half = _grabcut(img, gc.copy(), 4, 96, cut_side=192)
     fg_full = np.isin(full, (cv2.GC_FGD, cv2.GC_PR_FGD))
     fg_half = np.isin(half, (cv2.GC_FGD, cv2.GC_PR_FGD))
     assert (fg_full & obj).sum() / (fg_full | obj).sum() > 0.97
     assert (fg_half & obj).sum() / (fg_half | obj).sum() > 0.97
-    # Where the two differ, it is next to the full-resolution boundary (an 8-neighbour of it).
+    # Where the two differ, it is within two pixels of the full-resolution boundary.
     boundary = fg_full ^ ndimage.binary_erosion(fg_full)
     off = ndimage.distance_transform_edt(~boundary)[fg_full ^ fg_half]
-    assert off.size and off.max() <= 1.5, off.max()
+    assert off.size and off.max() <= 2.3, off.max()
     certain = np.isin(gc, (cv2.GC_FGD, cv2.GC_BGD))
     assert np.array_equal(half[certain], gc[certain])

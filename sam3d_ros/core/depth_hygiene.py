@@ -28,8 +28,8 @@ planner's "observed contact" test still reads the mask and the raw depth):
    lateral size) is dropped; the surface piece itself is kept whole, however long it is along
    the ray;
 4. mask pixels whose depth belonged to another piece within the misregistration band
-   (:func:`misregistration_px`) of the kept pixels, and pixels without depth that connect to
-   the kept ones without crossing foreign depth beyond that band, are filled with the depth of
+   (:func:`misregistration_px`) of the kept pixels, and pixels without depth that touch the
+   kept or filled ones (not across pixels hygiene dropped), are filled with the depth of
    the nearest kept pixel (``filled``): they extend the silhouette at the object's own depth
    and never along a ray. Foreign depth deeper inside the mask is another thing the mask took
    in, and stays out with its holes.
@@ -251,7 +251,7 @@ class ObjectDepth:
         reliable: H×W bool, mask pixels whose depth is the object's own surface.
         filled: H×W bool, mask pixels whose depth belongs to something else (background,
             occluder) within the misregistration band of the reliable pixels, or without depth
-            and connected to them through such pixels, given the depth of the nearest reliable
+            and touching them or such pixels, given the depth of the nearest reliable
             pixel (silhouette support only, never evidence of depth).
         depth: H×W float32 metres on ``reliable | filled`` (NaN elsewhere).
     """
@@ -301,7 +301,7 @@ def object_depth(
         depth_margin: metres added to the plausible depth extent.
         fill: fill the dropped mask pixels with the nearest reliable depth: those whose depth
             belongs to something else within ``fill_px`` pixels of the reliable surface, and
-            those without depth that connect to the surface through filled pixels.
+            those without depth that touch the surface or filled pixels.
         fill_px: the band in which foreign depth is filled; default
             :func:`misregistration_px` of the image width.
     """
@@ -420,14 +420,16 @@ def object_depth(
             # taken in by the segmentation), which lifted to the object's depth became a wall
             # in front of it (clicks on the real frames: mesh vertices > 1 cm in front of
             # the observed depth, worst object 16 % -> 0.6 %; silhouette IoU 0.763 -> 0.784).
-            # Pixels without depth are filled where they connect to the surface without
-            # crossing such a foreign piece (a dark or shiny patch of the object, however
-            # large; not a hole in the neighbour's depth).
+            # Pixels without depth are filled where they touch the surface or filled pixels (a
+            # dark or shiny patch of the object, however large); not a hole in the neighbour's
+            # depth, nor one cut off from the surface by pixels hygiene dropped (a depth edge,
+            # the mixed ring beside a hole): beyond an edge a hole is as likely the other
+            # side's. Measured against also filling those: clicks on m2t2 0.792 vs 0.786 (the
+            # bowls 0.90 / 0.91 vs 0.86 / 0.86), given masks 0.913 vs 0.915.
             band = fill_px if fill_px is not None else misregistration_px(w)
             todo &= ~valid | (dist <= band)
-            reach, _ = ndimage.label(keep | todo)
-            own = np.unique(reach[keep])
-            todo &= np.isin(reach, own[own > 0])
+            linked, _ = ndimage.label(keep | todo, structure=_FOUR)
+            todo &= np.isin(linked, np.unique(linked[keep]))
             zf = z[ir, ic]
             depth[r0:r1, c0:c1][todo] = zf[todo]
             filled[r0:r1, c0:c1] = todo
