@@ -138,12 +138,23 @@ class SpunNode:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._stop = threading.Event()
+        self.spin_errors: List[str] = []
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
     def _spin(self) -> None:
         while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:  # noqa: BLE001 -- the thread must outlive a bad moment
+                # An entity created from the test's thread while this one spins can be seen
+                # half built (Kilted's rclpy ActionClient registers its waitable before its
+                # lock exists: AttributeError '_lock'); the next spin sees it whole. Without
+                # this the thread died and every later reply was lost.
+                if not rclpy.ok():
+                    return
+                self.spin_errors.append(repr(exc))
+                time.sleep(0.01)
 
     def close(self) -> None:
         # Stop spinning before the executor and node go, or the spin thread trips over them.
