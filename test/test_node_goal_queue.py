@@ -26,6 +26,8 @@ from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sam3d_ros.action import Reconstruct
 
+from sam3d_ros.core.image_decoding import stamp_to_seconds
+
 MAX_QUEUED = 16  # the node's default max_queued_goals
 WAIT_S = 120.0  # liveness bound on a loaded 2-core machine, not a speed target
 # A client that sends a burst needs service queues as deep as its burst, as the node has them:
@@ -101,10 +103,6 @@ def test_goal_storm_answers_every_goal_and_caps_the_queue(env, n_goals):
     assert node.alive()
 
 
-def _seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 class FrameStream:
     """Camera frames at about 10 Hz from a thread of the test, with fresh stamps."""
 
@@ -146,9 +144,10 @@ def test_queued_goals_go_before_camera_frames(env):
 
     def tf_sequence():  # (stamp second, stamp in s, arrival time) of every /tf, in order
         with rec.lock:
-            return [(m.transforms[0].header.stamp.sec, _seconds(m.transforms[0].header.stamp), t)
-                    for m, t in zip(rec.msgs["tf"], rec.arrival["tf"], strict=True)
-                    if m.transforms]
+            pairs = [(m.transforms[0].header.stamp, t)
+                     for m, t in zip(rec.msgs["tf"], rec.arrival["tf"], strict=True)
+                     if m.transforms]
+        return [(s.sec, stamp_to_seconds(s), t) for s, t in pairs]
 
     def frame_tfs():
         return [t for sec, _stamp, t in tf_sequence() if sec not in goal_stamps]
@@ -168,7 +167,7 @@ def test_queued_goals_go_before_camera_frames(env):
     finally:
         stream.close()
     assert all(r.result().status == GoalStatus.STATUS_SUCCEEDED for r in results)
-    accepted = _seconds(sent[0].result().stamp)  # the server's clock, as the frames' stamps
+    accepted = stamp_to_seconds(sent[0].result().stamp)  # server clock, as the frames' stamps
     sequence = tf_sequence()
     order = [sec for sec, _stamp, _t in sequence]
     assert all(order.count(stamp) == 1 for stamp in goal_stamps), order

@@ -22,6 +22,7 @@ from sam3d_ros.core.image_decoding import (
     intrinsics_from_camera_info,
     rgb_from_image,
     rgb_layout,
+    stamp_to_seconds,
 )
 from sam3d_ros.core.types import Frame
 
@@ -40,7 +41,7 @@ class CameraFrame:
 
 def stamp_seconds(header: Any) -> float:
     """Header stamp in seconds."""
-    return header.stamp.sec + 1e-9 * header.stamp.nanosec
+    return stamp_to_seconds(header.stamp)
 
 
 def is_compressed(msg: Any) -> bool:

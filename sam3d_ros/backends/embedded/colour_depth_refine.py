@@ -285,13 +285,15 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int,
         cv2.grabCut(img, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
         return gc
     cv2.grabCut(small_img, small_gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    # Start the final cut from the shrunk result where the labels were uncertain.
-    up = cv2.resize(small_gc, (w, h), interpolation=cv2.INTER_NEAREST)
     uncertain = (gc == cv2.GC_PR_FGD) | (gc == cv2.GC_PR_BGD)
-    gc[uncertain] = np.where(
-        (up[uncertain] == cv2.GC_FGD) | (up[uncertain] == cv2.GC_PR_FGD),
-        cv2.GC_PR_FGD, cv2.GC_PR_BGD,
-    )
+
+    def adopt(coarse: np.ndarray) -> None:
+        # The uncertain pixels take a coarser result's side; the certain ones stay as given.
+        up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)[uncertain]
+        is_fg = (up == cv2.GC_FGD) | (up == cv2.GC_PR_FGD)
+        gc[uncertain] = np.where(is_fg, cv2.GC_PR_FGD, cv2.GC_PR_BGD)
+
+    adopt(small_gc)  # the final cut starts from the shrunk result
     if max(h, w) <= cut_side:
         cv2.grabCut(img, gc, None, bgd, fgd, 1, cv2.GC_EVAL_FREEZE_MODEL)
         return gc
@@ -301,9 +303,5 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int, max_side: int,
     half_gc = cv2.resize(gc, half, interpolation=cv2.INTER_NEAREST)
     cv2.grabCut(cv2.resize(img, half, interpolation=cv2.INTER_AREA), half_gc, None, bgd, fgd, 1,
                 cv2.GC_EVAL_FREEZE_MODEL)
-    up = cv2.resize(half_gc, (w, h), interpolation=cv2.INTER_NEAREST)
-    gc[uncertain] = np.where(
-        (up[uncertain] == cv2.GC_FGD) | (up[uncertain] == cv2.GC_PR_FGD),
-        cv2.GC_PR_FGD, cv2.GC_PR_BGD,
-    )
+    adopt(half_gc)
     return gc
