@@ -325,6 +325,12 @@ def test_flying_pixels_and_outliers_are_ignored():
     )
     assert _fscore(v_cam, r.mesh.faces, gt, 0.01) > 0.85
     assert np.linalg.norm(r.translation - _world_to_cam(pose, BOX[1][0])) < 0.012
+    # The pixels whose depth it took as the object's (the published point cloud): no outlier
+    # and hardly any of the smear (a few ring pixels whose smeared depth lands on the box's
+    # own surface: 15 of 300).
+    own = r.depth_pixels.full()
+    assert own.sum() > 0.5 * masks[0].sum() and not (own & ~mask).any()
+    assert own[ring].sum() <= 0.08 * ring.sum() and not own[ys[:5], xs[:5]].any()
 
 
 def test_input_errors():

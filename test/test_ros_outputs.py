@@ -179,6 +179,28 @@ def test_points_of_masks_with_object_index():
     assert np.all(np.asarray(cloud.rgb)[:, 1] == 77)
 
 
+def test_points_are_the_depth_pixels_the_backend_kept():
+    """A backend that ran the depth hygiene names the pixels it kept (``depth_pixels``): the
+    cloud is those, not a second hygiene's; for another image size it is found again."""
+    obj = cube_object(5, 0)
+    depth = np.full((48, 64), 1.0, np.float32)
+    points = conv.backproject(depth, K)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    own = np.zeros((48, 64), bool)
+    own[22:25, 33:36] = True  # 9 pixels of the 10 x 10 mask
+    obj.depth_pixels = MaskCrop.of(own)
+    cloud = pointcloud2_to_arrays(out.points_msg(RCLPY, HEADER, points, rgb, [obj]))
+    rows = np.rint(np.asarray(cloud.xyz)[:, 1] * K.fy + K.cy).astype(int)  # depth 1 m
+    cols = np.rint(np.asarray(cloud.xyz)[:, 0] * K.fx + K.cx).astype(int)
+    assert sorted(zip(rows, cols, strict=True)) == sorted(zip(*np.nonzero(own), strict=True))
+    obj.depth_pixels = MaskCrop.of(np.ones((10, 10), bool))  # another image's
+    again = pointcloud2_to_arrays(out.points_msg(RCLPY, HEADER, points, rgb, [obj]))
+    obj.depth_pixels = None
+    fresh = pointcloud2_to_arrays(out.points_msg(RCLPY, HEADER, points, rgb, [obj]))
+    assert len(np.asarray(fresh.xyz)) > 50
+    assert np.array_equal(np.asarray(again.xyz), np.asarray(fresh.xyz))
+
+
 def test_debug_image_draws_masks_boxes_axes_and_label():
     obj = cube_object()
     obj.translation = np.array([0.0, 0.0, 1.0])

@@ -45,7 +45,7 @@ from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.mesh_decimation import decimate, same_shape
 from sam3d_ros.core.message_kit import MessageKit
 from sam3d_ros.core.point_clouds import pointcloud2_from_arrays
-from sam3d_ros.core.types import CameraIntrinsics, ObjectReconstruction
+from sam3d_ros.core.types import CameraIntrinsics, MaskCrop, ObjectReconstruction
 
 MESH_NS = "sam3d_meshes"
 """Marker namespace of the per-object TRIANGLE_LIST meshes (marker id = object id)."""
@@ -534,22 +534,28 @@ def object_points(
     """The object's own depth points of every mask: (N×3 float32, N×3 uint8, N int32 index).
 
     "Own" as :func:`~sam3d_ros.core.depth_hygiene.object_depth` decides: a mask's edge pixels that
-    carry background depth, flying pixels and smears are not published as the object. The
-    index is the object's position in ``objects`` (its ``object_index`` in the array). A pixel
-    in two masks is given to the first object.
+    carry background depth, flying pixels and smears are not published as the object. A
+    backend that ran the hygiene says so in ``depth_pixels`` (read as is: ~13 ms an object at
+    1280×720 not spent again). The index is the object's position in ``objects`` (its
+    ``object_index`` in the array). A pixel in two masks is given to the first object.
     """
     if points is None or not objects:
         return (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
                 np.zeros((0,), np.int32))
-    taken = np.zeros(points.shape[:2], dtype=bool)
-    valid = np.isfinite(points).all(axis=2)
+    image = points.shape[:2]
+    taken = np.zeros(image, dtype=bool)
     xyz, col, idx = [], [], []
     for i, obj in enumerate(objects):
-        mask = object_depth(points, obj.region, fill=False).reliable & valid & ~taken
-        taken |= mask
-        xyz.append(points[mask].astype(np.float32))
-        col.append(np.asarray(rgb)[mask].astype(np.uint8))
-        idx.append(np.full(int(mask.sum()), i, dtype=np.int32))
+        own = obj.depth_pixels
+        if own is None or tuple(own.image_shape) != tuple(image):
+            own = MaskCrop.of(object_depth(points, obj.region, fill=False).reliable)
+        r0, r1, c0, c1 = own.bbox
+        window = (slice(r0, r1), slice(c0, c1))
+        sel = own.pixels & np.isfinite(points[window]).all(axis=2) & ~taken[window]
+        taken[window] |= sel
+        xyz.append(points[window][sel].astype(np.float32))
+        col.append(np.asarray(rgb)[window][sel].astype(np.uint8))
+        idx.append(np.full(int(sel.sum()), i, dtype=np.int32))
     return np.concatenate(xyz), np.concatenate(col), np.concatenate(idx)
 
 

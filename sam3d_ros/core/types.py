@@ -301,6 +301,10 @@ class ObjectReconstruction(_HoldsRegion):
     score: float = 1.0
     extents: Optional[np.ndarray] = None
     """Object size along its own axes in metres (the oriented bounding box), when known."""
+    depth_pixels: Optional[MaskCrop] = None
+    """The mask's pixels whose depth the backend took as the object's own (the depth
+    hygiene's reliable pixels), when it has them: the published point cloud reuses them
+    rather than run the hygiene again. ``None``: found when needed."""
 
 
 @runtime_checkable

@@ -289,10 +289,10 @@ class EmbeddedReconstructor:
         obj: ObjectMask,
         index: int,
         seed: int,
-        cleaned: Tuple[np.ndarray, np.ndarray, np.ndarray],
+        cleaned: Tuple[np.ndarray, np.ndarray, np.ndarray, MaskCrop],
     ) -> ObjectReconstruction:
         field = f"mask_urls[{index}]"
-        pts, pix, measured = cleaned
+        pts, pix, measured, depth_pixels = cleaned
         if measured.sum() < self.min_points:
             raise InputError(
                 field,
@@ -380,6 +380,7 @@ class EmbeddedReconstructor:
             label=obj.label,
             score=obj.score,
             extents=extents,
+            depth_pixels=depth_pixels,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ class EmbeddedReconstructor:
         """The object's depth points after hygiene (:func:`~.depth_hygiene.object_depth`).
 
         Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
-        from the nearest measured pixel).
+        from the nearest measured pixel, and the reliable pixels as a :class:`MaskCrop`).
         """
         od = object_depth(
             ctx.points,
@@ -405,7 +406,7 @@ class EmbeddedReconstructor:
         sel = od.reliable | od.filled
         rr, cc = np.nonzero(sel)
         pts = backproject_pixels(rr, cc, od.depth[rr, cc], ctx.k)
-        return pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc]
+        return pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc], MaskCrop.of(od.reliable)
 
     def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane], ctx=None):
         """Rotation (columns a, b, up), origin and the floor height the object stands on.
