@@ -845,7 +845,8 @@ class _FrameContext:
         ok &= crop[r, c]
         # Contour vertices, and the summed normal of their faces turned towards the camera.
         fn = face_normals(verts, faces)
-        towards = (fn * verts[faces].mean(axis=1)).sum(axis=1) < 0.0
+        # n·p is the same at every point of a face's plane: its first corner will do.
+        towards = (fn * verts[faces[:, 0]]).sum(axis=1) < 0.0
         corner = faces[towards].ravel()
         seen = np.stack([np.bincount(corner, np.repeat(fn[towards, i], 3), len(verts))
                          for i in range(3)], axis=1)
