@@ -533,42 +533,6 @@ def test_silhouette_snap_moves_vertices_over_bled_depth_and_keeps_hidden_ones():
     assert np.allclose(out[:, 2], z0)
 
 
-def test_rim_vertices_short_of_the_mask_grow_out_to_its_edge():
-    """A sphere whose silhouette ends 2 px inside its mask all round (as a real mask's edge
-    pixels, dropped by the depth hygiene, leave it): the rim vertices move out to the mask's
-    edge at their own depth, the front-facing ones stay, and nothing covers a pixel beyond
-    the mask."""
-    from sam3d_bench.evaluation import silhouette
-    from sam3d_ros.backends.embedded.reconstruction import _FrameContext
-    from sam3d_ros.core.types import MaskCrop
-
-    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.05)
-    verts = sphere.vertices + [0.01, -0.01, 0.8]
-    faces = sphere.faces
-    before = silhouette(verts, faces, K, (H, W))
-    mask = ndimage.binary_dilation(before, iterations=2)
-    depth = np.full((H, W), 1.2)
-    u, v = np.meshgrid(np.arange(W), np.arange(H))
-    pts = np.stack([(u - K.cx) / K.fx * depth, (v - K.cy) / K.fy * depth, depth], axis=-1)
-    ctx = _FrameContext(pts.astype(np.float32), np.ones((H, W), bool),
-                        np.zeros((H, W, 3), np.uint8), K, (0, H, 0, W), mask, None)
-    ctx.set_object(MaskCrop.of(mask))
-    out = ctx.grow_to_silhouette(verts, faces, max_move=0.01)
-    after = silhouette(out, faces, K, (H, W))
-
-    def iou(a, b):
-        return np.count_nonzero(a & b) / np.count_nonzero(a | b)
-
-    assert iou(before, mask) < 0.85 and iou(after, mask) > 0.95, (iou(before, mask),
-                                                                  iou(after, mask))
-    assert not (after & ~mask).any()
-    moved = np.linalg.norm(out - verts, axis=1) > 1e-9
-    assert np.allclose(out[:, 2], verts[:, 2])
-    ray = verts / np.linalg.norm(verts, axis=1, keepdims=True)
-    facing_camera = (sphere.vertex_normals * -ray).sum(axis=1) > 0.5
-    assert moved.any() and not (moved & facing_camera).any()
-
-
 def test_silhouette_ends_at_the_mask_where_depth_is_missing():
     """A RealSense sees no depth beside many objects (stereo shadow, dark table). An
     overhanging top on a narrow post, extruded down to the table, must not fill those pixels
@@ -591,8 +555,8 @@ def test_silhouette_ends_at_the_mask_where_depth_is_missing():
     # Vertices move, faces never turn over: still a closed, outward surface.
     tm = trimesh.Trimesh(r.mesh.vertices, r.mesh.faces, process=False)
     assert tm.is_watertight and tm.volume > 0
-    (unsnapped,) = EmbeddedReconstructor(silhouette_snap=False, silhouette_grow=False
-                                         ).reconstruct(frame, [ObjectMask(1, mask)], 0)
+    (unsnapped,) = EmbeddedReconstructor(silhouette_snap=False).reconstruct(
+        frame, [ObjectMask(1, mask)], 0)
     assert np.array_equal(unsnapped.mesh.faces, r.mesh.faces)
 
     def normals(obj):

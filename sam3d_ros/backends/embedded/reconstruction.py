@@ -139,9 +139,6 @@ class EmbeddedReconstructor:
             object's own bled depth) back onto the mask's edge, at their depth
             (:meth:`_FrameContext.snap_to_silhouette`): the voxel surface otherwise overhangs
             the silhouette by about half a voxel (3–4 px at 0.6 m).
-        silhouette_grow: move rim vertices that stop short of the mask out to its edge
-            (:meth:`_FrameContext.grow_to_silhouette`): the mesh otherwise ends ~1 px inside
-            real masks, whose edge pixels hygiene drops.
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -173,7 +170,6 @@ class EmbeddedReconstructor:
         primitives: bool = True,
         grazing_deg: float = 80.0,
         silhouette_snap: bool = True,
-        silhouette_grow: bool = True,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
@@ -202,7 +198,6 @@ class EmbeddedReconstructor:
         self.primitives = bool(primitives)
         self.grazing_deg = float(grazing_deg)
         self.silhouette_snap = bool(silhouette_snap)
-        self.silhouette_grow = bool(silhouette_grow)
         self.min_points = int(min_points)
         self.max_visible_gaussians = int(max_visible_gaussians)
         self.opacity = float(opacity)
@@ -337,8 +332,6 @@ class EmbeddedReconstructor:
         verts, faces, voxel = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
         if self.silhouette_snap:
             snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
-            if self.silhouette_grow:
-                snapped = ctx.grow_to_silhouette(snapped, faces, 0.5 * voxel)
             moved = (snapped - origin) @ frame_rot
             if floor is not None:
                 moved[:, 2] = np.maximum(moved[:, 2], floor)
@@ -808,84 +801,6 @@ class _FrameContext:
         step *= np.minimum(1.0, max_move / np.maximum(length, 1e-12))
         out = verts.copy()
         out[move] += step
-        return undo_turned_faces(verts, out, faces)
-
-    def grow_to_silhouette(
-        self, verts: np.ndarray, faces: np.ndarray, max_move: float
-    ) -> np.ndarray:
-        """Move the mesh's contour vertices that stop short of the object's mask out to its edge.
-
-        The counterpart of :meth:`snap_to_silhouette`. The surface is built from the depth
-        hygiene kept, which ends a few pixels inside a real mask (edge pixels carry the
-        background's depth), and the voxel surface's rim wanders by half a voxel: the
-        overhangs are snapped back, the shortfalls stayed, and on the 1280×720 real frames the
-        mesh's silhouette ended ~1 px inside the given masks all round.
-
-        A contour vertex (one with faces turned towards the camera and faces turned away)
-        that projects inside the mask, with the nearest pixel outside the mask in the
-        direction its visible faces lean, moves until it projects half a pixel before that
-        pixel's centre, by at most ``max_move``. It slides within its visible faces' plane
-        where that plane is seen at an angle (the top of a box seen from above grows
-        backwards, not upwards), and at its own depth where the plane is seen edge-on (the
-        rim of a rounded object, whose plane holds the viewing ray). A target inside the mask
-        covers no pixel beyond it; faces that would turn over are put back.
-        """
-        if self._object is None or not len(faces):
-            return verts
-        (a0, a1, b0, b1), crop, _ = self._object
-        k = self.k
-        z = verts[:, 2]
-        ok = z > 1e-6
-        zs = np.where(ok, z, 1.0)
-        u = k.fx * verts[:, 0] / zs + k.cx
-        v = k.fy * verts[:, 1] / zs + k.cy
-        r, c = np.rint(v).astype(np.int64) - a0, np.rint(u).astype(np.int64) - b0
-        ok &= (r >= 0) & (r < a1 - a0) & (c >= 0) & (c < b1 - b0)
-        r, c = np.where(ok, r, 0), np.where(ok, c, 0)
-        ok &= crop[r, c]
-        # Contour vertices, and the summed normal of their faces turned towards the camera.
-        fn = face_normals(verts, faces)
-        # n·p is the same at every point of a face's plane: its first corner will do.
-        towards = (fn * verts[faces[:, 0]]).sum(axis=1) < 0.0
-        corner = faces[towards].ravel()
-        seen = np.stack([np.bincount(corner, np.repeat(fn[towards, i], 3), len(verts))
-                         for i in range(3)], axis=1)
-        away = np.zeros(len(verts), dtype=bool)
-        away[faces[~towards].ravel()] = True
-        ok &= away & (np.abs(seen).sum(axis=1) > 0.0)
-        if not ok.any():
-            return verts
-        dist, (ir, ic) = ndimage.distance_transform_edt(crop, return_indices=True)
-        reach = max_move * min(k.fx, k.fy) / zs  # pixels
-        ok &= dist[r, c] <= reach + 1.0
-        idx = np.flatnonzero(ok)
-        # Towards the nearest pixel outside the mask, stopping half a pixel before its centre.
-        gc = ic[r[idx], c[idx]] + b0 - u[idx]
-        gr = ir[r[idx], c[idx]] + a0 - v[idx]
-        length = np.hypot(gc, gr)
-        n = seen[idx] / np.linalg.norm(seen[idx], axis=1, keepdims=True)
-        lean = (n[:, 0] * gc + n[:, 1] * gr) / np.maximum(
-            np.hypot(n[:, 0], n[:, 1]) * length, 1e-12)
-        go = (lean > 0.5) & (length > 0.5)
-        idx, n, step_px = idx[go], n[go], (length[go] - 0.5) / np.maximum(length[go], 1e-12)
-        if not idx.size:
-            return verts
-        p = verts[idx]
-        zi = p[:, 2]
-        # The move at the vertex's own depth, then along its viewing ray (which leaves the
-        # projection in place, to first order) back into the plane of its visible faces.
-        step = np.zeros_like(p)
-        step[:, 0] = gc[go] * step_px * zi / k.fx
-        step[:, 1] = gr[go] * step_px * zi / k.fy
-        ray = p / np.linalg.norm(p, axis=1, keepdims=True)
-        incidence = (ray * n).sum(axis=1)
-        slide = np.abs(incidence) > 0.3
-        step[slide] -= ray[slide] * ((step[slide] * n[slide]).sum(axis=1)
-                                      / incidence[slide])[:, None]
-        metres = np.maximum(np.linalg.norm(step, axis=1), 1e-12)
-        step *= np.minimum(1.0, max_move / metres)[:, None]
-        out = verts.copy()
-        out[idx] += step
         return undo_turned_faces(verts, out, faces)
 
     def forget_depth(self, selection: np.ndarray) -> None:
