@@ -36,228 +36,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_bench.scenes import (  # noqa: E402
-    SyntheticScene,
-    make_tabletop_scene,
-    random_urdf_path,
-)
-from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter  # noqa: E402
-from sam3d_ros.backends.grasp.analytic import GripperModel  # noqa: E402
-from sam3d_ros.core import conventions as conv  # noqa: E402
-from sam3d_ros.core.types import Gaussians, Grasp, Mesh, ObjectReconstruction  # noqa: E402
-
-DT = 1.0 / 240.0
-GRIP_FORCE = 40.0  # N per finger (a Franka Hand holds 70 N continuous)
-DENSITY = 600.0  # kg/m^3: a filled box or bottle of household goods
-OBJECT_FRICTION = 0.5  # with the finger pads' 0.8: pybullet combines by product (0.4)
-FINGER_FRICTION = 0.8
-LIFT = 0.15
-SUCCESS_LIFT = 0.10
-
-
-# --------------------------------------------------------------------------------------------
-# grasps
-
-
-def true_mesh_objects(scene: SyntheticScene) -> List[ObjectReconstruction]:
-    """Ground-truth meshes as reconstructions (canonical frame = camera frame shifted)."""
-    out = []
-    for i, obj in enumerate(scene.objects):
-        v = np.asarray(obj.mesh_vertices, dtype=np.float64)
-        centre = 0.5 * (v.min(0) + v.max(0))
-        empty = Gaussians(*(np.zeros(s, np.float32) for s in ((0, 3), (0, 3), (0, 4), (0, 3),
-                                                               (0,))))
-        out.append(ObjectReconstruction(
-            object_id=obj.object_id, object_index=i,
-            mesh=Mesh((v - centre).astype(np.float32), np.asarray(obj.mesh_faces, np.int32),
-                      np.zeros((len(v), 3), np.uint8)),
-            gaussians=empty, rotation=np.array([0.0, 0, 0, 1]), translation=centre,
-            scale=np.ones(3), region=obj.visible_mask))
-    return out
-
-
-def naive_grasp(scene: SyntheticScene, mask: np.ndarray, gripper: GripperModel) -> Optional[Grasp]:
-    """Top-down at the visible centroid, closing across the narrower visible extent."""
-    pts = np.asarray(scene.frame.points)[mask]
-    pts = pts[np.isfinite(pts).all(axis=1)].astype(np.float64)
-    if len(pts) < 10:
-        return None
-    from sam3d_ros.backends.grasp.analytic import AnalyticGraspPlanner
-
-    plane = AnalyticGraspPlanner.fit_plane(scene.frame, [_Masked(mask)])
-    up = np.asarray(plane.normal) if plane is not None else np.array([0.0, -1.0, 0.0])
-    centroid = pts.mean(axis=0)
-    flat = pts - np.outer((pts - centroid) @ up, up)
-    _, _, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
-    closing = vt[1] - (vt[1] @ up) * up  # the minor horizontal axis
-    proj = (pts - centroid) @ closing
-    width = float(min(proj.max() - proj.min(), gripper.max_opening))
-    if plane is not None:  # keep the fingertips above the table
-        height = centroid @ up + plane.offset
-        centroid = centroid + max(0.0, gripper.contact_depth + 0.005 - height) * up
-    q = conv.grasp_quaternion(-up, closing)
-    return Grasp(position=centroid, orientation=q, width=width, score=1.0)
-
-
-class _Masked:
-    """What ``AnalyticGraspPlanner.fit_plane`` reads of an object: its mask."""
-
-    def __init__(self, mask):
-        from sam3d_ros.core.types import MaskCrop
-
-        self.region = MaskCrop.of(mask)
-
-
-# --------------------------------------------------------------------------------------------
-# simulation
-
-
-class GraspSim:
-    """The scene's objects at their true poses on a table, and a free-floating gripper."""
-
-    def __init__(self, scene: SyntheticScene, gripper: GripperModel):
-        import pybullet as pb
-
-        self.pb = pb
-        self.gripper = gripper
-        self.scene = scene
-        self.client = pb.connect(pb.DIRECT)
-        c = self.client
-        pb.setGravity(0, 0, -9.81, physicsClientId=c)
-        pb.setTimeStep(DT, physicsClientId=c)
-        half = [1.0, 1.0, 0.05]
-        self.table = pb.createMultiBody(
-            0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=c),
-            basePosition=[0, 0, -0.05], physicsClientId=c)
-        pb.changeDynamics(self.table, -1, lateralFriction=0.6, physicsClientId=c)
-        world_from_cam = np.asarray(scene.camera_pose, dtype=np.float64)
-        self.bodies = []
-        for obj in scene.objects:
-            body = pb.loadURDF(random_urdf_path(obj.urdf_id), physicsClientId=c)
-            world_from_link = world_from_cam @ np.asarray(obj.pose)
-            # pybullet's base pose is the inertial frame, not the URDF link frame
-            info = pb.getDynamicsInfo(body, -1, physicsClientId=c)
-            link_from_com = np.eye(4)
-            link_from_com[:3, :3] = conv.quat_to_matrix(info[4])
-            link_from_com[:3, 3] = info[3]
-            world_from_com = world_from_link @ link_from_com
-            pb.resetBasePositionAndOrientation(
-                body, world_from_com[:3, 3], conv.matrix_to_quat(world_from_com[:3, :3]),
-                physicsClientId=c)
-            # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp
-            # lift them: give each the mass of its mesh at a household density and a
-            # cardboard/plastic-on-rubber friction, so the test is the shape, not the glue.
-            volume = abs(float(trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces,
-                                               process=False).volume))
-            mass = float(np.clip(volume * DENSITY, 0.05, 2.0))
-            pb.changeDynamics(body, -1, mass=mass, lateralFriction=OBJECT_FRICTION,
-                              physicsClientId=c)
-            self.bodies.append(body)
-        self.hand, self.fixed = self._make_gripper()
-        for _ in range(24):  # settle contacts (the poses come from a settled scene)
-            pb.stepSimulation(physicsClientId=c)
-        self.state = pb.saveState(physicsClientId=c)
-
-    def _make_gripper(self):
-        pb, g, c = self.pb, self.gripper, self.client
-        (f_lo, f_hi), _, (p_lo, p_hi) = g.boxes(0.0)
-        palm = pb.createCollisionShape(pb.GEOM_BOX, halfExtents=list((p_hi - p_lo) / 2),
-                                       collisionFramePosition=list((p_hi + p_lo) / 2),
-                                       physicsClientId=c)
-        fingers = []
-        for sign in (1.0, -1.0):
-            centre = (f_hi + f_lo) / 2 * [1.0, sign, 1.0]
-            fingers.append(pb.createCollisionShape(
-                pb.GEOM_BOX, halfExtents=list((f_hi - f_lo) / 2),
-                collisionFramePosition=list(centre), physicsClientId=c))
-        hand = pb.createMultiBody(
-            baseMass=0.7, baseCollisionShapeIndex=palm, basePosition=[0, 0, 5.0],
-            linkMasses=[0.05, 0.05], linkCollisionShapeIndices=fingers,
-            linkVisualShapeIndices=[-1, -1], linkPositions=[[0, 0, 0], [0, 0, 0]],
-            linkOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
-            linkInertialFramePositions=[[0, 0, 0], [0, 0, 0]],
-            linkInertialFrameOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
-            linkParentIndices=[0, 0], linkJointTypes=[pb.JOINT_PRISMATIC] * 2,
-            linkJointAxis=[[0, 1, 0], [0, -1, 0]], physicsClientId=c)
-        for j in (0, 1):
-            pb.changeDynamics(hand, j, lateralFriction=FINGER_FRICTION, spinningFriction=0.002,
-                              jointLowerLimit=0.0, jointUpperLimit=g.max_opening / 2,
-                              physicsClientId=c)
-        fixed = pb.createConstraint(hand, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0],
-                                    [0, 0, 5.0], physicsClientId=c)
-        return hand, fixed
-
-    def close(self) -> None:
-        """Disconnect."""
-        self.pb.disconnect(physicsClientId=self.client)
-
-    def _move(self, pos, orn, seconds: float, start=None) -> None:
-        pb, c = self.pb, self.client
-        steps = max(1, int(seconds / DT))
-        start = pos if start is None else start
-        for i in range(1, steps + 1):
-            p = start + (pos - start) * min(1.0, i / (0.8 * steps))
-            pb.changeConstraint(self.fixed, list(p), list(orn), maxForce=2000,
-                                physicsClientId=c)
-            pb.stepSimulation(physicsClientId=c)
-
-    def _fingers(self, half_opening: float, force: float) -> None:
-        for j in (0, 1):
-            self.pb.setJointMotorControl2(self.hand, j, self.pb.POSITION_CONTROL,
-                                          targetPosition=half_opening, force=force,
-                                          maxVelocity=0.2, physicsClientId=self.client)
-
-    def attempt(self, index: int, grasp: Grasp) -> bool:
-        """Execute one grasp (camera optical frame) on object ``index``; True on success."""
-        pb, c, g = self.pb, self.client, self.gripper
-        pb.restoreState(self.state, physicsClientId=c)
-        world_from_cam = np.asarray(self.scene.camera_pose, dtype=np.float64)
-        r = world_from_cam[:3, :3] @ conv.quat_to_matrix(grasp.orientation)
-        pos = world_from_cam[:3, :3] @ np.asarray(grasp.position) + world_from_cam[:3, 3]
-        orn = conv.matrix_to_quat(r)
-        pre = pos - 0.10 * r[:, 2]
-        opening = min(float(grasp.width) + 0.02, g.max_opening)
-        pb.resetBasePositionAndOrientation(self.hand, list(pre), list(orn), physicsClientId=c)
-        pb.changeConstraint(self.fixed, list(pre), list(orn), maxForce=2000, physicsClientId=c)
-        for j in (0, 1):
-            pb.resetJointState(self.hand, j, opening / 2, physicsClientId=c)
-        self._fingers(opening / 2, GRIP_FORCE)
-        pb.performCollisionDetection(physicsClientId=c)
-        if pb.getContactPoints(bodyA=self.hand, physicsClientId=c):
-            return False  # the pre-grasp pose is already in collision
-        body = self.bodies[index]
-        z0 = pb.getBasePositionAndOrientation(body, physicsClientId=c)[0][2]
-        self._move(pos, orn, 0.4, start=pre)
-        self._fingers(0.0, GRIP_FORCE)
-        self._move(pos, orn, 0.5)
-        up = pos + np.array([0.0, 0.0, LIFT])
-        self._move(up, orn, 0.8, start=pos)
-        self._move(up, orn, 1.0)
-        z1 = pb.getBasePositionAndOrientation(body, physicsClientId=c)[0][2]
-        touching = {pt[3] for pt in pb.getContactPoints(bodyA=self.hand, bodyB=body,
-                                                        physicsClientId=c)}
-        return z1 - z0 >= SUCCESS_LIFT and bool(touching & {0, 1})
-
-
-# --------------------------------------------------------------------------------------------
-# benchmark
-
-
-def evaluate(sim: GraspSim, index: int, grasps: Sequence[Grasp], k: int = 5) -> Dict[str, bool]:
-    """Top-1 and any-of-top-k success."""
-    results = []
-    for grasp in list(grasps)[:k]:
-        results.append(sim.attempt(index, grasp))
-        if results[-1]:
-            break
-    return {"top1": bool(results[:1] == [True]), "topk": any(results)}
+from sam3d_bench.grasp_sim import rate, run_scenes  # noqa: E402
+from sam3d_ros.backends import make_grasp_planner  # noqa: E402
 
 
 def commit() -> str:
@@ -282,55 +68,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
 
-    segmenter = make_segmenter("embedded")
-    reconstructor = make_reconstructor("embedded")
     planner = make_grasp_planner("analytic")
-    gripper = planner.gripper
-    rows: List[Dict] = []
-    plan_ms: List[float] = []
     t_start = time.perf_counter()
-    for seed in range(args.first_seed, args.first_seed + args.scenes):
-        scene = make_tabletop_scene(seed, n_objects=args.objects)
-        frame = scene.frame
-        masks = segmenter.segment(frame, scene.box_query())
-        objects = reconstructor.reconstruct(frame, masks, seed)
-        plane = planner.fit_plane(frame, objects)
-        t0 = time.perf_counter()
-        pipeline = planner.plan(frame, objects, seed, plane)
-        plan_ms.append((time.perf_counter() - t0) * 1000 / max(1, len(objects)))
-        truth = planner.plan(frame, true_mesh_objects(scene), seed, plane)
-        by_id = {o.object_id: (o, gs) for o, gs in zip(objects, pipeline, strict=True)}
-        sim = GraspSim(scene, gripper)
-        try:
-            for index, gt in enumerate(scene.objects):
-                found = by_id.get(gt.object_id)
-                pipe = found[1] if found is not None else []
-                naive = naive_grasp(scene, found[0].mask if found else gt.visible_mask, gripper)
-                row = {"seed": seed, "object_id": gt.object_id, "urdf_id": gt.urdf_id,
-                       "pipeline": evaluate(sim, index, pipe),
-                       "true_mesh": evaluate(sim, index, truth[index]),
-                       "naive": evaluate(sim, index, [naive] if naive else [], k=1),
-                       "n_pipeline": len(pipe), "n_true": len(truth[index])}
-                rows.append(row)
-                if args.verbose:
-                    print(json.dumps(row), flush=True)
-        finally:
-            sim.close()
+    rows, plan_ms = run_scenes(
+        range(args.first_seed, args.first_seed + args.scenes), args.objects, planner=planner,
+        on_row=(lambda row: print(json.dumps(row), flush=True)) if args.verbose else None)
     elapsed = time.perf_counter() - t_start
-
-    def rate(method: str, key: str) -> float:
-        return float(np.mean([r[method][key] for r in rows])) if rows else float("nan")
-
     sha = commit()
     print(f"\nbench_grasp @ {sha}: {args.scenes} scenes x {args.objects} objects "
           f"(seeds {args.first_seed}-{args.first_seed + args.scenes - 1}), {len(rows)} objects, "
           f"{elapsed:.0f} s")
     print(f"{'method':<28}{'top-1':>8}{'any-of-top-5':>14}")
-    print(f"{'pipeline (box prompts)':<28}{rate('pipeline', 'top1'):>8.2f}"
-          f"{rate('pipeline', 'topk'):>14.2f}")
-    print(f"{'true-mesh (ceiling)':<28}{rate('true_mesh', 'top1'):>8.2f}"
-          f"{rate('true_mesh', 'topk'):>14.2f}")
-    print(f"{'naive visible top-down':<28}{rate('naive', 'top1'):>8.2f}{'-':>14}")
+    print(f"{'pipeline (box prompts)':<28}{rate(rows, 'pipeline', 'top1'):>8.2f}"
+          f"{rate(rows, 'pipeline', 'topk'):>14.2f}")
+    print(f"{'true-mesh (ceiling)':<28}{rate(rows, 'true_mesh', 'top1'):>8.2f}"
+          f"{rate(rows, 'true_mesh', 'topk'):>14.2f}")
+    print(f"{'naive visible top-down':<28}{rate(rows, 'naive', 'top1'):>8.2f}{'-':>14}")
     print(f"grasp synthesis: median {np.median(plan_ms):.1f} ms/object, "
           f"max {np.max(plan_ms):.1f} ms/object (pipeline meshes, K={planner.top_k}, "
           f"support plane fitted separately)")
