@@ -46,11 +46,13 @@ def silhouette(
 ) -> np.ndarray:
     """H×W bool mask of the pixels whose centre the mesh (camera frame) covers.
 
-    Pixel centres are at integer coordinates (``core.conventions.project``); a centre on a
-    triangle's edge counts as covered. This is the rule of GPU rasterisers and of the masks the
-    mesh is compared with. (``cv2.fillConvexPoly``, used before, rounds the corners to whole
-    pixels and fills boundary pixels too: a square covering exactly 10 × 10 pixel centres came
-    out 11 × 11, a one-pixel bias outwards that cost the given masks ~0.01–0.03 IoU.)
+    Pixel centres are at integer coordinates (``core.conventions.project``). A centre on a
+    triangle's edge counts as covered (GPU rasterisers break such ties top-left; the
+    difference is a line of pixels along edges that meet a centre exactly). A triangle with a
+    corner at most 1 mm in front of the camera is left out whole, not clipped.
+    (``cv2.fillConvexPoly``, used before, rounds the corners to whole pixels and fills the
+    boundary pixels too: a square covering exactly 10 × 10 pixel centres came out 11 × 11, a
+    one-pixel bias outwards that cost the given masks ~0.01–0.03 IoU.)
     """
     h, w = int(shape[0]), int(shape[1])
     out = np.zeros((h, w), dtype=bool)
@@ -66,28 +68,46 @@ def silhouette(
     tri = tri[np.abs(area) > 1e-12]  # a flat triangle covers no area
     lo = np.maximum(np.ceil(tri.min(axis=1)), 0).astype(np.int64)
     hi = np.minimum(np.floor(tri.max(axis=1)), [w - 1, h - 1]).astype(np.int64)
-    span = hi - lo + 1
-    live = (span > 0).all(axis=1)
-    tri, lo, hi, span = tri[live], lo[live], hi[live], span[live]
+    live = (hi >= lo).all(axis=1)
+    tri, lo, hi = tri[live], lo[live], hi[live]
     # Pixel centres of each triangle's bounding box, tested against its three edges; triangles
-    # go in groups of similar box size (a power of two), in chunks of bounded memory.
-    side = 1 << np.ceil(np.log2(span.max(axis=1))).astype(np.int64)
+    # go in groups of similar box size (a power of two), at most ~1M centres at a time (a
+    # triangle larger than that goes alone, in bands of rows).
+    side = 1 << np.ceil(np.log2((hi - lo + 1).max(axis=1))).astype(np.int64)
+    budget = 1 << 20
     for s in np.unique(side):
         group = np.flatnonzero(side == s)
-        oc, orow = (g.ravel()[None] for g in np.meshgrid(np.arange(s), np.arange(s)))
-        for chunk in np.array_split(group, 1 + group.size * s * s // 1_000_000):
-            col, row = lo[chunk, 0:1] + oc, lo[chunk, 1:2] + orow
-            corners = tri[chunk]
-            sides = []
-            for i in range(3):
-                a, b = corners[:, i], corners[:, (i + 1) % 3]
-                sides.append((b[:, 0:1] - a[:, 0:1]) * (row - a[:, 1:2])
-                             - (b[:, 1:2] - a[:, 1:2]) * (col - a[:, 0:1]))
-            d0, d1, d2 = sides
-            hit = ((d0 >= 0) & (d1 >= 0) & (d2 >= 0)) | ((d0 <= 0) & (d1 <= 0) & (d2 <= 0))
-            hit &= (col <= hi[chunk, 0:1]) & (row <= hi[chunk, 1:2])
-            out[row[hit], col[hit]] = True
+        if s * s <= budget:
+            per = budget // (s * s)
+            for start in range(0, group.size, per):
+                _cover(out, tri, lo, hi, group[start:start + per], int(s), int(s))
+        else:
+            rows = max(1, budget // int(s))
+            for t in group:
+                for r0 in range(int(lo[t, 1]), int(hi[t, 1]) + 1, rows):
+                    band_lo = np.array([[lo[t, 0], r0]])
+                    band_hi = np.array([[hi[t, 0], min(r0 + rows - 1, int(hi[t, 1]))]])
+                    _cover(out, tri[t:t + 1], band_lo, band_hi, np.array([0]), int(s), rows)
     return out
+
+
+def _cover(out, tri, lo, hi, sel, cols: int, rows: int) -> None:
+    """Set the pixels of ``out`` whose centre lies in one of the triangles ``tri[sel]``.
+
+    Tests the ``cols`` × ``rows`` centres from ``lo[sel]`` on (not past ``hi[sel]``).
+    """
+    oc, orow = (g.ravel()[None] for g in np.meshgrid(np.arange(cols), np.arange(rows)))
+    col, row = lo[sel, 0:1] + oc, lo[sel, 1:2] + orow
+    corners = tri[sel]
+    sides = []
+    for i in range(3):
+        a, b = corners[:, i], corners[:, (i + 1) % 3]
+        sides.append((b[:, 0:1] - a[:, 0:1]) * (row - a[:, 1:2])
+                     - (b[:, 1:2] - a[:, 1:2]) * (col - a[:, 0:1]))
+    d0, d1, d2 = sides
+    hit = ((d0 >= 0) & (d1 >= 0) & (d2 >= 0)) | ((d0 <= 0) & (d1 <= 0) & (d2 <= 0))
+    hit &= (col <= hi[sel, 0:1]) & (row <= hi[sel, 1:2])
+    out[row[hit], col[hit]] = True
 
 
 def silhouette_iou(

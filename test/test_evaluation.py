@@ -61,3 +61,25 @@ def test_a_mesh_is_the_union_of_its_triangles_and_skips_those_behind_the_camera(
     assert union.any() and np.array_equal(sil, union)
     behind = verts * [1.0, 1.0, -1.0]
     assert not silhouette(behind, sphere.faces, K, (H, W)).any()
+
+
+def test_large_triangles_are_covered_in_bands_as_brute_force_says():
+    """At 1280×720: a triangle larger than the image (tested in bands of rows) and mid-sized
+    ones of up to 120 px (several groups), against the brute-force rule."""
+    w, h = 1280, 720
+    k = CameraIntrinsics(fx=900.0, fy=900.0, cx=639.5, cy=359.5, width=w, height=h)
+    rng = np.random.default_rng(3)
+    big = np.array([[-300.0, -200.0], [1700.0, 100.0], [200.0, 1100.0]])
+    mids = [rng.uniform([0, 0], [w, h]) + rng.uniform(-60, 60, size=(3, 2)) for _ in range(40)]
+    corners = np.concatenate([big] + mids)
+    pts = np.c_[(corners[:, 0] - k.cx) / k.fx, (corners[:, 1] - k.cy) / k.fy,
+                np.ones(len(corners))]
+    faces = np.arange(len(corners)).reshape(-1, 3)
+    sil = silhouette(pts, faces, k, (h, w))
+    rows, cols = np.mgrid[0:h, 0:w]
+    expected = np.zeros((h, w), bool)
+    for tri in corners.reshape(-1, 3, 2):
+        d = np.stack([(tri[(i + 1) % 3, 0] - tri[i, 0]) * (rows - tri[i, 1])
+                      - (tri[(i + 1) % 3, 1] - tri[i, 1]) * (cols - tri[i, 0]) for i in range(3)])
+        expected |= (d >= 0).all(axis=0) | (d <= 0).all(axis=0)
+    assert np.array_equal(sil, expected), np.count_nonzero(sil ^ expected)
