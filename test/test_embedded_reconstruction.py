@@ -466,6 +466,24 @@ def test_support_footprint_keeps_small_square_boxes_boxes(side):
     assert np.allclose(np.sort(fit[3]), [side, side], atol=2e-3)
 
 
+def test_footprint_samples_fill_cells_that_end_on_the_outline():
+    """The cap of a fitted box fills the height-map cells its samples fall in. Samples on the
+    outline fill cells reaching beyond it (a voxel wider and deeper on average, wherever the
+    grid lies); half a cell inside, the filled cells end on the outline on average."""
+    from sam3d_ros.backends.embedded.shape_completion import footprint_samples
+
+    fit = ("box", np.array([0.01, -0.02]), np.eye(2), np.array([0.092, 0.045]))
+    v = 0.005
+    rng = np.random.default_rng(0)
+    for inset, expected in ((0.0, v), (0.5 * v, 0.0)):
+        growth = []
+        for _ in range(200):
+            offset = rng.uniform(0.0, v, 2)  # where the grid happens to lie
+            cells = np.floor((footprint_samples(fit, v, inset=inset) - offset) / v)
+            growth.append((np.ptp(cells, axis=0) + 1) * v - fit[3])
+        assert np.allclose(np.mean(growth, axis=0), expected, atol=0.2 * v), (inset, growth)
+
+
 def test_support_footprint_refuses_a_single_face_and_a_blob():
     t = np.linspace(0.0, 0.1, 40)
     face = np.c_[t, np.zeros_like(t)]  # one face, no top: its depth is not measured

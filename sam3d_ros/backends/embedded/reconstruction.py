@@ -442,6 +442,14 @@ class EmbeddedReconstructor:
         up = up if up @ cam_up >= 0 else -up
         return _frame_from_up(up, centroid), centroid, None
 
+    def _cell_size(self, ref: np.ndarray) -> float:
+        """Voxel edge of the surface grid for these points.
+
+        ``voxel_size``, or coarser for an object wider than ``max_cells`` voxels.
+        """
+        ext = ref.max(axis=0) - ref.min(axis=0)
+        return max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
+
     def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit) -> np.ndarray:
         """Points of a box or cylinder that the visible surface measured (gravity frame).
 
@@ -456,7 +464,8 @@ class EmbeddedReconstructor:
             outside = np.max(np.abs((xy - centre) @ shape.T) - ext / 2, axis=1)
         kept = ref[outside <= 0.005]
         top = float(np.percentile(measured[:, 2], 98))
-        cap = footprint_samples(fit, self.voxel_size)
+        cell = self._cell_size(ref)
+        cap = footprint_samples(fit, cell, inset=0.5 * cell)
         cap = np.c_[cap, np.full(len(cap), top)]
         return np.concatenate([kept, cap])
 
@@ -534,8 +543,7 @@ class EmbeddedReconstructor:
 
     def _surface(self, ref, ctx, frame_rot, origin, floor, gravity, back):
         """Closed surface (gravity-frame vertices, faces, voxel edge) of the height map."""
-        ext = ref.max(axis=0) - ref.min(axis=0)
-        v = max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
+        v = self._cell_size(ref)
         lo = ref.min(axis=0) - 2 * v
         if floor is not None:
             lo[2] = floor

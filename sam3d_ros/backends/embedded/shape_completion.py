@@ -326,15 +326,22 @@ def support_footprint(
     return None
 
 
-def footprint_samples(fit, spacing: float) -> np.ndarray:
-    """Points (M×2) on a grid of ``spacing`` covering a :func:`support_footprint` fit."""
+def footprint_samples(fit, spacing: float, inset: float = 0.0) -> np.ndarray:
+    """Points (M×2) on a grid of ``spacing`` covering a :func:`support_footprint` fit.
+
+    The points stay ``inset`` inside its outline. A height-map cell is filled by any point in
+    it, so points on the outline fill cells reaching up to a cell beyond it (on average half
+    a cell: a box came out ~a voxel too wide and deep); half a cell inside, the filled cells
+    end on the outline on average.
+    """
     kind, centre, shape, ext = fit
-    n = np.maximum(np.ceil(ext / spacing).astype(int), 1) + 1
-    u = np.linspace(-ext[0] / 2, ext[0] / 2, n[0])
-    v = np.linspace(-ext[1] / 2, ext[1] / 2, n[1])
+    half = np.maximum(np.asarray(ext, dtype=np.float64) / 2 - inset, 0.0)
+    n = np.maximum(np.ceil(2 * half / spacing).astype(int), 1) + 1
+    u = np.linspace(-half[0], half[0], n[0])
+    v = np.linspace(-half[1], half[1], n[1])
     uu, vv = np.meshgrid(u, v, indexing="ij")
     local = np.stack([uu.ravel(), vv.ravel()], axis=1)
     if kind == "cylinder":
-        local = local[np.linalg.norm(local, axis=1) <= shape[0]]
+        local = local[np.linalg.norm(local, axis=1) <= max(shape[0] - inset, 0.0)]
         return centre + local
     return centre + local @ shape
