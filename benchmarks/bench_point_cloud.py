@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_bench.evaluation import load_real_frame, real_rgbd_dir  # noqa: E402
+from sam3d_bench.evaluation import AUTO_REQUEST, load_real_frame, real_rgbd_dir  # noqa: E402
 from sam3d_ros.core.engine import Engine  # noqa: E402
 from sam3d_ros.core.inputs import parse_request  # noqa: E402
 from sam3d_ros.core.output_messages import object_points  # noqa: E402
@@ -44,10 +44,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name in args.frames.split(","):
         folder = data / name
-        if (folder / "masks").is_dir():
-            request = load_real_frame(folder).request("boxes")
-        else:
-            request = {"image_url": "rgb.png", "pointmap_url": "depth.npz"}
+        labelled = (folder / "masks").is_dir()
+        request = load_real_frame(folder).request("boxes") if labelled else dict(AUTO_REQUEST)
         parsed = parse_request(request, folder, engine.input_options)
         objects = engine.process(parsed.frame, parsed.query, parsed.seed).objects
         again = [dataclasses.replace(o, depth_pixels=None) for o in objects]

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam3d_bench.evaluation import (  # noqa: E402
+    AUTO_REQUEST,
     load_real_frame,
     posed_vertices,
     real_rgbd_dir,
@@ -134,10 +135,7 @@ def evaluate_frame(engine: Engine, frame_dir: Path, modes=MODES) -> Dict[str, An
         out["modes"][mode] = {"seconds": seconds, "objects": per_obj}
     if not rf.masks:  # unlabelled frame: automatic segmentation
         try:
-            parsed = parse_request(
-                {"image_url": "rgb.png", "pointmap_url": "depth.npz"}, frame_dir,
-                engine.input_options,
-            )
+            parsed = parse_request(dict(AUTO_REQUEST), frame_dir, engine.input_options)
             t0 = time.perf_counter()
             outcome = engine.process(parsed.frame, SegmentationQuery(), 42)
             seconds = time.perf_counter() - t0

@@ -195,6 +195,10 @@ def sanity_figures(
     )
 
 
+AUTO_REQUEST = {"image_url": "rgb.png", "pointmap_url": "depth.npz"}
+"""A request on a real-frame folder without prompts: the frame segmented automatically."""
+
+
 @dataclass
 class RealFrame:
     """One folder of the real RGB-D layout."""

@@ -241,7 +241,8 @@ def run_scenes(
     """Rows of per-object outcomes over ``seeds`` and grasp-synthesis milliseconds per object.
 
     Each row: ``seed``, ``object_id``, ``urdf_id``, ``pipeline`` / ``true_mesh`` / ``naive``
-    (``{"top1": bool, "topk": bool}``, for the ``methods`` run), ``n_pipeline``, ``n_true``.
+    (``{"top1": bool, "topk": bool}``, for the ``methods`` run), ``n_pipeline``, ``n_true``
+    (with ``true_mesh``).
     The backends default to the embedded segmenter and reconstructor and the analytic planner.
     """
     segmenter = segmenter or make_segmenter("embedded")
@@ -260,7 +261,7 @@ def run_scenes(
         pipeline = planner.plan(frame, objects, int(seed), plane)
         plan_ms.append((time.perf_counter() - t0) * 1000 / max(1, len(objects)))
         truth = (planner.plan(frame, true_mesh_objects(scene), int(seed), plane)
-                 if "true_mesh" in methods else [[] for _ in scene.objects])
+                 if "true_mesh" in methods else None)
         by_id = {o.object_id: (o, gs) for o, gs in zip(objects, pipeline, strict=True)}
         sim = GraspSim(scene, gripper)
         try:
@@ -268,11 +269,12 @@ def run_scenes(
                 found = by_id.get(gt.object_id)
                 pipe = found[1] if found is not None else []
                 row = {"seed": int(seed), "object_id": gt.object_id, "urdf_id": gt.urdf_id,
-                       "n_pipeline": len(pipe), "n_true": len(truth[index])}
+                       "n_pipeline": len(pipe)}
                 if "pipeline" in methods:
                     row["pipeline"] = evaluate(sim, index, pipe)
                 if "true_mesh" in methods:
                     row["true_mesh"] = evaluate(sim, index, truth[index])
+                    row["n_true"] = len(truth[index])
                 if "naive" in methods:
                     mask = found[0].mask if found else gt.visible_mask
                     naive = naive_grasp(scene, mask, gripper)
