@@ -265,6 +265,27 @@ class Recorder(SpunNode):
         self.wait(check, timeout)
         return found[0] if found else None
 
+    def idle_diag_values(self, keys=("frames_received", "frames_processed", "frames_dropped"),
+                         tries: int = 10) -> Dict[str, str]:
+        """Diagnostic values once the node is idle: two diagnostics in a row with equal ``keys``.
+
+        A frame is counted as processed after its outputs are published, so a diagnostic read
+        right after the previous frame's /tf can miss it; a counter baseline taken then charges
+        that frame to whatever comes next.
+        """
+        def next_values() -> Dict[str, str]:
+            msg = self.wait_diag(lambda m: True, start=self.count("diagnostics"))
+            assert msg is not None, "no diagnostics"
+            return self.diag_values(msg)
+
+        prev = next_values()
+        for _ in range(tries):
+            cur = next_values()
+            if all(cur.get(k) == prev.get(k) for k in keys):
+                return cur
+            prev = cur
+        raise AssertionError(f"the node's frame counters kept moving: {prev}")
+
     # ---------------------------------------------------------------- publishing
 
     def stamp(self):
