@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import trimesh
 
-from sam3d_bench.scenes import SyntheticScene, make_tabletop_scene, random_urdf_path
+from sam3d_bench.scenes import SyntheticScene, make_tabletop_scene, object_urdf_path
 from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core import conventions as conv
@@ -113,7 +113,7 @@ class GraspSim:
         world_from_cam = np.asarray(scene.camera_pose, dtype=np.float64)
         self.bodies = []
         for obj in scene.objects:
-            body = pb.loadURDF(random_urdf_path(obj.urdf_id), physicsClientId=c)
+            body = pb.loadURDF(object_urdf_path(obj.urdf_id), physicsClientId=c)
             world_from_link = world_from_cam @ np.asarray(obj.pose)
             # pybullet's base pose is the inertial frame, not the URDF link frame
             info = pb.getDynamicsInfo(body, -1, physicsClientId=c)
@@ -237,13 +237,15 @@ def run_scenes(
     planner=None,
     on_row: Optional[Callable[[Dict], None]] = None,
     methods: Sequence[str] = ("pipeline", "true_mesh", "naive"),
+    object_set: str = "random_urdfs",
 ) -> Tuple[List[Dict], List[float]]:
     """Rows of per-object outcomes over ``seeds`` and grasp-synthesis milliseconds per object.
 
     Each row: ``seed``, ``object_id``, ``urdf_id``, ``pipeline`` / ``true_mesh`` / ``naive``
     (``{"top1": bool, "topk": bool}``, for the ``methods`` run), ``n_pipeline``, ``n_true``
     (with ``true_mesh``).
-    The backends default to the embedded segmenter and reconstructor and the analytic planner.
+    The backends default to the embedded segmenter and reconstructor and the analytic planner;
+    ``object_set`` picks the scenes' objects (:data:`sam3d_bench.scenes.OBJECT_SETS`).
     """
     segmenter = segmenter or make_segmenter("embedded")
     reconstructor = reconstructor or make_reconstructor("embedded")
@@ -252,7 +254,7 @@ def run_scenes(
     rows: List[Dict] = []
     plan_ms: List[float] = []
     for seed in seeds:
-        scene = make_tabletop_scene(int(seed), n_objects=n_objects)
+        scene = make_tabletop_scene(int(seed), n_objects=n_objects, object_set=object_set)
         frame = scene.frame
         masks = segmenter.segment(frame, scene.box_query())
         objects = reconstructor.reconstruct(frame, masks, int(seed))

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from sam3d_bench import household
 from sam3d_bench.sensor import SensorNoise, apply_depth_noise, apply_rgb_noise
 from sam3d_ros.core.types import (
     BoxPrompt,
@@ -67,7 +68,8 @@ class GroundTruthObject:
 
     Attributes:
         object_id: 1-based id, also the value in :attr:`SyntheticScene.instance_mask`.
-        urdf_id: index into ``pybullet_data/random_urdfs``.
+        urdf_id: index into ``pybullet_data/random_urdfs``, or a household object's id
+            (:mod:`sam3d_bench.household`, from ``HOUSEHOLD_BASE``).
         mesh_vertices: V×3 float64 full (amodal) surface, camera frame, metres.
         mesh_faces: F×3 int64.
         visible_mask: H×W bool, pixels where this object is the first surface hit.
@@ -267,11 +269,25 @@ def random_urdf_path(urdf_id: int) -> str:
     return os.path.join(pybullet_data_path(), "random_urdfs", name, f"{name}.urdf")
 
 
+OBJECT_SETS = ("random_urdfs", "household")
+"""Object sets of :func:`make_tabletop_scene`: ``pybullet_data/random_urdfs`` (irregular
+procedural shapes) or :mod:`sam3d_bench.household` (boxes, cans and bottles of YCB sizes)."""
+
+
+def object_urdf_path(object_id: int) -> str:
+    """URDF of a scene object: a ``random_urdfs`` id or a household id."""
+    if household.is_household(object_id):
+        return household.urdf_path(object_id)
+    return random_urdf_path(object_id)
+
+
 @lru_cache(maxsize=256)
 def _visual_mesh(urdf_id: int) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float, float]]:
-    """Scaled visual mesh (link frame) and colour of a random URDF."""
+    """Scaled visual mesh (link frame) and colour of a random URDF or a household object."""
     import trimesh
 
+    if household.is_household(urdf_id):
+        return household.mesh(urdf_id)
     path = random_urdf_path(urdf_id)
     root = ET.parse(path).getroot()
     visual = root.find("./link/visual")
@@ -310,8 +326,15 @@ MIN_OBJECT_EXTENT = 0.01
 """Objects thinner than this (smallest axis-aligned extent, metres) are not drawn."""
 
 
-def _draw_urdf_id(rng: np.random.Generator, exclude: Sequence[int] = ()) -> int:
-    """Draw a random URDF id below :data:`MAX_URDF_ID` of a graspable-size object."""
+def _draw_urdf_id(rng: np.random.Generator, exclude: Sequence[int] = (),
+                  object_set: str = "random_urdfs") -> int:
+    """Draw an object id of ``object_set``.
+
+    A random URDF id below :data:`MAX_URDF_ID` of a graspable-size object, or a household id.
+    """
+    if object_set == "household":
+        choices = [i for i in household.household_ids() if i not in exclude]
+        return int(choices[int(rng.integers(0, len(choices)))])
     while True:
         urdf_id = int(rng.integers(0, MAX_URDF_ID))
         if urdf_id in exclude:
@@ -350,6 +373,7 @@ def make_tabletop_scene(
     shadows: bool = True,
     min_visible_fraction: float = 0.0008,
     max_attempts: int = 30,
+    object_set: str = "random_urdfs",
 ) -> SyntheticScene:
     """Render a tabletop scene with ``n_objects`` random objects resting on a table.
 
@@ -359,13 +383,15 @@ def make_tabletop_scene(
         width, height: image size in pixels.
         noise: depth noise model; ``None`` gives the clean depth in ``frame.points``.
         intrinsics: camera intrinsics (default :func:`default_intrinsics`).
-        urdf_ids: explicit ``random_urdfs`` ids (default: drawn from the seed, ids < 900).
+        urdf_ids: explicit object ids (default: drawn from the seed out of ``object_set``).
         distance_range: camera distance to the look-at point on the table, metres.
         pitch_deg_range: camera pitch below the horizon, degrees.
         settle_steps: physics steps (240 Hz) after dropping the objects.
         shadows: render shadows (slightly slower, more realistic).
         min_visible_fraction: minimum visible pixels per object, as a fraction of the image.
         max_attempts: placements tried before giving up (``RuntimeError``).
+        object_set: where objects are drawn from (:data:`OBJECT_SETS`): ``random_urdfs``
+            (ids < 900) or ``household`` (:mod:`sam3d_bench.household`).
     """
     import pybullet as pb
 
@@ -376,6 +402,10 @@ def make_tabletop_scene(
         raise ValueError("intrinsics size differs from width/height")
     if urdf_ids is not None and len(urdf_ids) != n_objects:
         raise ValueError("len(urdf_ids) must equal n_objects")
+    if object_set not in OBJECT_SETS:
+        raise ValueError(f"object_set must be one of {OBJECT_SETS}, got {object_set!r}")
+    if object_set == "household" and urdf_ids is None and n_objects > len(household.CATALOGUE):
+        raise ValueError(f"the household set has {len(household.CATALOGUE)} objects")
 
     # Camera: a robot head / wrist camera looking down at a point on the table.
     target = np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), 0.0])
@@ -401,11 +431,11 @@ def make_tabletop_scene(
     if urdf_ids is None:
         ids: List[int] = []
         for _ in range(n_objects):
-            ids.append(_draw_urdf_id(rng, exclude=ids))
+            ids.append(_draw_urdf_id(rng, exclude=ids, object_set=object_set))
     else:
         ids = [int(i) for i in urdf_ids]
     for i in ids:
-        random_urdf_path(i)  # id check
+        object_urdf_path(i)  # id check
 
     client = pb.connect(pb.DIRECT)
     try:
@@ -465,7 +495,7 @@ def make_tabletop_scene(
                 yaw = rng.uniform(0.0, 2.0 * np.pi)
                 z0 = -float(verts[:, 2].min()) + 0.002
                 body = pb.loadURDF(
-                    random_urdf_path(urdf_id),
+                    object_urdf_path(urdf_id),
                     basePosition=[xy[0], xy[1], z0],
                     baseOrientation=pb.getQuaternionFromEuler([0, 0, yaw]),
                     physicsClientId=client,
@@ -526,7 +556,7 @@ def make_tabletop_scene(
                 # Replace objects that keep failing (fell off, hidden, too thin to see).
                 for j, (world_from_body, mask) in enumerate(zip(poses, masks, strict=True)):
                     if world_from_body[2, 3] < -0.02 or mask.sum() < min_visible:
-                        ids[j] = _draw_urdf_id(rng, exclude=ids)
+                        ids[j] = _draw_urdf_id(rng, exclude=ids, object_set=object_set)
         else:
             raise RuntimeError(f"seed {seed}: no valid placement in {max_attempts} attempts")
     finally:

@@ -202,3 +202,33 @@ def test_visible_only_baseline(scene):
     assert mean["precision_1cm"] > 0.9
     assert 0.3 < mean["recall_1cm"] < 0.98
     assert 0.0 < mean["chamfer_cm"] < 2.0
+
+
+def test_household_scene_holds_catalogue_objects_standing_at_their_size():
+    import trimesh
+
+    from sam3d_bench import household
+
+    scene = make_tabletop_scene(2, n_objects=3, width=320, height=240, object_set="household")
+    assert len({o.urdf_id for o in scene.objects}) == 3
+    for obj in scene.objects:
+        entry = household.entry(obj.urdf_id)
+        assert obj.visible_mask.any()
+        # The true mesh is the catalogue solid, standing upright on the table.
+        height = scene.table_plane.signed_distance(obj.mesh_vertices)
+        tall = entry.size[2] if entry.shape == "box" else entry.size[1]
+        assert height.min() == pytest.approx(0.0, abs=3e-3)
+        assert height.max() == pytest.approx(tall, abs=3e-3)
+        if entry.shape == "box":
+            volume = float(np.prod(entry.size))
+        else:
+            volume = np.pi * (entry.size[0] / 2) ** 2 * entry.size[1]
+        solid = trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces, process=False)
+        assert solid.is_watertight and solid.volume == pytest.approx(volume, rel=0.01)
+        # The URDF the grasp simulation loads exists, beside its mesh.
+        path = household.urdf_path(obj.urdf_id)
+        assert path.endswith(f"{entry.name}.urdf")
+    with pytest.raises(ValueError, match="object_set"):
+        make_tabletop_scene(0, n_objects=1, width=64, height=48, object_set="ycb")
+    with pytest.raises(ValueError, match="household"):
+        household.entry(household.HOUSEHOLD_BASE + len(household.CATALOGUE))
