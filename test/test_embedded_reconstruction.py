@@ -603,3 +603,21 @@ def test_faces_turned_over_or_flattened_to_slivers_are_put_back():
         after[2, 1] = apex_y  # the apex moves towards (or past) the base
         out = undo_turned_faces(before, after, faces)
         assert np.array_equal(out, before if undone else after), (apex_y, out)
+
+
+def test_height_map_fills_enclosed_holes_but_not_gaps_between_parts():
+    """A hole the footprint encloses (no points there: a pinhole, a dark spot) is the object;
+    a slot open to the outside is the space between two of its parts, where fingers go (a
+    closing of 3 cells filled such slots: ``close_cells``)."""
+    from sam3d_ros.backends.embedded.shape_completion import fill_height_map
+
+    filled = np.zeros((20, 20), dtype=bool)
+    filled[2:18, 2:8] = filled[2:18, 10:18] = True  # two parts, a 2-cell slot between them
+    filled[2:4, 8:10] = True  # joined along one end
+    filled[12, 14] = False  # a pinhole inside the second part
+    top = np.where(filled, 0.05, -np.inf)
+    out, fp = fill_height_map(top, filled, EmbeddedReconstructor().close_cells)
+    assert fp[12, 14] and out[12, 14] == pytest.approx(0.05)
+    assert not fp[6:18, 8:10].any()
+    closed = fill_height_map(top, filled, 3)[1]
+    assert closed[6:18, 8:10].all()  # what the earlier default did

@@ -13,7 +13,8 @@ height above the plane):
        near the mask border (flying pixels), points on the table, and small detached clusters;
     2. **complete** as a height map: every observed point fills its column down to the floor
        (the plane when the object touches it, else its own lowest point), so the bottom is
-       closed and the silhouette extruded; footprint pinholes are closed; the footprint grows
+       closed and the silhouette extruded; holes the footprint encloses are filled (gaps open
+       to its outside are not: they are the space between an object's parts); the footprint grows
        behind the back silhouette (the hidden back is never in front of it, and the lower the
        view the more of it hides there): ``back_extension`` (3 mm) when the camera sees the
        object from above ``low_view_deg[1]`` (35°) elevation, rising linearly to
@@ -113,7 +114,11 @@ class EmbeddedReconstructor:
         carve: remove voxels that lie in observed free space.
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
             top of two noise standard deviations of a Kinect-like sensor model.
-        close_cells: footprint closing size in cells (fills pinholes of the height map).
+        close_cells: size in cells of a morphological closing of the footprint (0/1: none).
+            Closing 3 cells (1 cm), the earlier default, filled the gaps between an object's
+            parts, where a gripper's fingers go: without it, ``bench_grasp.py`` seeds 0–89
+            (270 objects) top-1 / any-of-top-5 0.86 / 0.91 → 0.90 / 0.93; ``bench_core.py``
+            F@5mm +0.006 to +0.010 in every regime; the real frames' IoU within 0.002.
         bevel: height (and inset) of the chamfer given to the hidden bottom edge, metres.
         back_extension: the footprint grows this far behind its back silhouette, away from the
             camera (metres), where that space is not seen empty; for views from above
@@ -159,7 +164,7 @@ class EmbeddedReconstructor:
         mirror_below_deg: float = 0.0,
         carve: bool = True,
         carve_margin: float = 0.004,
-        close_cells: int = 3,
+        close_cells: int = 0,
         bevel: float = 0.006,
         back_extension: float = 0.003,
         back_extension_low: float = 0.02,
