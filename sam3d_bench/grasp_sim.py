@@ -93,7 +93,13 @@ class _Masked:
 
 
 class GraspSim:
-    """The scene's objects at their true poses on a table, and a free-floating gripper."""
+    """The scene's objects at their true poses on a table, and a free-floating gripper.
+
+    Every attempt runs in a world built afresh (``resetSimulation``): pybullet's
+    ``restoreState`` leaves solver and contact caches behind, so an attempt's outcome depended
+    on the attempts before it (the naive baseline flipped on 6 of 45 objects of seeds 0–14
+    when the pipeline's grasps had run first).
+    """
 
     def __init__(self, scene: SyntheticScene, gripper: GripperModel):
         import pybullet as pb
@@ -102,7 +108,22 @@ class GraspSim:
         self.gripper = gripper
         self.scene = scene
         self.client = pb.connect(pb.DIRECT)
-        c = self.client
+        world_from_cam = np.asarray(scene.camera_pose, dtype=np.float64)
+        self._poses = [world_from_cam @ np.asarray(obj.pose) for obj in scene.objects]
+        # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp lift
+        # them: each gets the mass of its mesh at a household density and a
+        # cardboard/plastic-on-rubber friction, so the test is the shape, not the glue.
+        self._masses = [
+            float(np.clip(abs(float(trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces,
+                                                    process=False).volume)) * DENSITY,
+                          0.05, 2.0))
+            for obj in scene.objects]
+        self._build()
+
+    def _build(self) -> None:
+        """The world of one attempt: table, objects at their poses, gripper; settled."""
+        pb, c = self.pb, self.client
+        pb.resetSimulation(physicsClientId=c)
         pb.setGravity(0, 0, -9.81, physicsClientId=c)
         pb.setTimeStep(DT, physicsClientId=c)
         half = [1.0, 1.0, 0.05]
@@ -110,11 +131,10 @@ class GraspSim:
             0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=c),
             basePosition=[0, 0, -0.05], physicsClientId=c)
         pb.changeDynamics(self.table, -1, lateralFriction=0.6, physicsClientId=c)
-        world_from_cam = np.asarray(scene.camera_pose, dtype=np.float64)
         self.bodies = []
-        for obj in scene.objects:
+        for obj, world_from_link, mass in zip(self.scene.objects, self._poses, self._masses,
+                                              strict=True):
             body = pb.loadURDF(object_urdf_path(obj.urdf_id), physicsClientId=c)
-            world_from_link = world_from_cam @ np.asarray(obj.pose)
             # pybullet's base pose is the inertial frame, not the URDF link frame
             info = pb.getDynamicsInfo(body, -1, physicsClientId=c)
             link_from_com = np.eye(4)
@@ -124,19 +144,12 @@ class GraspSim:
             pb.resetBasePositionAndOrientation(
                 body, world_from_com[:3, 3], conv.matrix_to_quat(world_from_com[:3, :3]),
                 physicsClientId=c)
-            # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp
-            # lift them: give each the mass of its mesh at a household density and a
-            # cardboard/plastic-on-rubber friction, so the test is the shape, not the glue.
-            volume = abs(float(trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces,
-                                               process=False).volume))
-            mass = float(np.clip(volume * DENSITY, 0.05, 2.0))
             pb.changeDynamics(body, -1, mass=mass, lateralFriction=OBJECT_FRICTION,
                               physicsClientId=c)
             self.bodies.append(body)
         self.hand, self.fixed = self._make_gripper()
         for _ in range(24):  # settle contacts (the poses come from a settled scene)
             pb.stepSimulation(physicsClientId=c)
-        self.state = pb.saveState(physicsClientId=c)
 
     def _make_gripper(self):
         pb, g, c = self.pb, self.gripper, self.client
@@ -190,7 +203,7 @@ class GraspSim:
     def attempt(self, index: int, grasp: Grasp) -> bool:
         """Execute one grasp (camera optical frame) on object ``index``; True on success."""
         pb, c, g = self.pb, self.client, self.gripper
-        pb.restoreState(self.state, physicsClientId=c)
+        self._build()
         world_from_cam = np.asarray(self.scene.camera_pose, dtype=np.float64)
         r = world_from_cam[:3, :3] @ conv.quat_to_matrix(grasp.orientation)
         pos = world_from_cam[:3, :3] @ np.asarray(grasp.position) + world_from_cam[:3, 3]
