@@ -1,8 +1,9 @@
 """Grasp success in a pybullet simulation (`bench_grasp.py`, `test/test_grasp_sim.py`).
 
 :func:`run_scenes` takes synthetic tabletop scenes (:func:`sam3d_bench.scenes.make_tabletop_scene`,
-``random_urdfs`` objects), segments each from box prompts, reconstructs and plans grasps with
-the given backends (``pipeline``), plans with the same planner on the true meshes
+``random_urdfs`` objects, or the household set's boxes, cans and bottles), segments each from
+box prompts, reconstructs and plans grasps with the given backends (``pipeline``), plans with
+the same planner on the true meshes
 (``true_mesh``, the ceiling) and makes one naive top-down grasp at the centroid of the visible
 points (``naive``). Every grasp runs in a fresh copy of the scene (:class:`GraspSim`): a
 free-floating parallel-jaw gripper (the planner's :class:`GripperModel`, boxes; two prismatic

@@ -11,9 +11,11 @@ from: a cracker box standing (7.2 cm across), a sugar box standing and on its na
 soup can, ...
 
 Each object gets an id from :data:`HOUSEHOLD_BASE` up, so the scene code can treat it like a
-``random_urdfs`` id: :func:`urdf_path` writes its mesh (OBJ) and URDF (mass and inertia at the
-grasp simulation's density) once into a cache folder (a temporary name, then renamed), and
-:func:`mesh` returns its surface.
+``random_urdfs`` id: :func:`urdf_path` writes its mesh (OBJ) and URDF once into a per-user cache
+folder named after their content (a temporary name, then renamed), and :func:`mesh` returns
+its surface. Like the ``random_urdfs`` files, the URDF holds only geometry and a nominal
+0.1 kg: pybullet computes the inertia from the collision shape, and the grasp simulation
+gives every object its own mass and friction (:mod:`sam3d_bench.grasp_sim`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ import numpy as np
 
 HOUSEHOLD_BASE = 1000
 """Ids of the household objects start here (``random_urdfs`` ids stay below 1000)."""
-
-DENSITY = 600.0
-"""kg/m³, the grasp simulation's density (a filled box or bottle of household goods)."""
-
 
 @dataclass(frozen=True)
 class HouseholdObject:
@@ -101,51 +99,23 @@ def mesh(object_id: int) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, fl
     return vertices, faces, e.rgba
 
 
-def _inertia(e: HouseholdObject, mass: float) -> Tuple[float, float, float]:
-    if e.shape == "box":
-        x, y, z = e.size
-        return (mass * (y * y + z * z) / 12, mass * (x * x + z * z) / 12,
-                mass * (x * x + y * y) / 12)
-    r, h = e.size[0] / 2, e.size[1]
-    side = mass * (3 * r * r + h * h) / 12
-    return side, side, mass * r * r / 2
-
-
-def _cache_dir() -> Path:
-    key = hashlib.sha1(repr(CATALOGUE).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"sam3d_bench_household_{key}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def urdf_path(object_id: int) -> str:
-    """Path of the object's URDF (written on first use; mesh as OBJ beside it)."""
+def _files(object_id: int) -> Tuple[str, str, str]:
+    """The object's name, OBJ text and URDF text."""
     import trimesh
 
     e = entry(object_id)
-    folder = _cache_dir() / e.name
-    urdf = folder / f"{e.name}.urdf"
-    if urdf.exists():
-        return str(urdf)
-    folder.mkdir(parents=True, exist_ok=True)
     vertices, faces, rgba = mesh(object_id)
-    solid = trimesh.Trimesh(vertices, faces, process=False)
-    mass = float(np.clip(abs(solid.volume) * DENSITY, 0.05, 2.0))
-    ixx, iyy, izz = _inertia(e, mass)
-    _write_atomically(folder / f"{e.name}.obj", trimesh.exchange.obj.export_obj(solid))
+    obj_text = trimesh.exchange.obj.export_obj(trimesh.Trimesh(vertices, faces, process=False))
     colour = " ".join(f"{c:g}" for c in rgba)
-    _write_atomically(urdf, f"""<?xml version="1.0"?>
+    # The inertia must be present for pybullet to parse the link; it is ignored (computed from
+    # the collision shape) unless the URDF is loaded with URDF_USE_INERTIA_FROM_FILE.
+    urdf_text = f"""<?xml version="1.0"?>
 <robot name="{e.name}">
   <link name="base_link">
-    <contact><lateral_friction value="0.5"/></contact>
     <inertial>
       <origin xyz="0 0 0"/>
-      <mass value="{mass:.6f}"/>
-      <inertia ixx="{ixx:.9f}" ixy="0" ixz="0" iyy="{iyy:.9f}" iyz="0" izz="{izz:.9f}"/>
+      <mass value="0.1"/>
+      <inertia ixx="0" ixy="0" ixz="0" iyy="0" iyz="0" izz="0"/>
     </inertial>
     <visual>
       <origin xyz="0 0 0"/>
@@ -158,5 +128,36 @@ def urdf_path(object_id: int) -> str:
     </collision>
   </link>
 </robot>
-""")
+"""
+    return e.name, obj_text, urdf_text
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def urdf_path(object_id: int) -> str:
+    """Path of the object's URDF (written on first use; its OBJ beside it).
+
+    The folder is named after a hash of both files' text, so a change to the catalogue, the
+    mesh or the template never reads stale files; it is per user (``/tmp`` is shared).
+    """
+    name, obj_text, urdf_text = _files(object_id)
+    key = hashlib.sha1((obj_text + urdf_text).encode()).hexdigest()[:12]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"sam3d_bench_household_{uid}" / f"{name}_{key}"
+    urdf, obj = folder / f"{name}.urdf", folder / f"{name}.obj"
+    if urdf.exists() and obj.exists():
+        return str(urdf)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(obj, obj_text)  # the mesh first: a URDF never names a missing file
+    _write_atomically(urdf, urdf_text)
     return str(urdf)

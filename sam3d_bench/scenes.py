@@ -1,7 +1,8 @@
 """Synthetic RGB-D tabletop scenes with ground truth, rendered with pybullet (CPU, headless).
 
 ``make_tabletop_scene(seed)`` builds a table, drops ``n_objects`` random objects from
-``pybullet_data/random_urdfs`` onto it, lets physics settle, and renders RGB, depth and an
+``pybullet_data/random_urdfs`` (or, ``object_set="household"``, boxes, cans and bottles of YCB
+sizes: :mod:`sam3d_bench.household`) onto it, lets physics settle, and renders RGB, depth and an
 instance segmentation from a robot-head-like camera looking down at the table. Depth gets the
 :class:`~sam3d_bench.sensor.SensorNoise` model.
 
@@ -404,8 +405,10 @@ def make_tabletop_scene(
         raise ValueError("len(urdf_ids) must equal n_objects")
     if object_set not in OBJECT_SETS:
         raise ValueError(f"object_set must be one of {OBJECT_SETS}, got {object_set!r}")
-    if object_set == "household" and urdf_ids is None and n_objects > len(household.CATALOGUE):
-        raise ValueError(f"the household set has {len(household.CATALOGUE)} objects")
+    if object_set == "household" and urdf_ids is None and n_objects >= len(household.CATALOGUE):
+        # One object must stay free to replace an object that fell or hides.
+        raise ValueError(f"the household set draws at most {len(household.CATALOGUE) - 1} "
+                         "objects per scene")
 
     # Camera: a robot head / wrist camera looking down at a point on the table.
     target = np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), 0.0])

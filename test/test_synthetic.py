@@ -205,6 +205,9 @@ def test_visible_only_baseline(scene):
 
 
 def test_household_scene_holds_catalogue_objects_standing_at_their_size():
+    import os
+
+    import pybullet
     import trimesh
 
     from sam3d_bench import household
@@ -225,10 +228,24 @@ def test_household_scene_holds_catalogue_objects_standing_at_their_size():
             volume = np.pi * (entry.size[0] / 2) ** 2 * entry.size[1]
         solid = trimesh.Trimesh(obj.mesh_vertices, obj.mesh_faces, process=False)
         assert solid.is_watertight and solid.volume == pytest.approx(volume, rel=0.01)
-        # The URDF the grasp simulation loads exists, beside its mesh.
+        # The URDF the grasp simulation loads exists, beside its mesh, and pybullet reads it.
         path = household.urdf_path(obj.urdf_id)
         assert path.endswith(f"{entry.name}.urdf")
+        assert os.path.exists(path) and os.path.exists(path[: -len(".urdf")] + ".obj")
+        assert household.urdf_path(obj.urdf_id) == path  # written once, then reused
+        client = pybullet.connect(pybullet.DIRECT)
+        try:
+            body = pybullet.loadURDF(path, physicsClientId=client)
+            low, high = pybullet.getAABB(body, physicsClientId=client)
+        finally:
+            pybullet.disconnect(client)
+        # The collision hull is the catalogue solid (pybullet's bounds add a few mm of margin).
+        largest = tall if entry.shape == "cylinder" else max(entry.size)
+        assert 0.0 <= np.max(np.subtract(high, low)) - largest < 0.008
     with pytest.raises(ValueError, match="object_set"):
         make_tabletop_scene(0, n_objects=1, width=64, height=48, object_set="ycb")
     with pytest.raises(ValueError, match="household"):
         household.entry(household.HOUSEHOLD_BASE + len(household.CATALOGUE))
+    with pytest.raises(ValueError, match="at most"):  # one must stay free to replace another
+        make_tabletop_scene(0, n_objects=len(household.CATALOGUE), width=64, height=48,
+                            object_set="household")

@@ -115,10 +115,10 @@ class EmbeddedReconstructor:
         carve_margin: metres in front of the observed depth a voxel must be to be carved, on
             top of two noise standard deviations of a Kinect-like sensor model.
         close_cells: size in cells of a morphological closing of the footprint (0/1: none).
-            Closing 3 cells (1 cm), the earlier default, filled the gaps between an object's
-            parts, where a gripper's fingers go: without it, ``bench_grasp.py`` seeds 0–89
+            Closing 3 cells (gaps up to ~7 mm), the earlier default, filled the gaps between an
+            object's parts, where a gripper's fingers go: without it, ``bench_grasp.py`` seeds 0–89
             (270 objects) top-1 / any-of-top-5 0.86 / 0.91 → 0.89 / 0.93; ``bench_core.py``
-            F@5mm +0.006 to +0.010 in every regime; the real frames' IoU within 0.002.
+            F@5mm +0.002 to +0.010 in every regime; the real frames' IoU within 0.002.
         bevel: height (and inset) of the chamfer given to the hidden bottom edge, metres.
         back_extension: the footprint grows this far behind its back silhouette, away from the
             camera (metres), where that space is not seen empty; for views from above
