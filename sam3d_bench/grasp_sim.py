@@ -111,6 +111,7 @@ class GraspSim:
         self.client = pb.connect(pb.DIRECT)
         world_from_cam = np.asarray(scene.camera_pose, dtype=np.float64)
         self._poses = [world_from_cam @ np.asarray(obj.pose) for obj in scene.objects]
+        self._urdfs = [object_urdf_path(obj.urdf_id) for obj in scene.objects]
         # random_urdfs all weigh 0.1 kg with friction 1.0, which lets almost any grasp lift
         # them: each gets the mass of its mesh at a household density and a
         # cardboard/plastic-on-rubber friction, so the test is the shape, not the glue.
@@ -133,9 +134,9 @@ class GraspSim:
             basePosition=[0, 0, -0.05], physicsClientId=c)
         pb.changeDynamics(self.table, -1, lateralFriction=0.6, physicsClientId=c)
         self.bodies = []
-        for obj, world_from_link, mass in zip(self.scene.objects, self._poses, self._masses,
-                                              strict=True):
-            body = pb.loadURDF(object_urdf_path(obj.urdf_id), physicsClientId=c)
+        for urdf, world_from_link, mass in zip(self._urdfs, self._poses, self._masses,
+                                               strict=True):
+            body = pb.loadURDF(urdf, physicsClientId=c)
             # pybullet's base pose is the inertial frame, not the URDF link frame
             info = pb.getDynamicsInfo(body, -1, physicsClientId=c)
             link_from_com = np.eye(4)

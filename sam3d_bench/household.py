@@ -99,6 +99,7 @@ def mesh(object_id: int) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, fl
     return vertices, faces, e.rgba
 
 
+@lru_cache(maxsize=64)
 def _files(object_id: int) -> Tuple[str, str, str]:
     """The object's name, OBJ text and URDF text."""
     import trimesh
