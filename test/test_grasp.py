@@ -231,6 +231,42 @@ def test_determinism():
     assert all(len(gs) for gs in a)
 
 
+def test_more_rounds_of_samples_find_a_small_graspable_part():
+    """A 12 cm cube (wider than the gripper's 8 cm every way) with a thin fin on one side: only
+    grasps that hold the fin, ~3 % of the surface, fit. One round of 16 first contacts finds fewer
+    grasps than rounds that go on until ``top_k`` grasps pass; all of them are on the fin."""
+    cube_lo, cube_hi = np.array([-0.06, -0.06, TABLE_Z - 0.12]), np.array([0.06, 0.06, TABLE_Z])
+    fin_lo, fin_hi = np.array([0.059, -0.0025, TABLE_Z - 0.10]), np.array([0.10, 0.0025, TABLE_Z])
+    cv_, cf = box_mesh(cube_lo, cube_hi)
+    fv, ff = box_mesh(fin_lo, fin_hi)
+    v, f = np.concatenate([cv_, fv]), np.concatenate([cf, ff + len(cv_)])
+    obj = make_object(1, v, f)
+
+    def plan(max_samples):
+        planner = AnalyticGraspPlanner(num_samples=16, max_samples=max_samples)
+        return planner.plan(blank_frame(), [obj], seed=3, support_plane=PLANE)[0]
+
+    one_round, rounds = plan(16), plan(1024)
+    assert len(rounds) > len(one_round)
+    assert len(rounds) >= 3
+    for g in rounds:
+        check_contract(g)
+        # the cube alone does not fit the gripper: every grasp holds the fin
+        assert np.any(in_box(g.contacts, fin_lo, fin_hi, tol=0.002))
+
+
+def test_an_easy_object_needs_one_round_of_samples():
+    """Rounds stop once ``top_k`` grasps pass: a box's grasps are those of the first round."""
+    v, f = box_mesh(BOX_LO, BOX_HI)
+    objs = [make_object(1, v, f)]
+    one = AnalyticGraspPlanner(top_k=3, max_samples=64).plan(
+        blank_frame(), objs, seed=0, support_plane=PLANE)[0]
+    more = AnalyticGraspPlanner(top_k=3, max_samples=1024).plan(
+        blank_frame(), objs, seed=0, support_plane=PLANE)[0]
+    assert len(one) == 3
+    assert [g.to_dict() for g in one] == [g.to_dict() for g in more]
+
+
 def test_degenerate_meshes_give_no_grasps():
     v = np.zeros((3, 3))
     f = np.array([[0, 1, 2]])

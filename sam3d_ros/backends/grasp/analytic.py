@@ -35,7 +35,6 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.cancellation import check_cancelled
@@ -119,6 +118,8 @@ class _Target:
     centre_of_mass: np.ndarray
     radius: float
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    ray_index: Optional[Tuple[Any, ...]] = None
+    """Cached by :meth:`AnalyticGraspPlanner._antipodal` (the same for every round)."""
 
 
 class AnalyticGraspPlanner:
@@ -128,7 +129,11 @@ class AnalyticGraspPlanner:
         gripper: the gripper geometry (default :class:`GripperModel`, a Franka Hand).
         top_k: grasps kept per object.
         friction: Coulomb friction coefficient of the friction cone.
-        num_samples: surface points tried as first contacts per object.
+        num_samples: surface points tried as first contacts per round.
+        max_samples: first contacts drawn per object at most: rounds of ``num_samples`` go on
+            until ``top_k`` grasps pass the checks. Measured with ``bench_grasp.py``: one round
+            of 64 left 17 of 270 objects without a grasp, most of them because too few of
+            their 64 lines had both contacts in the friction cone (a voxel mesh's steps).
         num_approaches: approach directions per closing line.
         preferred_approach: approach direction (camera frame, the way the gripper moves);
             ``None`` = against the support plane normal (from above) when a plane is known,
@@ -156,6 +161,7 @@ class AnalyticGraspPlanner:
         top_k: int = 10,
         friction: float = 0.5,
         num_samples: int = 64,
+        max_samples: int = 256,
         num_approaches: int = 16,
         preferred_approach: Optional[Sequence[float]] = None,
         max_approach_angle_deg: float = 90.0,
@@ -181,6 +187,7 @@ class AnalyticGraspPlanner:
         self.top_k = int(top_k)
         self.friction = float(friction)
         self.num_samples = int(num_samples)
+        self.max_samples = max(int(max_samples), self.num_samples)
         self.num_approaches = int(num_approaches)
         self.preferred_approach = (
             None if preferred_approach is None
@@ -308,15 +315,40 @@ class AnalyticGraspPlanner:
         obj, target = objects[index], targets[index]
         if target is None:
             return []
-        g = self.gripper
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(obj.object_id) & 0xFFFF, 0])
         preferred = self._preferred(plane)
+        obstacles = None  # built on the first round that has candidates
+        accepted: List[Grasp] = []
+        acc_pos: List[np.ndarray] = []
+        acc_rot: List[np.ndarray] = []
+        drawn = 0
+        # Rounds of ``num_samples`` first contacts until ``top_k`` grasps pass or
+        # ``max_samples`` were drawn: an object whose surface normals are noisy (a voxel mesh's
+        # steps) or whose graspable part is small yields few antipodal lines per round.
+        while len(accepted) < self.top_k and drawn < self.max_samples:
+            count = min(self.num_samples, self.max_samples - drawn)
+            drawn += count
+            candidates = self._candidates(frame, obj, target, plane, preferred, rng, count)
+            if candidates is None:
+                continue
+            if obstacles is None:
+                obstacles = self._obstacles(obj, index, targets, scene, target)
+            self._accept(frame, obj, target, plane, obstacles, candidates,
+                         accepted, acc_pos, acc_rot)
+        accepted.sort(key=lambda gr: -gr.score)  # stable: ties keep the check order
+        return accepted
 
+    def _candidates(self, frame, obj, target, plane, preferred, rng, count):
+        """Scored candidate grasps from ``count`` first contacts, best first; ``None`` if none.
+
+        Returns ``(rot, mid, width, friction_score, cos_app, order)``.
+        """
+        g = self.gripper
         # 1. antipodal lines
-        p, n = self._surface_samples(target, self.num_samples, rng)
+        p, n = self._surface_samples(target, count, rng)
         c1, c2, n1, n2 = self._antipodal(target, p, n)
         if len(c1) == 0:
-            return []
+            return None
         closing = c2 - c1
         width = np.linalg.norm(closing, axis=1)
         ok = (width > 0.002) & (width <= g.max_opening - 2 * self.clearance)
@@ -327,7 +359,7 @@ class AnalyticGraspPlanner:
         cos2 = np.einsum("ij,ij->i", n2, closing)
         ok = (cos1 >= cos_mu) & (cos2 >= cos_mu)
         if not ok.any():
-            return []
+            return None
         c1, c2, closing, width = c1[ok], c2[ok], closing[ok], width[ok]
         friction_score = np.clip((np.minimum(cos1[ok], cos2[ok]) - cos_mu) / (1 - cos_mu), 0, 1)
 
@@ -355,19 +387,19 @@ class AnalyticGraspPlanner:
         if plane is not None:
             keep &= self._plane_clear(rot, mid, plane, g.max_opening)
         if not keep.any():
-            return []
+            return None
         rot, mid, width, friction_score, cos_app = (
             rot[keep], mid[keep], width[keep], friction_score[keep], cos_app[keep])
 
         # 3. score (contacts at the line ends; recomputed after re-centring below)
         score = self._score(frame, obj, target, rot, mid, width, friction_score, cos_app)[0]
         order = np.argsort(-score, kind="stable")
+        return rot, mid, width, friction_score, cos_app, order
 
-        # 4. checks, best first
-        obstacles = self._obstacles(obj, index, targets, scene, target)
-        accepted: List[Grasp] = []
-        acc_pos: List[np.ndarray] = []
-        acc_rot: List[np.ndarray] = []
+    def _accept(self, frame, obj, target, plane, obstacles, candidates, accepted, acc_pos,
+                acc_rot) -> None:
+        """4. Check ``candidates`` best first; append the survivors to ``accepted`` (NMS)."""
+        rot, mid, width, friction_score, cos_app, order = candidates
         alive = np.ones(len(order), dtype=bool)  # not yet checked nor suppressed
         while len(accepted) < self.top_k:
             idx = order[alive[order]][:self.check_batch]
@@ -380,13 +412,14 @@ class AnalyticGraspPlanner:
             idx, new_mid, new_width = idx[good], new_mid[good], new_width[good]
             scores, flags = self._score(frame, obj, target, rot[idx], new_mid, new_width,
                                         friction_score[idx], cos_app[idx])
+            quats = conventions.matrix_to_quat(rot[idx])
             for j, c in enumerate(idx):
                 r, pos, w = rot[c], new_mid[j], float(new_width[j])
                 if acc_pos and self._similar(pos[None], r[None], acc_pos, acc_rot)[0]:
                     continue
                 contacts = np.stack([pos - 0.5 * w * r[:, 1], pos + 0.5 * w * r[:, 1]])
                 accepted.append(Grasp(
-                    position=pos.copy(), orientation=conventions.matrix_to_quat(r), width=w,
+                    position=pos.copy(), orientation=quats[j], width=w,
                     score=float(np.clip(scores[j], 0.0, 1.0)), object_id=int(obj.object_id),
                     contacts=contacts,
                     contacts_observed=flags[j].copy()))
@@ -398,8 +431,6 @@ class AnalyticGraspPlanner:
             rest = np.flatnonzero(alive)
             if len(rest) and acc_pos:
                 alive[rest[self._similar(mid[rest], rot[rest], acc_pos, acc_rot)]] = False
-        accepted.sort(key=lambda gr: -gr.score)  # stable: ties keep the check order
-        return accepted
 
     def _similar(self, pos, rot, acc_pos, acc_rot) -> np.ndarray:
         """Whether each grasp is within the NMS distance and angle of an accepted one."""
@@ -425,33 +456,29 @@ class AnalyticGraspPlanner:
         origin = p + reach * n  # start outside the object, cast along -n
         direction = -n
         length = 2 * reach
-        verts, faces = target.vertices, target.faces
-        tri = verts[faces]
-        nf = len(faces)
-        if nf * len(p) <= 200_000:  # small mesh: every face
-            ray = np.repeat(np.arange(len(p)), nf)
-            face = np.tile(np.arange(nf), len(p))
-        else:  # faces whose centroid is near a point sampled along the line
+        if target.ray_index is None:
+            tri = target.vertices[target.faces]
             centroids = tri.mean(axis=1)
-            edge = np.linalg.norm(tri[:, 1] - tri[:, 0], axis=1)
-            step = float(np.clip(np.median(edge), 0.002, 0.004))
             radius = float(np.linalg.norm(tri - centroids[:, None], axis=2).max())
-            # only where the lines can meet the mesh: inside its bounding sphere
-            centre = verts.mean(axis=0)
-            along = np.einsum("ij,ij->i", centre - origin, direction)
-            rad = float(np.linalg.norm(verts - centre, axis=1).max()) + step
-            s0 = float(np.clip((along - rad).min(), 0.0, length))
-            s1 = float(np.clip((along + rad).max(), 0.0, length))
-            s = np.arange(s0, s1 + step, step)
-            samples = origin[:, None, :] + s[None, :, None] * direction[:, None, :]
-            tree = cKDTree(centroids)
-            dist, nearest = tree.query(samples.reshape(-1, 3), k=min(8, nf),
-                                       distance_upper_bound=radius + step)
-            ray = np.repeat(np.arange(len(p)), len(s) * nearest.shape[1])
-            nearest = nearest.reshape(-1)
-            hit = np.isfinite(dist.reshape(-1))
-            key = np.unique(ray[hit] * nf + nearest[hit])
-            ray, face = key // nf, key % nf
+            target.ray_index = (tri, centroids, np.einsum("ij,ij->i", centroids, centroids),
+                                radius)
+        tri, centroids, c_sq, radius = target.ray_index
+        # Broad phase: the faces whose centroid lies within a face's reach of the line, from
+        # squared point-line distances as matrix products (faces × lines). Measured against a
+        # k-d tree of the centroids queried at points stepped along each line (built once per
+        # object): planning 33 → 28 ms per object p50 (bench_grasp scenes 0–19, one core),
+        # the same grasps, and no line can miss a face between steps.
+        ray_parts, face_parts = [], []
+        chunk = max(1, 2_000_000 // max(len(centroids), 1))
+        for r0 in range(0, len(p), chunk):
+            o, d = origin[r0:r0 + chunk], direction[r0:r0 + chunk]
+            along = centroids @ d.T - np.einsum("ij,ij->i", o, d)[None, :]  # faces × lines
+            sq = (c_sq[:, None] - 2.0 * (centroids @ o.T)
+                  + np.einsum("ij,ij->i", o, o)[None, :] - along ** 2)
+            f_idx, r_idx = np.nonzero(sq <= radius ** 2)
+            ray_parts.append(r_idx + r0)
+            face_parts.append(f_idx)
+        ray, face = np.concatenate(ray_parts), np.concatenate(face_parts)
         t, ok = _ray_triangles(origin[ray], direction[ray], tri[face])
         ok &= (t >= 0) & (t <= length)
         ray, face, t = ray[ok], face[ok], t[ok]
