@@ -330,11 +330,18 @@ class EmbeddedReconstructor:
         back = float(
             np.interp(elevation, [lo_deg, hi_deg], [self.back_extension_low, self.back_extension])
         )
+        grid = None
         if self.primitives and floor is not None and gravity:
             fit = support_footprint(q[measured])
             if fit is not None:
-                ref, back = self._complete_primitive(ref, q[measured], fit), 0.0
-        verts, faces, voxel = self._surface(ref, ctx, frame_rot, origin, floor, gravity, back)
+                if fit[0] == "box":
+                    # Height-map axes along the box's sides (a box's faces are then cell faces).
+                    turn, fit = _box_axes(fit)
+                    frame_rot, q, ref = frame_rot @ turn, q @ turn, ref @ turn
+                ref, grid = self._complete_primitive(ref, q[measured], fit)
+                back = 0.0
+        verts, faces, voxel = self._surface(
+            ref, ctx, frame_rot, origin, floor, gravity, back, grid=grid)
         if self.silhouette_snap:
             snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
             moved = (snapped - origin) @ frame_rot
@@ -455,24 +462,36 @@ class EmbeddedReconstructor:
         ext = ref.max(axis=0) - ref.min(axis=0)
         return max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
 
-    def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit) -> np.ndarray:
+    def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit):
         """Points of a box or cylinder that the visible surface measured (gravity frame).
 
         The visible faces fix the footprint (:func:`support_footprint`); its top is filled at
         the measured top height, and points outside it (smears the hygiene let through) go.
+        A box must be given in its own axes (``fit`` axes = identity, see
+        :func:`_box_axes`): its points are clamped onto the box and the height map's cells
+        are laid out on it, so that its sides fall on cell faces (a box's width is then the
+        fitted one to within half a cell either way, not a cell too wide on average).
+
+        Returns ``(points, grid)``: ``grid`` is ``(cell, origin (2,))`` for :meth:`_surface`,
+        or ``None`` (the grid follows the points).
         """
         kind, centre, shape, ext = fit
         xy = ref[:, :2]
+        cell = self._cell_size(ref)
+        top = float(np.percentile(measured[:, 2], 98))
         if kind == "cylinder":
             outside = np.linalg.norm(xy - centre, axis=1) - shape[0]
-        else:
-            outside = np.max(np.abs((xy - centre) @ shape.T) - ext / 2, axis=1)
-        kept = ref[outside <= 0.005]
-        top = float(np.percentile(measured[:, 2], 98))
-        cell = self._cell_size(ref)
-        cap = footprint_samples(fit, cell, inset=0.5 * cell)
-        cap = np.c_[cap, np.full(len(cap), top)]
-        return np.concatenate([kept, cap])
+            kept = ref[outside <= 0.005]
+            cap = footprint_samples(fit, cell, inset=0.5 * cell)
+            return np.concatenate([kept, np.c_[cap, np.full(len(cap), top)]]), None
+        outside = np.max(np.abs(xy - centre) - ext / 2, axis=1)
+        kept = ref[outside <= 0.005].copy()
+        # Whole cells across each side, centred on the box: the sides lie on cell faces.
+        half = np.maximum(np.round(ext / cell), 1.0) * cell / 2
+        kept[:, :2] = np.clip(kept[:, :2], centre - half, centre + half - 1e-6 * cell)
+        cap = footprint_samples(("box", centre, shape, 2 * half), cell, inset=0.5 * cell)
+        points = np.concatenate([kept, np.c_[cap, np.full(len(cap), top)]])
+        return points, (cell, centre - half - 2 * cell)
 
     def _under_the_body(self, q: np.ndarray, low: float = 0.3, reach: float = 0.02):
         """Which points to keep: low points must lie near the footprint of the object's body.
@@ -546,10 +565,19 @@ class EmbeddedReconstructor:
         )
         return mq[~free]
 
-    def _surface(self, ref, ctx, frame_rot, origin, floor, gravity, back):
-        """Closed surface (gravity-frame vertices, faces, voxel edge) of the height map."""
-        v = self._cell_size(ref)
-        lo = ref.min(axis=0) - 2 * v
+    def _surface(self, ref, ctx, frame_rot, origin, floor, gravity, back, grid=None):
+        """Closed surface (gravity-frame vertices, faces, voxel edge) of the height map.
+
+        ``grid``: ``(cell, origin of the a, b axes)`` to lay the cells out on (a box's sides);
+        by default the cell comes from :meth:`_cell_size` and the grid starts two cells
+        below the points.
+        """
+        if grid is None:
+            v = self._cell_size(ref)
+            lo = ref.min(axis=0) - 2 * v
+        else:
+            v = grid[0]
+            lo = np.r_[grid[1], ref[:, 2].min() - 2 * v]
         if floor is not None:
             lo[2] = floor
         ij = np.floor((ref[:, :2] - lo[:2]) / v).astype(np.int64)
@@ -900,6 +928,21 @@ def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) 
             return out
         out[undo] = before[undo]
     return out
+
+
+def _box_axes(fit):
+    """The rotation about "up" onto a box's axes, and the box fit in those axes.
+
+    Returns ``(turn, fit)``: ``turn`` (3×3) has the box's axes as its a, b columns; the fit's
+    centre is in box coordinates and its axes are the identity.
+    """
+    kind, centre, axes, ext = fit
+    axes = np.array(axes, dtype=np.float64)
+    if np.linalg.det(axes) < 0:  # keep a rotation: flip the second axis
+        axes[1] = -axes[1]
+    turn = np.eye(3)
+    turn[:2, :2] = axes.T
+    return turn, (kind, axes @ np.asarray(centre, dtype=np.float64), np.eye(2), ext)
 
 
 def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
