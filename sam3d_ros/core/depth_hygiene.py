@@ -376,6 +376,7 @@ def object_depth(
     # it, thick (not a band along the mask's edge, which is what misregistration and bleeding
     # leave) and within the object's plausible extent (a bowl's front wall in front of its
     # inner wall). A separate piece behind the band is background seen past the object.
+    reach = reach_of(surface)
     join = np.zeros(n + 1, dtype=bool)
     join[best] = True
     if n > 1:
@@ -388,7 +389,6 @@ def object_depth(
         np.maximum.at(piece_depth, labels[pieces], inner[pieces])
         piece_depth = piece_depth[1:]
         same = (piece_med >= lo - 0.5 * spread) & (piece_med <= hi + 0.5 * spread)
-        reach = reach_of(surface)
         thick = piece_depth >= max(3.0, 0.15 * float(inner[m].max()))
         near = (piece_med >= lo - reach) & (piece_med <= hi + reach)
         join[1:] |= same | (thick & near)
@@ -399,7 +399,6 @@ def object_depth(
     # is continuous: its depth is the object's, however long it is along the ray (smooth
     # bleeding ramps are the slope test's and the support's business).
     front = float(np.percentile(z[surface], 2))
-    reach = reach_of(surface)
     with np.errstate(invalid="ignore"):
         keep &= surface | (z <= front + reach)
 
