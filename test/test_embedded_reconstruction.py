@@ -511,22 +511,25 @@ def test_support_footprint_puts_noisy_faces_on_their_planes():
     assert np.allclose(fit[1], [0.3, -0.1], atol=0.0015), fit[1]
 
 
-def test_a_box_comes_out_its_own_width():
+@pytest.mark.parametrize("yaw_deg", [10, 35, 60])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_box_comes_out_no_wider_than_itself(yaw_deg, seed):
     """A standing 7.2 x 16.3 x 21 cm box (a cracker box) seen from a robot's head with depth
-    noise: the reconstruction's footprint is the box's within 3 mm. A gripper opening 8 cm
-    grasps it only if it comes out narrower than ~7.4 cm: the noisy outermost points and the
-    height map's cells made it 7.6-8.3 cm."""
-    box = ("box", (np.array([0.0, 0.0, 0.105]), (0.072, 0.163, 0.21), np.deg2rad(35)))
+    noise. A gripper opening 8 cm grasps it only if it comes out narrower than ~7.4 cm: the
+    noisy outermost points and the height map's cells made it 7.5-8.3 cm. Now no side is more
+    than 2 mm too wide; the hidden sides, placed by the seen faces' far ends (which the depth
+    hygiene trims), may come out up to 6 mm short (1-5 mm measured, frontal views most)."""
+    box = ("box", (np.array([0.0, 0.0, 0.105]), (0.072, 0.163, 0.21), np.deg2rad(yaw_deg)))
     pose = _camera_pose(distance=0.8, pitch_deg=40.0, yaw_deg=0.0)
-    frame, masks = _render([box], pose, noise=0.0015, seed=2)
+    frame, masks = _render([box], pose, noise=0.0015, seed=seed)
     (r,) = EmbeddedReconstructor().reconstruct(frame, [ObjectMask(1, masks[0])], 0)
     v_world = canonical_to_camera(
         r.mesh.vertices.astype(np.float64), r.rotation, r.translation, r.scale
     ) @ pose[:3, :3].T + pose[:3, 3]
     yaw = box[1][2]
     axes = np.array([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]])
-    widths = np.ptp(v_world[:, :2] @ axes.T, axis=0)
-    assert np.allclose(widths, [0.072, 0.163], atol=0.003), widths
+    excess = np.ptp(v_world[:, :2] @ axes.T, axis=0) - [0.072, 0.163]
+    assert np.all(excess <= 0.002) and np.all(excess >= -0.006), excess
     assert abs(np.ptp(v_world[:, 2]) - 0.21) < 0.006, np.ptp(v_world[:, 2])
 
 

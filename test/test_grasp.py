@@ -255,8 +255,9 @@ def test_more_rounds_of_samples_find_a_small_graspable_part():
         assert np.any(in_box(g.contacts, fin_lo, fin_hi, tol=0.002))
 
 
-def test_an_easy_object_needs_one_round_of_samples():
-    """Rounds stop once ``top_k`` grasps pass: a box's grasps are those of the first round."""
+def test_more_rounds_leave_an_easy_objects_grasps_as_they_were():
+    """A box yields ``top_k`` grasps in the first round: allowing more rounds changes nothing
+    (the first round draws the same samples as a planner of one round)."""
     v, f = box_mesh(BOX_LO, BOX_HI)
     objs = [make_object(1, v, f)]
     one = AnalyticGraspPlanner(top_k=3, max_samples=64).plan(
@@ -265,6 +266,45 @@ def test_an_easy_object_needs_one_round_of_samples():
         blank_frame(), objs, seed=0, support_plane=PLANE)[0]
     assert len(one) == 3
     assert [g.to_dict() for g in one] == [g.to_dict() for g in more]
+
+
+def test_the_ray_broad_phase_misses_no_face():
+    """The contacts of lines cast through a mesh of small and large faces (a sphere with one
+    long sliver) are those of testing every face against every line."""
+    import trimesh
+
+    from sam3d_ros.backends.grasp.analytic import _ray_triangles
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.03)
+    v = np.concatenate([sphere.vertices, [[0.0, -0.04, 0.0], [0.0, 0.04, 0.0], [0.0, 0.0, 0.001]]])
+    f = np.concatenate([sphere.faces, [[len(sphere.vertices) + i for i in range(3)]]])
+    v = v + [0.0, 0.0, TABLE_Z - 0.05]
+    planner = AnalyticGraspPlanner()
+    target = planner._target(make_object(1, v, f), seed=0)
+    rng = np.random.default_rng(0)
+    p, n = planner._surface_samples(target, 300, rng)
+    c1, c2, _, _ = planner._antipodal(target, p, n)
+    # every face against every line
+    reach = planner.gripper.max_opening + 0.01
+    origin, direction = p + reach * n, -n
+    tri = target.vertices[target.faces]
+    ray = np.repeat(np.arange(len(p)), len(tri))
+    t, ok = _ray_triangles(origin[ray], direction[ray], np.tile(tri, (len(p), 1, 1)))
+    t = np.where(ok & (t >= 0) & (t <= 2 * reach), t, np.nan).reshape(len(p), len(tri))
+    two = np.sum(np.isfinite(t), axis=1) >= 2
+    near, far = np.nanmin(t[two], axis=1), np.nanmax(t[two], axis=1)
+    expected1 = origin[two] + near[:, None] * direction[two]
+    expected2 = origin[two] + far[:, None] * direction[two]
+    assert len(c1) == two.sum() > 250
+    np.testing.assert_allclose(c1, expected1, atol=1e-9)
+    np.testing.assert_allclose(c2, expected2, atol=1e-9)
+
+
+def test_bad_planner_options_are_refused():
+    with pytest.raises(ValueError, match="num_samples"):
+        AnalyticGraspPlanner(num_samples=0)
+    with pytest.raises(ValueError, match="top_k"):
+        AnalyticGraspPlanner(top_k=0)
 
 
 def test_degenerate_meshes_give_no_grasps():

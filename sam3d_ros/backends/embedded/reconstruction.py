@@ -336,6 +336,8 @@ class EmbeddedReconstructor:
             if fit is not None:
                 if fit[0] == "box":
                     # Height-map axes along the box's sides (a box's faces are then cell faces).
+                    # "a" no longer points away from the camera: only the footprint growth
+                    # behind the silhouette needs that, and a fitted primitive has none.
                     turn, fit = _box_axes(fit)
                     frame_rot, q, ref = frame_rot @ turn, q @ turn, ref @ turn
                 ref, grid = self._complete_primitive(ref, q[measured], fit)
@@ -488,7 +490,10 @@ class EmbeddedReconstructor:
         kept = ref[outside <= 0.005].copy()
         # Whole cells across each side, centred on the box: the sides lie on cell faces.
         half = np.maximum(np.round(ext / cell), 1.0) * cell / 2
-        kept[:, :2] = np.clip(kept[:, :2], centre - half, centre + half - 1e-6 * cell)
+        # (a hair inside both ends: a point exactly on the grid's line could round into the
+        # cell beyond it)
+        kept[:, :2] = np.clip(kept[:, :2], centre - half + 1e-6 * cell,
+                              centre + half - 1e-6 * cell)
         cap = footprint_samples(("box", centre, shape, 2 * half), cell, inset=0.5 * cell)
         points = np.concatenate([kept, np.c_[cap, np.full(len(cap), top)]])
         return points, (cell, centre - half - 2 * cell)

@@ -287,13 +287,15 @@ def support_footprint(
 
     ``points`` are N×3 ``(a, b, height)``. The side points (below the top band) must lie on the
     fitted footprint's outline: on the edges of the minimum-area rectangle of all the points
-    (median distance ≤ ``box_tolerance``, 90 % within three times it), or on a circle (RMS ≤
-    ``circle_tolerance``, seen over at least 100° of arc). A single visible face fits a
-    degenerate rectangle: rectangles thinner than ``min_side`` are refused, since the hidden
-    depth is then not measured.
+    (median distance ≤ ``box_tolerance``, 90 % within three times it) or of that rectangle
+    with its seen faces moved onto their planes (:func:`_face_planes`; median ≤ half of
+    ``box_tolerance``, 90 % within it), or on a circle (RMS ≤ ``circle_tolerance``, seen over
+    at least 100° of arc). A single visible face fits a degenerate rectangle: rectangles
+    thinner than ``min_side`` are refused, since the hidden depth is then not measured.
 
     Returns ``None`` or ``(kind, centre, axes_or_radius, extents)``: ``("box", centre (2,), axes
-    (2×2 rows), extents (2,))`` or ``("cylinder", centre (2,), [radius], [2 radius, 2 radius])``.
+    (2×2 rows), extents (2,))``, the rectangle with its seen faces on their planes, or
+    ``("cylinder", centre (2,), [radius], [2 radius, 2 radius])``.
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.shape[0] < 50:
@@ -343,24 +345,25 @@ def _face_planes(xy: np.ndarray, centre, axes, ext, band: float, cover: float = 
     The minimum-area rectangle touches the outermost points, so a visible face's side lies a
     few noise deviations out (the extreme of many noisy samples of one plane); the median of
     the points within ``band`` of the side (away from the corners) is the plane itself. A side
-    counts as a seen face when those points cover at least ``cover`` of its length; elsewhere
-    (a hidden face, whose position the ends of the seen faces give) the side stays where it
-    is.
+    counts as a seen face when those points cover at least ``cover`` of its length away from
+    the corners; elsewhere (a hidden face, whose position the ends of the seen faces give) the
+    side stays where it is.
     """
     local = (xy - centre) @ axes.T
     lo, hi = -ext / 2, ext / 2
     new_lo, new_hi = lo.copy(), hi.copy()
     for k in (0, 1):
         other = 1 - k
+        length = ext[other] - 2 * band  # the side's length away from the corners
         for sign, edge in ((-1.0, lo[k]), (1.0, hi[k])):
             # Not within the band of the adjacent sides: a perpendicular face's points reach
             # into this side's band at the corners, spread over the band's width.
             near = local[(np.abs(local[:, k] - edge) <= band)
                          & (np.abs(local[:, other]) <= ext[other] / 2 - band)]
-            if len(near) < 10:
+            if len(near) < 10 or length <= 0:
                 continue
             span = np.percentile(near[:, other], 95) - np.percentile(near[:, other], 5)
-            if span < cover * ext[other]:
+            if span < cover * length:
                 continue
             plane = float(np.median(near[:, k]))
             if sign < 0:
