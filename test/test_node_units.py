@@ -242,6 +242,18 @@ def test_every_parameter_is_in_the_yaml_and_the_docs():
         assert topic in (ROOT / "docs" / "node.md").read_text(), topic
 
 
+def test_the_grasp_planner_is_built_from_the_parameters():
+    """grasp_top_k, grasp_max_samples and the gripper reach the planner the node builds."""
+    from sam3d_ros.ros.engine_host import EngineHost
+
+    values = {p.name: p.default for p in PARAMS}
+    values.update(grasp_top_k=4, grasp_max_samples=512, gripper_max_opening=0.1)
+    planner = EngineHost(values.__getitem__, None)._grasp_planner()
+    assert (planner.top_k, planner.max_samples, planner.gripper.max_opening) == (4, 512, 0.1)
+    values["grasp_planner"] = "none"
+    assert EngineHost(values.__getitem__, None)._grasp_planner() is None
+
+
 class TestDroppedFrames:
     """A frame replaced in the latest-frame slot is never decoded; its headers are checked."""
 

@@ -92,6 +92,7 @@ class EngineHost:
             return None
         return make_grasp_planner(self._p("grasp_planner"), gripper=parameters.gripper(self._p),
                                   top_k=int(self._p("grasp_top_k")),
+                                  max_samples=int(self._p("grasp_max_samples")),
                                   preferred_approach=parse_approach(self._p("grasp_approach")))
 
     def release(self) -> None:

@@ -94,6 +94,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "outputs", choices=("analytic", "none"), when="configure"),
     ParamSpec("grasp_top_k", 10, "grasps kept per object, best first", range=(1, 1000),
               when="configure"),
+    ParamSpec("grasp_max_samples", 256, "first contacts the planner draws per object at most, "
+              "in rounds of 64 until grasp_top_k grasps pass its checks (64 = one round: "
+              "faster, more objects without a grasp)", range=(64, 100000), when="configure"),
     ParamSpec("grasp_approach", "from_above", "preferred approach direction: from_above "
               "(against the support-plane normal), camera (along the viewing direction) or a "
               "vector 'x,y,z' in the camera optical frame", when="configure"),
