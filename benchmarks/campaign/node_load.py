@@ -72,8 +72,8 @@ def storm(n: int) -> Callable[[NodeCampaign], Outcome]:
                   f"{len(handles) - len(accepted)} rejected), {unanswered} unanswered; results "
                   f"{statuses or 'none'}, {no_result} missing; {no_cancel} cancels unanswered")
         alive = s.node.alive() and answered and growth <= STORM_GROWTH_MB
-        next_goal, note_goal = s.good_goal() if s.node.alive() else (False, "node dead")
-        next_frame, note_frame = s.good_frame() if s.node.alive() else (False, "node dead")
+        next_goal, note_goal = s.good_goal() if s.node.alive() else (False, s.death_note())
+        next_frame, note_frame = s.good_frame() if s.node.alive() else (False, s.death_note())
         clean, disk_note = s.disk_clean()
         notes = [f"node RSS {rss0:.0f} → {rss0 + growth:.0f} MB (bound +{STORM_GROWTH_MB:.0f})"]
         notes += [n for n in (note_goal, note_frame, disk_note) if n]
@@ -144,7 +144,7 @@ def lifecycle_cycles(cycles: int) -> Callable[[NodeCampaign], Outcome]:
         active = s.rec.wait_diag(lambda m: s.rec.diag_values(m).get("state") == "active",
                                  start=mark, timeout=ERROR_S)
         state = "active" if active is not None else s.diag_values().get("state", "?")
-        next_ok, note = s.good_frame() if alive else (False, "node dead")
+        next_ok, note = s.good_frame() if alive else (False, s.death_note())
         clean, disk_note = s.disk_clean()
         result = (f"{cycles} deactivate/activate cycles under {feeder.sent} frames at 30 Hz in "
                   f"{seconds:.0f} s: " + ("; ".join(failed) if failed else "every transition "
@@ -201,7 +201,7 @@ def soak(seconds: float, bad_every_s: float) -> Callable[[NodeCampaign], Outcome
         rss_end = s.rss_mb()
         growth = (rss_end - rss_start) / rss_start if rss_start else float("nan")
         alive = s.node.alive() and growth <= SOAK_GROWTH
-        next_ok, note = s.good_frame() if s.node.alive() else (False, "node dead")
+        next_ok, note = s.good_frame() if s.node.alive() else (False, s.death_note())
         clean, disk_note = s.disk_clean()
         result = (f"{seconds:.0f} s at 30 Hz: {sent} frames, {processed} processed, "
                   f"{bad} bad frames, {reported} failures in diagnostics; RSS "

@@ -161,6 +161,11 @@ class NodeSession:
         self.rec.wait(check, timeout)
         return found[0] if found else None
 
+    def death_note(self) -> str:
+        """How a dead node ended: its exit status and the last of its log."""
+        return (f"node dead (exit status {self.node.proc.poll()}); its log ends:\n"
+                f"{self.node.log()[-3000:]}")
+
     def good_frame(self) -> Tuple[bool, str]:
         """Publish a good frame; (processed with objects, note)."""
         header = self.publish()
@@ -422,7 +427,7 @@ def topic_case(camp: NodeCampaign, group: str, field: str, mutate: Optional[Muta
             result = (f"processed: {len(msg.objects)} objects, median depth "
                       f"{shift * 100:.1f} cm from the good frame's")
     alive = s.node.alive()
-    next_ok, note = s.good_frame() if alive else (False, "node dead")
+    next_ok, note = s.good_frame() if alive else (False, s.death_note())
     clean, disk_note = s.disk_clean()
     if prompt is not None and alive:  # the baseline prompt again, whatever happened
         try:
@@ -451,7 +456,7 @@ def goal_case(camp: NodeCampaign, group: str, field: str, build: Callable[[NodeC
         notes.append(f"node peak RSS grew {growth:.0f} MB (bound {hwm_bound_mb:.0f})")
         if growth > hwm_bound_mb:
             alive = False
-    next_ok, note = s.good_goal() if s.node.alive() else (False, "node dead")
+    next_ok, note = s.good_goal() if s.node.alive() else (False, s.death_note())
     clean, disk_note = s.disk_clean()
     notes += [n for n in (note, disk_note) if n]
     return Outcome(result, named, alive, next_ok, clean, "; ".join(notes))
