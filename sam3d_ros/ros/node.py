@@ -68,6 +68,7 @@ from sam3d_ros.ros.object_ids import ObjectIds
 from sam3d_ros.ros.parameters import PARAMS
 from sam3d_ros.ros.prompts import PromptInput
 from sam3d_ros.ros.publishers import ResultPublishers
+from sam3d_ros.ros.spinning import spin_through_destroyed_entities
 from sam3d_ros.ros.stats import PipelineStats
 
 NODE_NAME = "sam3d"
@@ -324,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 node.get_logger().error("autostart: configure failed; staying unconfigured")
             elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed; staying inactive")
-        executor.spin()
+        spin_through_destroyed_entities(executor, node.get_logger().warning)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
