@@ -66,15 +66,11 @@ from sam3d_bench.scenes import (  # noqa: E402
 from sam3d_bench.sensor import (  # noqa: E402
     PromptNoise,
     SensorNoise,
-    jitter_box,
-    perturb_mask,
+    prompted_query,
 )
 from sam3d_ros.core.types import (  # noqa: E402
-    BoxPrompt,
     CameraIntrinsics,
     Frame,
-    ObjectPrompt,
-    SegmentationQuery,
 )
 
 CACHE_VERSION = 6  # bump when the scene generator or the cache format changes
@@ -192,28 +188,6 @@ def prompt_noise(args) -> PromptNoise:
     return PromptNoise() if kind == "imperfect" else PromptNoise.none()
 
 
-def make_query(mode: str, scene: SyntheticScene, pad: int, prompts: PromptNoise):
-    """Box or mask query for a scene, perturbed per object (seeded by scene and object)."""
-    if prompts == PromptNoise.none():
-        return scene.box_query(pad) if mode == "box" else scene.mask_query()
-    size = (scene.frame.width, scene.frame.height)
-    if mode == "box":
-        objs = []
-        for b in scene.box_prompts(pad):
-            rng = np.random.default_rng([scene.seed, b.object_id, 0xB0C5])
-            x0, y0, x1, y1 = jitter_box((b.x_min, b.y_min, b.x_max, b.y_max), size, rng,
-                                        prompts.box_px)
-            objs.append(ObjectPrompt(object_id=b.object_id,
-                                     boxes=[BoxPrompt(x0, y0, x1, y1, object_id=b.object_id)]))
-        return SegmentationQuery(objects=objs)
-    masks = [
-        perturb_mask(o.visible_mask, np.random.default_rng([scene.seed, o.object_id, 0x3A5C]),
-                     prompts.shift_px, prompts.grow_px)
-        for o in scene.objects
-    ]
-    return SegmentationQuery(masks=masks)
-
-
 def load_scenes(args) -> List[SyntheticScene]:
     kwargs = scene_kwargs(args)
     noise = SENSORS[args.sensor]
@@ -321,7 +295,7 @@ def run_mode(mode: str, scenes, seg, rec, args) -> Dict[str, Any]:
     tmp_root = Path(tempfile.mkdtemp(prefix="bench_core_runs_"))
     try:
         for scene in scenes:
-            query = make_query(mode, scene, args.pad, prompt_noise(args))
+            query = prompted_query(scene, mode, prompt_noise(args), args.pad)
             try:
                 t0 = time.perf_counter()
                 masks = seg.segment(scene.frame, query)

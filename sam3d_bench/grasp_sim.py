@@ -22,6 +22,7 @@ import numpy as np
 import trimesh
 
 from sam3d_bench.scenes import SyntheticScene, make_tabletop_scene, object_urdf_path
+from sam3d_bench.sensor import PromptNoise, SensorNoise, prompted_query
 from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core import conventions as conv
@@ -253,6 +254,8 @@ def run_scenes(
     on_row: Optional[Callable[[Dict], None]] = None,
     methods: Sequence[str] = ("pipeline", "true_mesh", "naive"),
     object_set: str = "random_urdfs",
+    noise: Optional[SensorNoise] = None,
+    prompts: Optional[PromptNoise] = None,
 ) -> Tuple[List[Dict], List[float]]:
     """Rows of per-object outcomes over ``seeds`` and grasp-synthesis milliseconds per object.
 
@@ -260,7 +263,9 @@ def run_scenes(
     (``{"top1": bool, "topk": bool}``, for the ``methods`` run), ``n_pipeline``, ``n_true``
     (with ``true_mesh``).
     The backends default to the embedded segmenter and reconstructor and the analytic planner;
-    ``object_set`` picks the scenes' objects (:data:`sam3d_bench.scenes.OBJECT_SETS`).
+    ``object_set`` picks the scenes' objects (:data:`sam3d_bench.scenes.OBJECT_SETS`);
+    ``noise`` the depth sensor (``None``: the default :class:`SensorNoise`, e.g.
+    :meth:`SensorNoise.realsense`), ``prompts`` the box prompts' error (``None``: exact).
     """
     segmenter = segmenter or make_segmenter("embedded")
     reconstructor = reconstructor or make_reconstructor("embedded")
@@ -269,9 +274,10 @@ def run_scenes(
     rows: List[Dict] = []
     plan_ms: List[float] = []
     for seed in seeds:
-        scene = make_tabletop_scene(int(seed), n_objects=n_objects, object_set=object_set)
+        scene = make_tabletop_scene(int(seed), n_objects=n_objects, object_set=object_set,
+                                    noise=SensorNoise() if noise is None else noise)
         frame = scene.frame
-        masks = segmenter.segment(frame, scene.box_query())
+        masks = segmenter.segment(frame, prompted_query(scene, "box", prompts))
         objects = reconstructor.reconstruct(frame, masks, int(seed))
         plane = planner.fit_plane(frame, objects)
         t0 = time.perf_counter()

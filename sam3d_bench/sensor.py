@@ -38,9 +38,13 @@ Invalid pixels are ``NaN``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sam3d_bench.scenes import SyntheticScene
+    from sam3d_ros.core.types import SegmentationQuery
 
 SeedLike = Union[int, np.random.Generator, None]
 
@@ -405,3 +409,34 @@ def jitter_box(
     x1 = int(np.clip(box[2] + d[2], x0, w - 1))
     y1 = int(np.clip(box[3] + d[3], y0, h - 1))
     return x0, y0, x1, y1
+
+
+def prompted_query(scene: "SyntheticScene", mode: str, prompts: Optional[PromptNoise] = None,
+                   pad: int = 0) -> "SegmentationQuery":
+    """The scene's box (``mode="box"``, grown by ``pad``) or mask query, perturbed by ``prompts``.
+
+    ``prompts=None`` gives the exact prompts. Each object's perturbation is seeded by the scene
+    and the object: the same scene gets the same imperfect prompts in every benchmark.
+    """
+    from sam3d_ros.core.types import BoxPrompt, ObjectPrompt, SegmentationQuery
+
+    if mode not in ("box", "mask"):
+        raise ValueError(f"mode must be 'box' or 'mask', not {mode!r}")
+    if prompts is None or prompts == PromptNoise.none():
+        return scene.box_query(pad) if mode == "box" else scene.mask_query()
+    size = (scene.frame.width, scene.frame.height)
+    if mode == "box":
+        objs = []
+        for b in scene.box_prompts(pad):
+            rng = np.random.default_rng([scene.seed, b.object_id, 0xB0C5])
+            x0, y0, x1, y1 = jitter_box((b.x_min, b.y_min, b.x_max, b.y_max), size, rng,
+                                        prompts.box_px)
+            objs.append(ObjectPrompt(object_id=b.object_id,
+                                     boxes=[BoxPrompt(x0, y0, x1, y1, object_id=b.object_id)]))
+        return SegmentationQuery(objects=objs)
+    masks = [
+        perturb_mask(o.visible_mask, np.random.default_rng([scene.seed, o.object_id, 0x3A5C]),
+                     prompts.shift_px, prompts.grow_px)
+        for o in scene.objects
+    ]
+    return SegmentationQuery(masks=masks)

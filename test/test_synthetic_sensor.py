@@ -14,6 +14,7 @@ from sam3d_bench.sensor import (
     apply_depth_noise,
     jitter_box,
     perturb_mask,
+    prompted_query,
 )
 
 # Every pre-existing effect off: one new effect at a time is visible exactly.
@@ -212,6 +213,36 @@ def test_realistic_scene():
     assert np.array_equal(a.depth_clean, d.depth_clean, equal_nan=True)
     assert not np.array_equal(a.depth_m, d.depth_m, equal_nan=True)
     assert np.isnan(a.depth_m).mean() > np.isnan(d.depth_m).mean()
+
+
+def test_prompted_query_perturbs_each_object_the_same_way_every_time():
+    """The benchmarks' imperfect prompts (bench_core, bench_grasp --sensor realsense)."""
+    pytest.importorskip("pybullet")
+    pytest.importorskip("trimesh")
+    from sam3d_bench.scenes import make_tabletop_scene
+
+    scene = make_tabletop_scene(4, n_objects=3, width=160, height=120)
+    exact = scene.box_prompts(2)
+    assert prompted_query(scene, "box", None, 2).objects[0].boxes == [exact[0]]
+    noise = PromptNoise()
+    jittered = [o.boxes[0] for o in prompted_query(scene, "box", noise, 2).objects]
+    again = [o.boxes[0] for o in prompted_query(scene, "box", noise, 2).objects]
+    assert jittered == again
+    assert [b.object_id for b in jittered] == [b.object_id for b in exact]
+    moved = 0
+    for b, e in zip(jittered, exact, strict=True):
+        sides = np.array([b.x_min - e.x_min, b.y_min - e.y_min, b.x_max - e.x_max,
+                          b.y_max - e.y_max])
+        assert np.all(np.abs(sides) <= noise.box_px)
+        moved += int(np.any(sides != 0))
+    assert moved >= 2
+    masks = prompted_query(scene, "mask", noise).masks
+    truth = [o.visible_mask for o in scene.objects]
+    assert all(np.array_equal(a, b) for a, b in
+               zip(masks, prompted_query(scene, "mask", noise).masks, strict=True))
+    assert any(not np.array_equal(a, t) for a, t in zip(masks, truth, strict=True))
+    with pytest.raises(ValueError, match="mode"):
+        prompted_query(scene, "points", noise)
 
 
 def test_realsense_preset_matches_real_frames():
