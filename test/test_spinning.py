@@ -107,3 +107,27 @@ def test_spin_gives_up_on_an_entity_that_stays_destroyed(node_with_destroyed_han
     assert not thread.is_alive()
     assert isinstance(box.get("error"), InvalidHandle), box
     assert len(warnings) == 4
+
+
+def test_spin_does_not_swallow_an_error_of_a_callback():
+    """An InvalidHandle raised in a callback (a publisher used after its destroy) is the node's
+    bug, not the wait-set race: it ends the spin at once, as rclpy's own spin does."""
+    rclpy.init()
+    node = Node("sam3d_test_spinning_callback")
+    publisher = node.create_publisher(Empty, "spinning_test_out", 1)
+    node.destroy_publisher(publisher)
+    node.create_timer(0.02, lambda: publisher.publish(Empty()))
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    warnings = []
+    try:
+        thread, box = _spin_in_thread(
+            lambda: spin_through_destroyed_entities(executor, warnings.append))
+        thread.join(timeout=10.0)
+        assert not thread.is_alive()
+        assert isinstance(box.get("error"), InvalidHandle), box
+        assert warnings == []
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

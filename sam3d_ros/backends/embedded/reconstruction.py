@@ -136,7 +136,10 @@ class EmbeddedReconstructor:
         primitives: complete an object whose visible side faces lie on a box's or an upright
             cylinder's outline
             (:func:`~sam3d_ros.backends.embedded.shape_completion.support_footprint`)
-            as that primitive, instead of growing the footprint behind its silhouette.
+            as that primitive, instead of growing the footprint behind its silhouette. A
+            box's hidden sides are settled on its silhouette
+            (:meth:`_hidden_sides_to_silhouette`); its surface spans the fit exactly
+            (:func:`_span_box`).
         grazing_deg: depth pixels whose surface is seen more obliquely than this are smears,
             not surface (:func:`~sam3d_ros.core.depth_hygiene.grazing_pixels`); 90 keeps them.
         silhouette_snap: move mesh vertices that project outside the object's mask onto
@@ -331,25 +334,39 @@ class EmbeddedReconstructor:
             np.interp(elevation, [lo_deg, hi_deg], [self.back_extension_low, self.back_extension])
         )
         grid = None
+        box_top = None
         if self.primitives and floor is not None and gravity:
-            fit = support_footprint(q[measured])
+            fit, sides = support_footprint(q[measured], with_sides=True)
             if fit is not None:
                 if fit[0] == "box":
                     # Height-map axes along the box's sides (a box's faces are then cell faces).
                     # "a" no longer points away from the camera: only the footprint growth
                     # behind the silhouette needs that, and a fitted primitive has none.
-                    turn, fit = _box_axes(fit)
+                    turn, fit, sides = _box_axes(fit, sides)
                     frame_rot, q, ref = frame_rot @ turn, q @ turn, ref @ turn
-                ref, grid = self._complete_primitive(ref, q[measured], fit)
+                    box_top = _top_height(q[measured][:, 2])
+                    fit = self._hidden_sides_to_silhouette(
+                        ctx, fit, sides, frame_rot, origin, box_top)
+                ref, grid = self._complete_primitive(ref, q[measured], fit, box_top)
                 back = 0.0
         verts, faces, voxel = self._surface(
             ref, ctx, frame_rot, origin, floor, gravity, back, grid=grid)
+        if box_top is not None:
+            verts = _span_box(verts, fit[1], fit[3], floor, box_top, 1.5 * voxel)
         if self.silhouette_snap:
             snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
             moved = (snapped - origin) @ frame_rot
             if floor is not None:
                 moved[:, 2] = np.maximum(moved[:, 2], floor)
             verts = undo_turned_faces(verts, moved, faces)  # the floor may have turned some
+        if box_top is not None:
+            # The snap moves a few vertices of a box's edges out by up to ~1 mm (a synthetic
+            # cracker box 74.2 mm wide instead of 72): nothing of a fitted box leaves the fit.
+            lo, hi = fit[1] - fit[3] / 2, fit[1] + fit[3] / 2
+            inside = verts.copy()
+            inside[:, :2] = np.clip(verts[:, :2], lo, hi)
+            inside[:, 2] = np.minimum(verts[:, 2], box_top)
+            verts = undo_turned_faces(verts, inside, faces)
 
         # Pose: gravity-aligned box of the completed surface.
         centre2, axes2, ext2 = min_area_rectangle(verts[:, :2])
@@ -456,6 +473,73 @@ class EmbeddedReconstructor:
         up = up if up @ cam_up >= 0 else -up
         return _frame_from_up(up, centroid), centroid, None
 
+    def _hidden_sides_to_silhouette(self, ctx, fit, sides, frame_rot, origin, top: float,
+                                    reach: float = 0.010, max_px: float = 3.0,
+                                    samples: int = 13):
+        """Settle a fitted box's hidden sides on its silhouette.
+
+        A hidden side is placed where the seen faces' points (mostly the top's) thin out
+        (:func:`~sam3d_ros.backends.embedded.shape_completion.support_footprint`): a thin end
+        may be strays behind the edge (mixed pixels) or the real far edge of a top seen from
+        low. And the depth hygiene drops the object's outermost pixels (the mixed ring,
+        pixels on depth edges); on a top seen at a slant each pixel is several millimetres of
+        it: a cracker box seen frontally from a robot's head came out 3-7 mm too thin. Seen
+        from above, the top's far edge is the colour silhouette's edge: from where the points
+        thin out, the side moves out while its top edge, sampled over the side's middle 60 %,
+        still projects mostly into the object's mask, up to the outermost point and no more
+        than ``max_px`` pixels beyond it (the ring the hygiene drops; farther out the mask
+        itself is in doubt, e.g. a segmenter's mask that followed misregistered depth), and
+        by at most ``reach`` beyond the thin end. Samples on other objects' pixels count as
+        neither in nor out; with fewer than half of them known the walk stops. A side without
+        that evidence (the top not seen, a side facing the camera whose top edge lies inside
+        the silhouette, a walk that never leaves the mask) goes back to the outermost point.
+        ``fit`` is in the box's own axes (:func:`_box_axes`).
+        """
+        kind, centre, axes, ext = fit
+        centre = np.asarray(centre, dtype=np.float64).copy()
+        ext = np.asarray(ext, dtype=np.float64).copy()
+        camera = -np.asarray(origin, dtype=np.float64) @ frame_rot  # in the box's frame
+        step = 0.0005
+        for k in (0, 1):
+            other = 1 - k
+            u = centre[other] + np.linspace(-0.3, 0.3, samples) * ext[other]
+            for j, sign in ((0, -1.0), (1, 1.0)):
+                if sides.seen[k, j]:
+                    continue
+                side = centre[k] + sign * ext[k] / 2
+                trimmed = float(sides.trimmed[k, j])
+                out = trimmed  # without evidence: back to the outermost point
+                # Only the top edge of a side facing away from the camera is on the silhouette
+                # (between a face seen and one not).
+                if camera[2] > top and sign * (camera[k] - side) < 0:
+                    steps = np.arange(0.0, trimmed + reach + 1e-9, step)
+                    q = np.empty((len(steps), samples, 3))
+                    q[:, :, k] = side + sign * steps[:, None]
+                    q[:, :, other] = u[None, :]
+                    q[:, :, 2] = top
+                    status = ctx.silhouette_status(
+                        origin + q.reshape(-1, 3) @ frame_rot.T).reshape(len(steps), samples)
+                    inside = (status > 0).sum(axis=1)
+                    known = inside + (status < 0).sum(axis=1)
+                    mostly_in = (known >= samples // 2) & (2 * inside >= known)
+                    if not mostly_in[0]:
+                        out = 0.0  # the thin end is already off the silhouette
+                    elif not mostly_in.all():
+                        last = int(np.argmin(mostly_in)) - 1  # the last step before it leaves
+                        # ... and at most max_px beyond the outermost point
+                        mid = origin + q[:, samples // 2] @ frame_rot.T
+                        uv = mid[:, :2] / mid[:, 2:3] * [ctx.k.fx, ctx.k.fy]
+                        at = min(int(round(trimmed / step)), len(steps) - 1)
+                        moved = np.linalg.norm(uv - uv[at], axis=1)
+                        beyond = np.arange(len(steps)) > at
+                        allowed = ~(beyond & (moved > max_px))
+                        last = min(last, int(np.argmin(allowed)) - 1 if not allowed.all()
+                                   else last)
+                        out = steps[max(last, 0)]
+                ext[k] += out
+                centre[k] += sign * out / 2
+        return kind, centre, axes, ext
+
     def _cell_size(self, ref: np.ndarray) -> float:
         """Voxel edge of the surface grid for these points.
 
@@ -464,7 +548,8 @@ class EmbeddedReconstructor:
         ext = ref.max(axis=0) - ref.min(axis=0)
         return max(self.voxel_size, float(ext.max()) / (self.max_cells - 4))
 
-    def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit):
+    def _complete_primitive(self, ref: np.ndarray, measured: np.ndarray, fit,
+                            top: Optional[float] = None):
         """Points of a box or cylinder that the visible surface measured (gravity frame).
 
         The visible faces fix the footprint (:func:`support_footprint`); its top is filled at
@@ -480,7 +565,7 @@ class EmbeddedReconstructor:
         kind, centre, shape, ext = fit
         xy = ref[:, :2]
         cell = self._cell_size(ref)
-        top = float(np.percentile(measured[:, 2], 98))
+        top = _top_height(measured[:, 2]) if top is None else top
         if kind == "cylinder":
             outside = np.linalg.norm(xy - centre, axis=1) - shape[0]
             kept = ref[outside <= 0.005]
@@ -862,6 +947,26 @@ class _FrameContext:
             self._z[sel] = 0.0
             self._forgotten = True
 
+    def silhouette_status(self, verts: np.ndarray) -> np.ndarray:
+        """Where camera points project: 1 into the object's mask, -1 into no mask, 0 unknown.
+
+        The object is :meth:`set_object`'s; unknown is another object's pixel or outside the
+        image.
+        """
+        status = np.zeros(len(verts), dtype=np.int8)
+        if self._object is None:
+            return status
+        (a0, a1, b0, b1), crop, _ = self._object
+        r0, r1, c0, c1 = self.roi
+        r, c, inside = self.pixel_of(verts)
+        inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
+        in_crop = (r >= a0) & (r < a1) & (c >= b0) & (c < b1)
+        ours = in_crop & crop[np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)]
+        others = self._union_roi[np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)]
+        status[inside & ours] = 1
+        status[inside & ~ours & ~others] = -1
+        return status
+
     def _refresh(self) -> None:
         if self._forgotten:
             self.depth_min = ndimage.minimum_filter(self._z, size=3)
@@ -935,19 +1040,59 @@ def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) 
     return out
 
 
-def _box_axes(fit):
-    """The rotation about "up" onto a box's axes, and the box fit in those axes.
+def _span_box(verts: np.ndarray, centre, ext, floor: float, top: float,
+              tolerance: float) -> np.ndarray:
+    """A fitted box's surface (in its axes) stretched or shrunk to span the fit exactly.
 
-    Returns ``(turn, fit)``: ``turn`` (3×3) has the box's axes as its a, b columns; the fit's
-    centre is in box coordinates and its axes are the identity.
+    The voxel surface of a box ends on whole cells, and its smoothing and its snap onto the
+    points move the sides by up to a cell (3.5 mm): the fit, measured to about a millimetre,
+    came out 1-3 mm wider than itself, which decides whether a gripper's fingers still fit
+    around a box. Per axis the surface's range is mapped onto the fit's (floor to ``top`` in
+    height) when they differ by at most ``tolerance``; more is the free-space carving's
+    evidence against the fit (a part seen through), which stays.
+    """
+    out = np.array(verts, dtype=np.float64)
+    spans = ((centre[0] - ext[0] / 2, centre[0] + ext[0] / 2),
+             (centre[1] - ext[1] / 2, centre[1] + ext[1] / 2), (floor, top))
+    for k, (lo, hi) in enumerate(spans):
+        v_lo, v_hi = (floor if k == 2 else out[:, k].min()), out[:, k].max()
+        if (v_hi - v_lo > 1e-9 and hi > lo
+                and abs(v_lo - lo) <= tolerance and abs(v_hi - hi) <= tolerance):
+            out[:, k] = lo + (out[:, k] - v_lo) * (hi - lo) / (v_hi - v_lo)
+    return out.astype(verts.dtype, copy=False)
+
+
+def _top_height(heights: np.ndarray, band: float = 0.006, min_share: float = 0.1) -> float:
+    """The height of a primitive's flat top: the median of the points near the highest.
+
+    The 98th percentile lies a couple of noise deviations above the top's plane: boxes came
+    out 2-4 mm too tall, and a top edge projected from there leaves the silhouette early. When
+    fewer than ``min_share`` of the points lie within ``band`` of it, the top is barely seen
+    (a low view: those are the upper rows of the side walls, whose median is too low) and the
+    98th percentile stays.
+    """
+    high = float(np.percentile(heights, 98))
+    near = heights >= high - band
+    if np.count_nonzero(near) < min_share * len(heights):
+        return high
+    return float(np.median(heights[near]))
+
+
+def _box_axes(fit, sides):
+    """The rotation about "up" onto a box's axes, and the box fit and its sides in those axes.
+
+    Returns ``(turn, fit, sides)``: ``turn`` (3×3) has the box's axes as its a, b columns; the
+    fit's centre is in box coordinates and its axes are the identity; ``sides``
+    (:class:`~sam3d_ros.backends.embedded.shape_completion.BoxSides`) follows a flipped axis.
     """
     kind, centre, axes, ext = fit
     axes = np.array(axes, dtype=np.float64)
-    if np.linalg.det(axes) < 0:  # keep a rotation: flip the second axis
+    if np.linalg.det(axes) < 0:  # keep a rotation: flip the second axis (its sides swap)
         axes[1] = -axes[1]
+        sides = type(sides)(*(np.stack([a[0], a[1, ::-1]]) for a in sides))
     turn = np.eye(3)
     turn[:2, :2] = axes.T
-    return turn, (kind, axes @ np.asarray(centre, dtype=np.float64), np.eye(2), ext)
+    return turn, (kind, axes @ np.asarray(centre, dtype=np.float64), np.eye(2), ext), sides
 
 
 def _frame_from_up(up: np.ndarray, centroid: np.ndarray) -> np.ndarray:
