@@ -895,11 +895,7 @@ class _FrameContext:
             return verts
         (a0, a1, b0, b1), crop, near_slack = self._object
         r0, r1, c0, c1 = self.roi
-        r, c, inside = self.pixel_of(verts)
-        inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
-        in_crop = (r >= a0) & (r < a1) & (c >= b0) & (c < b1)
-        lr, lc = np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)
-        near = in_crop & crop[lr, lc]
+        r, c, inside, in_crop, lr, lc, near = self._on_object(verts)
         # Another object's pixel (within the misregistration slack, where it is not ours).
         rr, cc = np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)
         others = (self._union_roi[rr, cc] & ~near) | (
@@ -956,16 +952,26 @@ class _FrameContext:
         status = np.zeros(len(verts), dtype=np.int8)
         if self._object is None:
             return status
+        r0, _, c0, _ = self.roi
+        r, c, inside, _, _, _, ours = self._on_object(verts)
+        others = self._union_roi[np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)]
+        status[inside & ours] = 1
+        status[inside & ~ours & ~others] = -1
+        return status
+
+    def _on_object(self, verts: np.ndarray):
+        """Where camera points project, against the object's mask crop (:meth:`set_object`).
+
+        Returns ``(r, c, inside, in_crop, lr, lc, ours)``: pixel, inside the ROI, inside the
+        crop, crop coordinates (clipped), on the object's mask.
+        """
         (a0, a1, b0, b1), crop, _ = self._object
         r0, r1, c0, c1 = self.roi
         r, c, inside = self.pixel_of(verts)
         inside &= (r >= r0) & (r < r1) & (c >= c0) & (c < c1)
         in_crop = (r >= a0) & (r < a1) & (c >= b0) & (c < b1)
-        ours = in_crop & crop[np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)]
-        others = self._union_roi[np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)]
-        status[inside & ours] = 1
-        status[inside & ~ours & ~others] = -1
-        return status
+        lr, lc = np.clip(r - a0, 0, a1 - a0 - 1), np.clip(c - b0, 0, b1 - b0 - 1)
+        return r, c, inside, in_crop, lr, lc, in_crop & crop[lr, lc]
 
     def _refresh(self) -> None:
         if self._forgotten:
