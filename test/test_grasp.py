@@ -162,6 +162,32 @@ def test_box_grasps_contract():
     assert conv.grasp_axes(grasps[0].orientation)[2] @ -PLANE.normal > 0.9
 
 
+def test_the_centre_of_mass_term_tells_a_centre_grasp_from_an_end_grasp_high_up():
+    """Lifted by the pads, an object turns about the closing line under its weight: the lever
+    is the centre of mass's offset across that line and across gravity; above the line it
+    hangs. Scored by the distance from the line (before; still so without a support plane),
+    two top grasps 10 cm over a tall box's centre of mass, one over it and one 4 cm to one
+    side, both scored next to nothing, so the other terms chose, and in the simulation the
+    best grasp sat at a long box's end and turned out of the fingers."""
+    lo = np.array([-0.025, -0.06, TABLE_Z - 0.25])
+    hi = np.array([0.025, 0.06, TABLE_Z])
+    v, f = box_mesh(lo, hi)
+    planner = AnalyticGraspPlanner()
+    obj = make_object(1, v, f)
+    target = planner._target(obj, seed=0)
+    com = target.centre_of_mass
+    up = PLANE.normal
+    # both close along x and approach from above (optical +z is down, towards the table)
+    rot = np.repeat(np.stack([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], 1)[None],
+                    2, axis=0)
+    mid = np.stack([com + 0.10 * up, com + 0.10 * up + [0.0, 0.04, 0.0]])
+    args = (blank_frame(), obj, target, rot, mid, np.full(2, 0.05), np.ones(2), np.ones(2))
+    with_gravity = planner._score(*args, PLANE)[0]
+    assert with_gravity[0] > with_gravity[1] + 0.1, with_gravity
+    distance = planner._score(*args)[0]
+    assert abs(distance[0] - distance[1]) < 0.005, distance
+
+
 def test_cylinder_grasps_contract():
     radius = 0.03
     v, f = cylinder_mesh([0.01, -0.02], radius, TABLE_Z - 0.12, TABLE_Z)

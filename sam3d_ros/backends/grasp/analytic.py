@@ -13,9 +13,11 @@ For each object (its closed mesh in the camera optical frame, from the frame con
    from the camera's side). Approaches more than ``max_approach_angle_deg`` from the preferred
    one are dropped.
 3. **Score** in ``[0, 1]`` (weighted mean): contacts on *observed* surface (a contact projects
-   into the object's mask where the measured point lies within ``observed_tolerance``), the
-   closing line near the centre of mass (mesh volume centroid), approach near the preferred
-   one, contact normals well inside the friction cone.
+   into the object's mask where the measured point lies within ``observed_tolerance``), a
+   short lever of the centre of mass (mesh volume centroid) about the closing line (its
+   offset across the line and across gravity, which the pads' friction must hold; without a
+   support plane, its distance from the line), approach near the preferred one, contact
+   normals well inside the friction cone.
    Steps 1–3 run in rounds of ``num_samples`` first contacts until ``top_k`` grasps pass
    step 4 or ``max_samples`` were drawn.
 4. **Checks**, best candidates first, in small batches until ``top_k`` survive: the finger pads
@@ -152,7 +154,7 @@ class AnalyticGraspPlanner:
             is checked analytically), not obstacles.
         observed_tolerance: a contact is observed when the measured point at its pixel lies
             within this distance.
-        centre_of_mass_scale: distance of the closing line from the centre of mass at which
+        centre_of_mass_scale: lever of the centre of mass about the closing line at which
             that score term falls to ``1/e``.
         nms_distance / nms_angle_deg: a grasp closer than both to a better one is suppressed.
         check_batch: candidates collision-checked at once.
@@ -405,7 +407,8 @@ class AnalyticGraspPlanner:
             rot[keep], mid[keep], width[keep], friction_score[keep], cos_app[keep])
 
         # 3. score (contacts at the line ends; recomputed after re-centring below)
-        score = self._score(frame, obj, target, rot, mid, width, friction_score, cos_app)[0]
+        score = self._score(frame, obj, target, rot, mid, width, friction_score, cos_app,
+                            plane)[0]
         order = np.argsort(-score, kind="stable")
         return rot, mid, width, friction_score, cos_app, order
 
@@ -424,7 +427,7 @@ class AnalyticGraspPlanner:
                 continue
             idx, new_mid, new_width = idx[good], new_mid[good], new_width[good]
             scores, flags = self._score(frame, obj, target, rot[idx], new_mid, new_width,
-                                        friction_score[idx], cos_app[idx])
+                                        friction_score[idx], cos_app[idx], plane)
             quats = conventions.matrix_to_quat(rot[idx])
             for j, c in enumerate(idx):
                 r, pos, w = rot[c], new_mid[j], float(new_width[j])
@@ -580,7 +583,7 @@ class AnalyticGraspPlanner:
         ok &= ~hits
         return ok[:n], new_mid, width
 
-    def _score(self, frame, obj, target, rot, mid, width, friction_score, cos_app):
+    def _score(self, frame, obj, target, rot, mid, width, friction_score, cos_app, plane=None):
         """Scores in [0, 1] and the (n, 2) observed flags of the contacts."""
         w = self.weights
         y = rot[:, :, 1]
@@ -588,8 +591,21 @@ class AnalyticGraspPlanner:
         flags = self._observed(frame, obj, contacts.reshape(-1, 3)).reshape(-1, 2)
         observed = flags.mean(1)
         d = target.centre_of_mass - mid
-        off_axis = np.linalg.norm(d - np.einsum("ij,ij->i", d, y)[:, None] * y, axis=1)
-        com = np.exp(-((off_axis / self.centre_of_mass_scale) ** 2))
+        if plane is not None:
+            # Lifted, the object turns about the closing line under its weight, held only by
+            # the pads' friction: the lever is the centre of mass's offset across the line and
+            # across gravity; above or below the line it hangs. As the distance from the line
+            # (before), a top grasp over a tall box's centre scored as badly as one at its far
+            # end, both nothing, and in the simulation the end grasps turned out of the
+            # fingers. bench_grasp top-1, pipeline / true meshes, distance -> lever: household
+            # 0.978 / 0.967 -> 0.989 / 0.989, with the RealSense model 0.922 / 0.967 -> 0.978
+            # / 0.989; random_urdfs 0.952 / 0.963 -> 0.933 / 0.948 (seeds 0-89; counting the
+            # height half as well: 0.941 / 0.963, household no better).
+            across = np.cross(np.asarray(plane.normal, np.float64), y)
+            lever = np.abs(np.einsum("ij,ij->i", d, across))
+        else:
+            lever = np.linalg.norm(d - np.einsum("ij,ij->i", d, y)[:, None] * y, axis=1)
+        com = np.exp(-((lever / self.centre_of_mass_scale) ** 2))
         app = np.clip(cos_app, 0.0, 1.0)
         total = w.observed + w.centre_of_mass + w.approach + w.friction
         score = (w.observed * observed + w.centre_of_mass * com + w.approach * app
