@@ -164,11 +164,12 @@ def test_box_grasps_contract():
 
 def test_the_centre_of_mass_term_tells_a_centre_grasp_from_an_end_grasp_high_up():
     """Lifted by the pads, an object turns about the closing line under its weight: the lever
-    is the centre of mass's offset across that line and across gravity; above the line it
+    is the centre of mass's offset across that line and across gravity; below the line it
     hangs. Scored by the distance from the line (before; still so without a support plane),
     two top grasps 10 cm over a tall box's centre of mass, one over it and one 4 cm to one
     side, both scored next to nothing, so the other terms chose, and in the simulation the
-    best grasp sat at a long box's end and turned out of the fingers."""
+    best grasp sat at a long box's end and turned out of the fingers. A closing line turned
+    vertical does not escape the term: there the horizontal offset counts."""
     lo = np.array([-0.025, -0.06, TABLE_Z - 0.25])
     hi = np.array([0.025, 0.06, TABLE_Z])
     v, f = box_mesh(lo, hi)
@@ -184,8 +185,12 @@ def test_the_centre_of_mass_term_tells_a_centre_grasp_from_an_end_grasp_high_up(
     args = (blank_frame(), obj, target, rot, mid, np.full(2, 0.05), np.ones(2), np.ones(2))
     with_gravity = planner._score(*args, PLANE)[0]
     assert with_gravity[0] > with_gravity[1] + 0.1, with_gravity
-    distance = planner._score(*args)[0]
-    assert abs(distance[0] - distance[1]) < 0.005, distance
+    # the same two grasps closing vertically (along optical z): the 4 cm offset still counts
+    vertical = np.repeat(np.stack([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], 1)[None],
+                         2, axis=0)
+    args = (blank_frame(), obj, target, vertical, mid, np.full(2, 0.05), np.ones(2), np.ones(2))
+    closing_up = planner._score(*args, PLANE)[0]
+    assert closing_up[0] > closing_up[1] + 0.1, closing_up
 
 
 def test_cylinder_grasps_contract():

@@ -893,8 +893,8 @@ class _FrameContext:
         """
         if self._object is None:
             return verts
-        (a0, a1, b0, b1), crop, near_slack = self._object
-        r0, r1, c0, c1 = self.roi
+        (a0, _, b0, _), crop, near_slack = self._object
+        r0, _, c0, _ = self.roi
         r, c, inside, in_crop, lr, lc, near = self._on_object(verts)
         # Another object's pixel (within the misregistration slack, where it is not ours).
         rr, cc = np.where(inside, r - r0, 0), np.where(inside, c - c0, 0)
