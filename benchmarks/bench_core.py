@@ -64,8 +64,8 @@ from sam3d_bench.scenes import (  # noqa: E402
     make_tabletop_scene,
 )
 from sam3d_bench.sensor import (  # noqa: E402
+    SENSORS,
     PromptNoise,
-    SensorNoise,
     prompted_query,
 )
 from sam3d_ros.core.types import (  # noqa: E402
@@ -177,9 +177,6 @@ def scene_kwargs(args) -> Dict[str, Any]:
     if args.distance is not None:
         kwargs["distance_range"] = _range(args.distance)
     return kwargs
-
-
-SENSORS = {"default": SensorNoise(), "realsense": SensorNoise.realsense()}
 
 
 def prompt_noise(args) -> PromptNoise:

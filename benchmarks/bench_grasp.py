@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam3d_bench.grasp_sim import rate, run_scenes  # noqa: E402
 from sam3d_bench.scenes import OBJECT_SETS  # noqa: E402
-from sam3d_bench.sensor import PromptNoise, SensorNoise  # noqa: E402
+from sam3d_bench.sensor import SENSORS, PromptNoise  # noqa: E402
 from sam3d_ros.backends import make_grasp_planner  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--object-set", default="random_urdfs", choices=OBJECT_SETS,
                         help="the scenes' objects: random_urdfs shapes or household boxes, "
                              "cans and bottles of YCB sizes (sam3d_bench.household)")
-    parser.add_argument("--sensor", default="default", choices=("default", "realsense"),
+    parser.add_argument("--sensor", default="default", choices=sorted(SENSORS),
                         help="depth sensor model: default (earlier figures) or realsense "
                              "(SensorNoise.realsense, measured on real frames; box prompts then "
                              "a few pixels off, PromptNoise)")
@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows, plan_ms = run_scenes(
         range(args.first_seed, args.first_seed + args.scenes), args.objects, planner=planner,
         on_row=(lambda row: print(json.dumps(row), flush=True)) if args.verbose else None,
-        object_set=args.object_set, noise=SensorNoise.realsense() if realsense else None,
+        object_set=args.object_set, noise=SENSORS[args.sensor],
         prompts=PromptNoise() if realsense else None)
     elapsed = time.perf_counter() - t_start
     sha = commit()

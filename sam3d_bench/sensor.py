@@ -411,6 +411,11 @@ def jitter_box(
     return x0, y0, x1, y1
 
 
+#: The benchmarks' depth sensor models by name (``--sensor``): ``default`` is the model every
+#: earlier figure used; ``realsense`` the one measured on real frames.
+SENSORS = {"default": SensorNoise(), "realsense": SensorNoise.realsense()}
+
+
 def prompted_query(scene: "SyntheticScene", mode: str, prompts: Optional[PromptNoise] = None,
                    pad: int = 0) -> "SegmentationQuery":
     """The scene's box (``mode="box"``, grown by ``pad``) or mask query, perturbed by ``prompts``.

@@ -532,9 +532,9 @@ class EmbeddedReconstructor:
                         at = min(int(round(trimmed / step)), len(steps) - 1)
                         moved = np.linalg.norm(uv - uv[at], axis=1)
                         beyond = np.arange(len(steps)) > at
-                        allowed = ~(beyond & (moved > max_px))
-                        last = min(last, int(np.argmin(allowed)) - 1 if not allowed.all()
-                                   else last)
+                        too_far = beyond & (moved > max_px)
+                        if too_far.any():
+                            last = min(last, int(np.argmax(too_far)) - 1)
                         out = steps[max(last, 0)]
                 ext[k] += out
                 centre[k] += sign * out / 2
