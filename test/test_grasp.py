@@ -299,19 +299,22 @@ def test_more_rounds_leave_an_easy_objects_grasps_as_they_were():
     assert [g.to_dict() for g in one] == [g.to_dict() for g in more]
 
 
-def test_the_ray_broad_phase_misses_no_face():
+@pytest.mark.parametrize("radius, subdivisions", [(0.03, 3), (0.04, 4)])
+def test_the_ray_broad_phase_misses_no_face(radius, subdivisions):
     """The contacts of lines cast through a mesh of small and large faces (a sphere with one
-    long sliver) are those of testing every face against every line."""
+    long sliver) are those of testing every face against every line; the larger sphere spreads
+    its 5k faces over dozens of face clusters."""
     import trimesh
 
     from sam3d_ros.backends.grasp.analytic import _ray_triangles
 
-    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.03)
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
     v = np.concatenate([sphere.vertices, [[0.0, -0.04, 0.0], [0.0, 0.04, 0.0], [0.0, 0.0, 0.001]]])
     f = np.concatenate([sphere.faces, [[len(sphere.vertices) + i for i in range(3)]]])
     v = v + [0.0, 0.0, TABLE_Z - 0.05]
     planner = AnalyticGraspPlanner()
     target = planner._target(make_object(1, v, f), seed=0)
+    assert len(target.clusters.centres) > (40 if subdivisions > 3 else 10)
     rng = np.random.default_rng(0)
     p, n = planner._surface_samples(target, 300, rng)
     c1, c2, _, _ = planner._antipodal(target, p, n)
