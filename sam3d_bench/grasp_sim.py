@@ -26,6 +26,8 @@ from sam3d_bench.sensor import PromptNoise, SensorNoise, prompted_query
 from sam3d_ros.backends import make_grasp_planner, make_reconstructor, make_segmenter
 from sam3d_ros.backends.grasp.analytic import GripperModel
 from sam3d_ros.core import conventions as conv
+from sam3d_ros.core.engine import Engine
+from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.types import Gaussians, Grasp, Mesh, ObjectReconstruction
 
 DT = 1.0 / 240.0
@@ -271,14 +273,20 @@ def run_scenes(
     reconstructor = reconstructor or make_reconstructor("embedded")
     planner = planner or make_grasp_planner("analytic")
     gripper = planner.gripper
+    engine = Engine(segmenter, reconstructor, grasp_planner=None)
     rows: List[Dict] = []
     plan_ms: List[float] = []
     for seed in seeds:
         scene = make_tabletop_scene(int(seed), n_objects=n_objects, object_set=object_set,
                                     noise=SensorNoise() if noise is None else noise)
         frame = scene.frame
-        masks = segmenter.segment(frame, prompted_query(scene, "box", prompts))
-        objects = reconstructor.reconstruct(frame, masks, int(seed))
+        # As a user's request: an object the reconstruction refuses (no usable depth in its
+        # mask) is left out and the others go on; the left-out one scores as not grasped.
+        try:
+            objects = engine.process(frame, prompted_query(scene, "box", prompts), int(seed),
+                                     allow_empty=True).objects
+        except InputError:  # every object refused
+            objects = []
         plane = planner.fit_plane(frame, objects)
         t0 = time.perf_counter()
         pipeline = planner.plan(frame, objects, int(seed), plane)

@@ -394,6 +394,23 @@ def test_box_around_two_objects_returns_the_dominant_one(seg):
     assert r.mask[masks[1]].mean() < 0.1
 
 
+def test_a_box_around_a_can_behind_a_box_of_its_colour_takes_the_can(seg):
+    """A red can stands behind a red box; its prompt box, drawn tight around what is seen of
+    it, holds twice as many of the box's pixels (the box's top and front continue far beyond
+    the prompt). The can is the object in the box: the box's pixels counted only in the crop
+    outscored it (IoU 0)."""
+    red = (190, 40, 35)
+    objects = (("box", 0.03, 0.0, (0.16, 0.072, 0.15), red),
+               ("cyl", -0.045, 0.11, (0.033, 0.10), red))
+    frame, masks, boxes = render_scene(objects)
+    x0, y0, x1, y1 = boxes[1]
+    assert masks[0][y0:y1 + 1, x0:x1 + 1].sum() > 2 * masks[1].sum()
+    (r,) = seg.segment(frame, SegmentationQuery(
+        objects=[ObjectPrompt(1, boxes=[BoxPrompt(x0, y0, x1, y1, object_id=1)])]))
+    assert iou(r.mask, masks[1]) >= 0.8
+    assert r.mask[masks[0]].sum() < 0.05 * r.mask.sum()
+
+
 def test_box_around_a_flat_dark_object_without_depth(seg):
     """A coiled cable or a cloth: about 1 cm proud of the table and dark. Depth finds a sliver
     (the far part has none, the middle reads at the table's height); the box and colour find

@@ -597,10 +597,21 @@ class EmbeddedSegmenter:
         bcy = 0.5 * (y0 + y1) - win.y0
         half_diag = 0.5 * np.hypot(x1 - x0 + 1, y1 - y0 + 1)
         centrality = 1.0 - 0.5 * np.minimum(1.0, np.hypot(cxs - bcx, cys - bcy) / half_diag)
-        frac = inside / safe
-        score = inside * frac**2 * centrality * (box_hits / max(1, len(rects)))
-        score[0] = -1.0
-        score[inside < 1] = -1.0
+
+        def scored(size):
+            frac = inside / np.maximum(size, 1.0)
+            score = inside * frac**2 * centrality * (box_hits / max(1, len(rects)))
+            score[0] = -1.0
+            score[inside < 1] = -1.0
+            return frac, score
+
+        frac, score = scored(total)
+        cut = _cut_by_edge(labels, n)
+        if cut[int(np.argmax(score))]:
+            # The leading region reaches the crop's edge: it continues beyond, so its share
+            # inside the box is smaller than the crop says (see _size_beyond_window).
+            frac, score = scored(self._size_beyond_window(ctx, win, labels, total, cut,
+                                                          (x0, y0, x1, y1)))
 
         fg_labels = [lab for lab in self._seed_labels(win, labels, fg_pts) if lab > 0]
         bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
@@ -650,6 +661,31 @@ class EmbeddedSegmenter:
         in_frac = float((mask & in_box).sum()) / mask_area
         fill = min(1.0, float((mask & in_box).sum()) / max(1.0, 0.3 * box_area))
         return full, float(np.clip(in_frac * fill, 0.0, 1.0))
+
+    def _size_beyond_window(self, ctx, win, labels, total, cut, box) -> np.ndarray:
+        """``total`` with the regions ``cut`` by the crop's edge counted over a wider window.
+
+        A region reaching the crop's edge continues beyond it: counted only in the crop, a
+        neighbour reaching into the box looks mostly inside it and can outscore the object
+        the box was drawn around (a soup can behind a cracker box of its colour: the box's
+        top, 3.5k pixels of the crop, won over the can's 0.9k; the whole box is 27k). Such
+        regions are counted again over the crop grown by the box's size on every side (the
+        region there that holds most of the region's pixels).
+        """
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        wide = self._window(ctx, win.y0 - bh, win.y1 + bh, win.x0 - bw, win.x1 + bw)
+        wide_labels = self._regions(wide)[0]
+        wide_total = np.bincount(wide_labels.ravel())
+        dy, dx = win.y0 - wide.y0, win.x0 - wide.x0
+        inner = wide_labels[dy:dy + labels.shape[0], dx:dx + labels.shape[1]]
+        total = total.copy()
+        for k in np.flatnonzero(cut):
+            under = inner[labels == k]
+            under = under[under > 0]
+            if len(under):
+                total[k] = max(total[k], wide_total[np.bincount(under).argmax()])
+        return total
 
     def _segment_points(
         self,
@@ -854,3 +890,12 @@ class _RegionStats:
         """Image bounding box ``(x0, y0, x1, y1)`` (inclusive) of the union of regions."""
         b = self.box[list(ids)]
         return int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())
+
+
+def _cut_by_edge(labels: np.ndarray, n: int) -> np.ndarray:
+    """``(n + 1,)`` bool: which labels reach the array's edge (label 0 never)."""
+    cut = np.zeros(n + 1, dtype=bool)
+    cut[labels[0]] = cut[labels[-1]] = True
+    cut[labels[:, 0]] = cut[labels[:, -1]] = True
+    cut[0] = False
+    return cut
