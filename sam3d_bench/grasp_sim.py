@@ -285,12 +285,15 @@ def run_scenes(
         try:
             objects = engine.process(frame, prompted_query(scene, "box", prompts), int(seed),
                                      allow_empty=True).objects
-        except InputError:  # every object refused
-            objects = []
+        except InputError as exc:
+            if not exc.field.startswith("mask_urls["):  # not an object refused: a bug here
+                raise
+            objects = []  # every object refused
         plane = planner.fit_plane(frame, objects)
         t0 = time.perf_counter()
         pipeline = planner.plan(frame, objects, int(seed), plane)
-        plan_ms.append((time.perf_counter() - t0) * 1000 / max(1, len(objects)))
+        if objects:
+            plan_ms.append((time.perf_counter() - t0) * 1000 / len(objects))
         truth = (planner.plan(frame, true_mesh_objects(scene), int(seed), plane)
                  if "true_mesh" in methods else None)
         by_id = {o.object_id: (o, gs) for o, gs in zip(objects, pipeline, strict=True)}

@@ -527,7 +527,7 @@ def test_support_footprint_puts_noisy_faces_on_their_planes():
     assert np.allclose(fit[1], [0.3, -0.1], atol=0.0015), fit[1]
 
 
-@pytest.mark.parametrize("behind, count", [(0.004, 6), (0.03, 11)])
+@pytest.mark.parametrize("behind, count", [(0.004, 6), (0.03, 8)])
 def test_support_footprint_ends_a_hidden_side_where_the_points_end_not_at_a_stray(behind, count):
     """A box seen over one long face (x = -36 mm) and its top: the far side (x = +36 mm) is
     hidden, placed where the top's points end. A few stray points (mixed pixels behind the
@@ -548,7 +548,8 @@ def test_support_footprint_ends_a_hidden_side_where_the_points_end_not_at_a_stra
     assert fit is not None and fit[0] == "box"
     k = int(np.argmin(fit[3]))  # the thin axis
     lo, hi = sorted(float(fit[1] @ fit[2][k]) + s * fit[3][k] / 2 for s in (-1, 1))
-    assert abs(lo + half[0]) < 0.001 and abs(hi - half[0]) < 0.001, (lo, hi)
+    # the seen face within 1.5 mm (its points' noise is 1.5 mm), the hidden side within 1
+    assert abs(lo + half[0]) < 0.0015 and abs(hi - half[0]) < 0.001, (lo, hi)
     assert sides.seen[k].sum() == 1  # the front face seen, the far side hidden
 
 

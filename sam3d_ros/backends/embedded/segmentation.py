@@ -607,9 +607,13 @@ class EmbeddedSegmenter:
 
         frac, score = scored(total)
         cut = _cut_by_edge(labels, n)
-        if cut[int(np.argmax(score))]:
+        lead = int(np.argmax(score))
+        runner_up = float(np.max(np.delete(score, lead), initial=-1.0))
+        if cut[lead] and runner_up >= 0.01 * score[lead]:
             # The leading region reaches the crop's edge: it continues beyond, so its share
-            # inside the box is smaller than the crop says (see _size_beyond_window).
+            # inside the box is smaller than the crop says (see _size_beyond_window). Asked
+            # only when another region could take the lead. The secondary regions below are
+            # then judged by these shares too (a cut neighbour is less inside the box).
             frac, score = scored(self._size_beyond_window(ctx, win, labels, total, cut,
                                                           (x0, y0, x1, y1)))
 

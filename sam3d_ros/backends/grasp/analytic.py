@@ -163,8 +163,9 @@ class _FaceClusters:
         start = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1, len(faces)]
         counts = np.diff(start)
         centres = np.add.reduceat(centroids[faces], start[:-1], axis=0) / counts[:, None]
+        # reach as the faces' test takes it (its 1e-10 m² slack included): a superset of it
         spread = (np.linalg.norm(centroids[faces] - np.repeat(centres, counts, axis=0), axis=1)
-                  + np.sqrt(reach_sq[faces]))
+                  + np.sqrt(reach_sq[faces] + 1e-10))
         radius = np.maximum.reduceat(spread, start[:-1])
         return cls(centres, radius ** 2, start, faces)
 
