@@ -78,6 +78,7 @@ from sam3d_ros.core.conventions import (
     camera_to_canonical,
     intrinsics_from_pointmap,
     matrix_to_quat,
+    project,
 )
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import InputError
@@ -527,10 +528,9 @@ class EmbeddedReconstructor:
                     elif not mostly_in.all():
                         last = int(np.argmin(mostly_in)) - 1  # the last step before it leaves
                         # ... and at most max_px beyond the outermost point
-                        mid = origin + q[:, samples // 2] @ frame_rot.T
-                        uv = mid[:, :2] / mid[:, 2:3] * [ctx.k.fx, ctx.k.fy]
+                        pu, pv = project(origin + q[:, samples // 2] @ frame_rot.T, ctx.k)
                         at = min(int(round(trimmed / step)), len(steps) - 1)
-                        moved = np.linalg.norm(uv - uv[at], axis=1)
+                        moved = np.hypot(pu - pu[at], pv - pv[at])
                         beyond = np.arange(len(steps)) > at
                         too_far = beyond & (moved > max_px)
                         if too_far.any():

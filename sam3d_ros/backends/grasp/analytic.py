@@ -154,10 +154,7 @@ class _FaceClusters:
 
     @classmethod
     def of(cls, centroids: np.ndarray, reach_sq: np.ndarray, cell: float) -> "_FaceClusters":
-        keys = np.floor(centroids / cell).astype(np.int64)
-        keys -= keys.min(axis=0)
-        span = keys.max(axis=0) + 1
-        flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
+        flat = _voxel_keys(centroids, cell)
         faces = np.argsort(flat, kind="stable")
         sorted_keys = flat[faces]
         start = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1, len(faces)]
@@ -774,9 +771,13 @@ def _voxel_down(points: np.ndarray, size: float) -> np.ndarray:
     """One point per occupied voxel (the first, in input order: deterministic)."""
     if len(points) == 0:
         return points.reshape(0, 3)
+    _, first = np.unique(_voxel_keys(points, size), return_index=True)
+    return points[np.sort(first)]
+
+
+def _voxel_keys(points: np.ndarray, size: float) -> np.ndarray:
+    """One int64 key per point naming its voxel of edge ``size`` (points non-empty)."""
     keys = np.floor(points / size).astype(np.int64)
     keys -= keys.min(axis=0)
     span = keys.max(axis=0) + 1
-    flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
-    _, first = np.unique(flat, return_index=True)
-    return points[np.sort(first)]
+    return (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
