@@ -352,6 +352,14 @@ class EmbeddedReconstructor:
                 back = 0.0
         verts, faces, voxel = self._surface(
             ref, ctx, frame_rot, origin, floor, gravity, back, grid=grid)
+        if len(faces) == 0:
+            # A few dozen points (a sliver of a mask) fill a voxel or two, which the bottom
+            # chamfer or the carving can take away entirely.
+            raise InputError(
+                field,
+                f"object {obj.object_id}: its {int(measured.sum())} usable depth points are "
+                "too few or too thin to make a closed surface; is the mask on the object?",
+            )
         if box_top is not None:
             verts = _span_box(verts, fit[1], fit[3], floor, box_top, 1.5 * voxel)
         if self.silhouette_snap:

@@ -420,14 +420,27 @@ class EmbeddedSegmenter:
                     "point_prompts", f"point ({p.x}, {p.y}) lies outside the {w}×{h} image"
                 )
             (fg_pts if int(p.label) != 0 else bg_pts).append((int(p.x), int(p.y)))
+        on_support = False
         if pos_boxes:
             mask, score = self._segment_boxes(ctx, pos_boxes, fg_pts, bg_pts)
         elif fg_pts:
-            mask, score = self._segment_points(ctx, fg_pts, bg_pts)
+            mask, score, on_support = self._segment_points(ctx, fg_pts, bg_pts)
         else:
             raise InputError(
                 "point_prompts" if prompt.points else "box_prompts",
                 f"object {oid} needs a foreground point or a box (only background prompts given)",
+            )
+        if on_support:
+            # The support is no object to reconstruct or grasp: its pixels' colour model (a
+            # wooden table's) took in every object of a like colour standing on it (ucn_0: a
+            # cracker box, two bowls and a can in 1.4 m of "table" 0.86 m high).
+            where = (f"the click at ({fg_pts[0][0]}, {fg_pts[0][1]}) lies" if len(fg_pts) == 1
+                     else "the clicks at " + ", ".join(f"({x}, {y})" for x, y in fg_pts)
+                     + " lie")
+            raise InputError(
+                "point_prompts",
+                f"object {oid}: {where} on the support plane (the table), not on an object "
+                "standing on it",
             )
         if self.colour_refine and mask.any():
             box = None
@@ -696,7 +709,8 @@ class EmbeddedSegmenter:
         ctx: _FrameContext,
         fg_pts: Sequence[Tuple[int, int]],
         bg_pts: Sequence[Tuple[int, int]],
-    ) -> Tuple[np.ndarray, float]:
+    ) -> Tuple[np.ndarray, float, bool]:
+        """The clicked object's mask, its score, and whether every click fell on the support."""
         h, w = ctx.shape
         win = self._window(ctx, 0, h, 0, w)
         if "regions" not in ctx.cache:
@@ -714,29 +728,24 @@ class EmbeddedSegmenter:
             region = np.isin(labels, fg_labels)
             region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         else:
-            # Clicks on the support itself (or no depth there): the connected support region.
+            # Clicks on the support itself, or where nothing has depth (an empty mask).
             with np.errstate(invalid="ignore"):
                 band = win.valid & (np.abs(win.height) <= np.float32(self.support_band))
-            lab, _ = ndimage.label(band, structure=_FOUR)
-            ids = sorted({int(lab[y, x]) for x, y in fg_pts} - {0})
-            region = np.isin(lab, ids) if ids else np.zeros((h, w), dtype=bool)
-            for x, y in bg_pts:
-                if lab[y, x] > 0:
-                    region &= lab != lab[y, x]
+            return full, 0.0, any(bool(band[y, x]) for x, y in fg_pts)
         if not region.any():
-            return full, 0.0
+            return full, 0.0, False
         ys, xs = np.nonzero(region)
         yl, yh, xl, xh = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
         sub = self._crop_around(ctx, xl, yl, xh, yh)
         sl = (slice(sub.y0, sub.y1), slice(sub.x0, sub.x1))
         sub_labels = labels[sl]
-        chosen = np.isin(sub_labels, fg_labels) if fg_labels else np.zeros_like(region[sl])
+        chosen = np.isin(sub_labels, fg_labels)
         allowed = ~((sub_labels > 0) & ~chosen) | ~fg[sl]
         mask = self._refine(sub, region[sl], fg[sl], sub_labels, allowed=allowed)
         full[sl] = mask
         hits = sum(bool(full[y, x]) for x, y in fg_pts) / len(fg_pts)
         misses = sum(bool(full[y, x]) for x, y in bg_pts) / len(bg_pts) if bg_pts else 0.0
-        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0))
+        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0)), False
 
     # ------------------------------------------------------------------------------------
     # automatic tabletop segmentation
