@@ -245,6 +245,40 @@ def test_backend_failure_is_backend_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+class RefusingSegmenter(FakeSegmenter):
+    """Contract fake: refuses the prompts of the objects in ``refuse`` (as the embedded
+    segmenter refuses a click on the table), segments the others as :class:`FakeSegmenter`."""
+
+    def __init__(self, refuse):
+        super().__init__()
+        self.refuse = set(refuse)
+
+    def segment(self, frame, query):
+        out = []
+        for m in super().segment(frame, query):
+            if m.object_id in self.refuse:
+                m = ObjectMask(m.object_id, np.zeros_like(m.mask),
+                               refused=("point_prompts", f"object {m.object_id}: on the table"))
+            out.append(m)
+        return out
+
+
+def test_a_refused_prompt_fails_its_object_alone(tmp_path):
+    prompts = [{"x": 5 + 8 * i, "y": 10, "label": 1, "object_id": i} for i in (1, 2, 3)]
+    rec = FakeReconstructor()
+    out = Engine(RefusingSegmenter({2}), rec).run(request(point_prompts=prompts), tmp_path / "run")
+    assert [o.object_id for o in out.objects] == [1, 3]
+    assert [m.object_id for m in out.masks] == [1, 3]
+    assert out.failed_objects == [{"object_id": 2, "reason": "object 2: on the table"}]
+    assert [m["object_id"] for m in out.result["metadata"]] == [1, 3]
+    # Every prompt refused: the run fails on the first, naming its field; nothing written.
+    with pytest.raises(InputError) as excinfo:
+        Engine(RefusingSegmenter({1, 2, 3}), rec).run(request(point_prompts=prompts),
+                                                       tmp_path / "none")
+    assert excinfo.value.field == "point_prompts" and "object 1" in excinfo.value.reason
+    assert not (tmp_path / "none").exists()
+
+
 def test_reconstructor_must_return_one_object_per_mask():
     with pytest.raises(BackendError, match="returned 0 objects for 1 masks"):
         Engine(FakeSegmenter(), FakeReconstructor(drop=True)).run(request())

@@ -127,6 +127,28 @@ def test_boxes_on_slivers_and_empty_space_leave_the_others_standing(data_dir, en
     for obj in out.objects:
         assert len(obj.mesh.faces) and is_closed_manifold(obj.mesh.faces)
     assert all(f"object {i}" in reason for i, reason in failed.items())
+    # The sliver reaches the empty-surface refusal (should the segmentation of this box ever
+    # change, find another sliver: this case is what the test is for).
+    assert "closed surface" in failed.get(1, ""), failed
+
+
+def test_a_click_in_a_cup_takes_the_cup_and_one_on_the_table_only_fails_itself(data_dir, engine):
+    # graspnet_0's blue cup seen from above: its inside bottom lies within the support band
+    # and has no depth region near it; the patch is the size of an object, so the click takes
+    # the cup (about 6.9k pixels). A second click on the bare table is refused, for itself.
+    request = {
+        "image_url": "rgb.png", "pointmap_url": "depth.npz", "seed": 1,
+        "point_prompts": [{"x": 660, "y": 322, "label": 1, "object_id": 1},
+                          {"x": 640, "y": 650, "label": 1, "object_id": 2}],
+    }
+    parsed = parse_request(request, data_dir / "graspnet_0", engine.input_options)
+    out = engine.process(parsed.frame, parsed.query, parsed.seed)
+    (cup,) = out.objects
+    assert cup.object_id == 1 and cup.mask[322, 660] and 4000 < cup.mask.sum() < 12000
+    assert 0.04 < float(np.max(cup.extents)) < 0.15, cup.extents
+    (failed,) = out.failed_objects
+    assert failed["object_id"] == 2 and "(640, 650)" in failed["reason"]
+    assert "support" in failed["reason"]
 
 
 def test_known_size_from_mask_and_box(data_dir, engine):

@@ -17,9 +17,11 @@ before every stage and after the last one, and inside a stage wherever the backe
 run stops with :class:`~sam3d_ros.core.errors.Cancelled` and nothing is written.
 
 Partial failure: when the reconstructor refuses one object (an :class:`InputError` naming
-``mask_urls[i]`` / ``masks[i]``, e.g. no valid depth inside its mask) and others remain, that
-object goes to :attr:`EngineResult.failed_objects` (``{"object_id", "reason"}``) and the others
-are reconstructed without it; the run fails only when every object fails. Limits:
+``mask_urls[i]`` / ``masks[i]``, e.g. no valid depth inside its mask), or the segmenter finds
+nothing to reconstruct for its prompt (:attr:`~sam3d_ros.core.types.ObjectMask.refused`, e.g. a
+click on the table), and others remain, that object goes to
+:attr:`EngineResult.failed_objects` (``{"object_id", "reason"}``) and the others are
+reconstructed without it; the run fails only when every object fails. Limits:
 ``max_objects`` (see :class:`Engine`) bounds the objects of one query and of automatic
 segmentation.
 
@@ -92,8 +94,8 @@ class EngineResult:
         warnings: non-fatal remarks from input parsing.
         grasps: per object (same order as ``objects``), its grasps best first, camera optical
             frame; ``None`` when the engine has no grasp planner.
-        failed_objects: objects that could not be reconstructed while others were:
-            ``{"object_id", "reason"}`` each, in mask order.
+        failed_objects: objects that could not be segmented or reconstructed while others
+            were: ``{"object_id", "reason"}`` each, refused prompts first, then in mask order.
     """
 
     result: Optional[Dict[str, Any]]
@@ -374,6 +376,17 @@ class Engine:
             return masks
 
         masks = stages.run("segment", _describe(query), segment)
+        failed: List[Dict[str, Any]] = []
+        refused = [m for m in masks if m.refused is not None]
+        if refused:
+            # A prompt that selects nothing to reconstruct (a click on the table) fails that
+            # object alone, as a refused reconstruction does; with nothing else left, the run.
+            masks = [m for m in masks if m.refused is None]
+            if not masks:
+                raise InputError(*refused[0].refused)
+            for m in refused:
+                failed.append({"object_id": int(m.object_id), "reason": m.refused[1]})
+                _LOG.warning("object %d not segmented: %s", m.object_id, m.refused[1])
         if len(masks) > self.max_objects:  # automatic or text segmentation found many
             best = np.argsort([-float(m.score) for m in masks], kind="stable")
             keep = sorted(best[: self.max_objects].tolist())
@@ -388,8 +401,6 @@ class Engine:
             return EngineResult(result=None, objects=[], masks=[], timings=timings, seed=seed,
                                 grasps=[] if self.grasp_planner is not None else None,
                                 warnings=warnings)
-
-        failed: List[Dict[str, Any]] = []
 
         def reconstruct() -> List[ObjectReconstruction]:
             nonlocal masks

@@ -235,12 +235,18 @@ class _HoldsRegion:
 
 @dataclass(eq=False)
 class ObjectMask(_HoldsRegion):
-    """One segmented object: its mask (kept as a crop; an H×W array given is cropped)."""
+    """One segmented object: its mask (kept as a crop; an H×W array given is cropped).
+
+    ``refused``: why the segmenter found nothing to reconstruct for this object's prompt
+    (``(field, reason)``, e.g. a click on the table; the region is then empty): the engine
+    reports it among the failed objects and goes on with the others.
+    """
 
     object_id: int
     region: MaskCrop
     label: str = ""
     score: float = 1.0
+    refused: Optional[Tuple[str, str]] = None
 
 
 @dataclass

@@ -85,6 +85,10 @@ class _FrameContext:
         return (int(self.z.shape[0]), int(self.z.shape[1]))
 
 
+# Fewest pixels of a depth region that a click takes (smaller ones are noise specks).
+MIN_CLICK_REGION_PX = 20
+
+
 class EmbeddedSegmenter:
     """CPU segmentation from RGB-D and box / point prompts (no text), or automatic tabletop.
 
@@ -105,6 +109,9 @@ class EmbeddedSegmenter:
             bounds are within this distance (metres) of it (parts of one object).
         attach_gap: point prompts and automatic mode: smaller regions touching the object in
             the image and within this 3D distance (metres) are parts of it.
+        max_object_size: the largest graspable object (metres): a click's object lies within
+            it of the click (the colour refinement's reach), and a clicked patch of the support
+            band wider than it is the support itself (refused), not a flat part of an object.
         seed: RANSAC seed (results are deterministic for a given seed).
         colour_refine: refine prompted masks on colour with depth-certain labels
             (:mod:`~sam3d_ros.backends.embedded.colour_depth_refine`; real cameras' depth outlines
@@ -130,6 +137,7 @@ class EmbeddedSegmenter:
         max_object_height: float = 0.6,
         part_gap: float = 0.03,
         attach_gap: float = 0.025,
+        max_object_size: float = 0.35,
         seed: int = 0,
         colour_refine: bool = True,
     ):
@@ -147,6 +155,7 @@ class EmbeddedSegmenter:
         self.max_object_height = float(max_object_height)
         self.part_gap = float(part_gap)
         self.attach_gap = float(attach_gap)
+        self.max_object_size = float(max_object_size)
         self.seed = int(seed)
 
     # ------------------------------------------------------------------------------------
@@ -420,7 +429,7 @@ class EmbeddedSegmenter:
                     "point_prompts", f"point ({p.x}, {p.y}) lies outside the {w}×{h} image"
                 )
             (fg_pts if int(p.label) != 0 else bg_pts).append((int(p.x), int(p.y)))
-        on_support = False
+        on_support: List[Tuple[int, int]] = []
         if pos_boxes:
             mask, score = self._segment_boxes(ctx, pos_boxes, fg_pts, bg_pts)
         elif fg_pts:
@@ -433,15 +442,17 @@ class EmbeddedSegmenter:
         if on_support:
             # The support is no object to reconstruct or grasp: its pixels' colour model (a
             # wooden table's) took in every object of a like colour standing on it (ucn_0: a
-            # cracker box, two bowls and a can in 1.4 m of "table" 0.86 m high).
-            where = (f"the click at ({fg_pts[0][0]}, {fg_pts[0][1]}) lies" if len(fg_pts) == 1
-                     else "the clicks at " + ", ".join(f"({x}, {y})" for x, y in fg_pts)
-                     + " lie")
-            raise InputError(
-                "point_prompts",
-                f"object {oid}: {where} on the support plane (the table), not on an object "
-                "standing on it",
-            )
+            # cracker box, two bowls and a can in 1.4 m of "table" 0.86 m high). Refused for
+            # this object alone; the engine goes on with the others.
+            where = ", ".join(f"({x}, {y})" for x, y in on_support)
+            band_mm = round(1000 * self.support_band)
+            return ObjectMask(
+                object_id=oid, region=mask, score=0.0,
+                refused=("point_prompts", (
+                    f"object {oid}: the click{'s' if len(on_support) > 1 else ''} at {where} "
+                    f"{'lie' if len(on_support) > 1 else 'lies'} on the support (the table, or "
+                    f"something less than {band_mm} mm above it), not on an object standing "
+                    "on it")))
         if self.colour_refine and mask.any():
             box = None
             if pos_boxes:
@@ -453,7 +464,7 @@ class EmbeddedSegmenter:
                 )
             mask = refine_mask(
                 ctx.rgb, ctx.points, mask, ctx.plane, box=box, fg_points=fg_pts,
-                bg_points=bg_pts, fx=ctx.fx,
+                bg_points=bg_pts, fx=ctx.fx, max_object_size=self.max_object_size,
             )
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
@@ -476,13 +487,17 @@ class EmbeddedSegmenter:
         radius: int = 6,
         colour_radius: int = 20,
         colour_tol: float = 40.0,
+        counts: Optional[np.ndarray] = None,
     ) -> List[int]:
         """Region label under each point, snapped to a nearby region when it has none.
 
         A point off every region (no depth, or on the support band) takes the nearest region
         within ``radius`` pixels, or within ``colour_radius`` pixels when that region pixel has
-        the point's colour (RGB distance below ``colour_tol``).
+        the point's colour (RGB distance below ``colour_tol``). With ``counts`` (pixels per
+        label), regions smaller than :data:`MIN_CLICK_REGION_PX` count as none: noise specks.
         """
+        if counts is not None:
+            labels = np.where(counts[labels] >= MIN_CLICK_REGION_PX, labels, 0)
         out = []
         hh, ww = labels.shape
         for x, y in pts:
@@ -709,31 +724,45 @@ class EmbeddedSegmenter:
         ctx: _FrameContext,
         fg_pts: Sequence[Tuple[int, int]],
         bg_pts: Sequence[Tuple[int, int]],
-    ) -> Tuple[np.ndarray, float, bool]:
-        """The clicked object's mask, its score, and whether every click fell on the support."""
+    ) -> Tuple[np.ndarray, float, List[Tuple[int, int]]]:
+        """The clicked object's mask, its score, and the clicks refused as on the support."""
         h, w = ctx.shape
         win = self._window(ctx, 0, h, 0, w)
         if "regions" not in ctx.cache:
             ctx.cache["regions"] = self._regions(win)
         labels, n, fg = ctx.cache["regions"]  # type: ignore[misc]
         full = np.zeros((h, w), dtype=bool)
-        fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts) if lab > 0})
+        if "stats" not in ctx.cache:
+            ctx.cache["stats"] = _RegionStats(labels, n, win)
+        stats = ctx.cache["stats"]
+        # A speck of a few pixels (noise above the support band, on a bowl's inside bottom) is
+        # no object a click means, nor one to snap to.
+        fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts,
+                                                             counts=stats.count) if lab > 0})
         if fg_labels:
             bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
-            if "stats" not in ctx.cache:
-                ctx.cache["stats"] = _RegionStats(labels, n, win)
-            stats = ctx.cache["stats"]
             parts = self._attach_parts(stats, labels, fg_labels, exclude=sorted(bg_labels))
             fg_labels = sorted(set(fg_labels) | set(parts))
             region = np.isin(labels, fg_labels)
             region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         else:
-            # Clicks on the support itself, or where nothing has depth (an empty mask).
+            # Clicks on the support band, or where nothing has depth (an empty mask). A patch of
+            # the band of an object's size is a flat part of one, taken with the colour around
+            # it (the inside bottom of a cup or bowl seen from above: the whole cup); a patch
+            # wider than any graspable object is the support itself, refused.
             with np.errstate(invalid="ignore"):
                 band = win.valid & (np.abs(win.height) <= np.float32(self.support_band))
-            return full, 0.0, any(bool(band[y, x]) for x, y in fg_pts)
+            lab, _ = ndimage.label(band, structure=_FOUR)
+            ids = sorted({int(lab[y, x]) for x, y in fg_pts} - {0})
+            small = [i for i in ids if self._patch_size(win, lab == i) <= self.max_object_size]
+            if ids and not small:
+                return full, 0.0, [(x, y) for x, y in fg_pts if lab[y, x] > 0]
+            region = np.isin(lab, small) if small else np.zeros((h, w), dtype=bool)
+            for x, y in bg_pts:
+                if lab[y, x] > 0:
+                    region &= lab != lab[y, x]
         if not region.any():
-            return full, 0.0, False
+            return full, 0.0, []
         ys, xs = np.nonzero(region)
         yl, yh, xl, xh = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
         sub = self._crop_around(ctx, xl, yl, xh, yh)
@@ -745,7 +774,18 @@ class EmbeddedSegmenter:
         full[sl] = mask
         hits = sum(bool(full[y, x]) for x, y in fg_pts) / len(fg_pts)
         misses = sum(bool(full[y, x]) for x, y in bg_pts) / len(bg_pts) if bg_pts else 0.0
-        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0)), False
+        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0)), []
+
+    @staticmethod
+    def _patch_size(win: _Window, patch: np.ndarray, stride: int = 4) -> float:
+        """Largest side (metres) of a patch's 3D bounds, 2nd to 98th percentile."""
+        ys, xs = np.nonzero(patch)
+        pts = win.points[ys[::stride], xs[::stride]].reshape(-1, 3)
+        pts = pts[np.isfinite(pts).all(axis=1)]
+        if len(pts) == 0:
+            return 0.0
+        lo, hi = np.percentile(pts, [2, 98], axis=0)
+        return float(np.max(hi - lo))
 
     # ------------------------------------------------------------------------------------
     # automatic tabletop segmentation
