@@ -41,9 +41,9 @@ def _camera(eye=(0.0, -0.5, 0.5), target=(0.0, 0.02, 0.0)):
     return eye, np.stack([right, down, forward], axis=1)  # columns: optical axes in world
 
 
-def render_scene(objects=DEFAULT_OBJECTS, noise=True, seed=0):
+def render_scene(objects=DEFAULT_OBJECTS, noise=True, seed=0, eye=(0.0, -0.5, 0.5)):
     """Return (frame, gt_masks, boxes) for a ray-cast tabletop."""
-    eye, rot = _camera()
+    eye, rot = _camera(eye)
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
     rays_cam = np.stack([(u - CX) / FX, (v - CY) / FY, np.ones_like(u)], axis=-1)
     d = rays_cam @ rot.T  # world directions (not unit: t is the optical depth)
@@ -331,6 +331,31 @@ def test_a_click_on_the_table_is_refused_naming_the_click(scene, seg):
     assert field == "point_prompts" and not refused.mask.any()
     assert "object 4" in reason and f"({x}, {y})" in reason and "support" in reason
     assert ok.refused is None and iou(ok.mask, masks[0]) >= 0.9
+
+
+def test_a_click_on_the_table_seen_close_is_refused_too(seg):
+    # A wrist camera 25 cm over the table sees less of it than the largest graspable object
+    # (0.35 m): it is still the support (the frame's main patch of it), not an object.
+    frame, masks, _ = render_scene((DEFAULT_OBJECTS[1],), eye=(0.0, -0.05, 0.25))
+    table = ~np.any(masks, axis=0) & np.isfinite(frame.points[..., 2])
+    ys, xs = np.nonzero(ndimage.binary_erosion(table, iterations=20))
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    (r,) = seg.segment(frame, SegmentationQuery(
+        objects=[ObjectPrompt(1, points=[PointPrompt(x, y, 1, 1)])]))
+    assert r.refused is not None and f"({x}, {y})" in r.refused[1]
+    assert not r.mask.any()
+
+
+def test_a_click_on_a_tiny_far_object_still_takes_it(seg):
+    # A 1 cm cube 1.4 cm high, far back on the table: its depth region has fewer pixels than
+    # the speck size a click would rather not snap to. With no larger region and no patch of
+    # the support under the click, the click takes it.
+    objects = (("box", 0.0, 0.5, (0.01, 0.01, 0.014), (200, 40, 40)),) + DEFAULT_OBJECTS[:1]
+    frame, masks, _ = render_scene(objects, seed=1)
+    x, y = centre_pixel(masks[0])
+    (r,) = seg.segment(frame, SegmentationQuery(
+        objects=[ObjectPrompt(1, points=[PointPrompt(x, y, 1, 1)])]))
+    assert r.refused is None and iou(r.mask, masks[0]) >= 0.7, iou(r.mask, masks[0])
 
 
 def test_a_click_on_a_small_flat_patch_takes_the_object_around_it(seg):

@@ -271,6 +271,19 @@ def test_a_refused_prompt_fails_its_object_alone(tmp_path):
     assert [m.object_id for m in out.masks] == [1, 3]
     assert out.failed_objects == [{"object_id": 2, "reason": "object 2: on the table"}]
     assert [m["object_id"] for m in out.result["metadata"]] == [1, 3]
+    # A refused prompt before one whose reconstruction fails: the failing one's field names
+    # its own position in the query (1), not its place among the survivors (0).
+    class NoDepthFor3(FakeReconstructor):
+        def reconstruct(self, frame, masks, seed):
+            for i, m in enumerate(masks):
+                if m.object_id == 3:
+                    raise InputError(f"mask_urls[{i}]", "object 3: no valid depth")
+            return super().reconstruct(frame, masks, seed)
+
+    two = [prompts[1], prompts[2]]
+    with pytest.raises(InputError) as excinfo:
+        Engine(RefusingSegmenter({2}), NoDepthFor3()).run(request(point_prompts=two))
+    assert excinfo.value.field == "mask_urls[1]"
     # Every prompt refused: the run fails on the first, naming its field; nothing written.
     with pytest.raises(InputError) as excinfo:
         Engine(RefusingSegmenter({1, 2, 3}), rec).run(request(point_prompts=prompts),

@@ -356,7 +356,9 @@ class Engine:
 
         When segmentation finds nothing this raises :class:`~sam3d_ros.core.errors.NoObjectFound`,
         or with ``allow_empty`` returns an empty result (no objects; ``grasps`` an empty list
-        when a planner is configured, else ``None``).
+        when a planner is configured, else ``None``). When the segmenter refuses every prompt
+        (:attr:`~sam3d_ros.core.types.ObjectMask.refused`) it raises that refusal's
+        :class:`~sam3d_ros.core.errors.InputError`, ``allow_empty`` or not: the prompts are wrong.
         """
         timings = {} if timings is None else timings
         stages = _Stages(timings, progress, cancel)
@@ -377,11 +379,13 @@ class Engine:
 
         masks = stages.run("segment", _describe(query), segment)
         failed: List[Dict[str, Any]] = []
+        positions = list(range(len(masks)))  # each mask's position in the query
         refused = [m for m in masks if m.refused is not None]
         if refused:
             # A prompt that selects nothing to reconstruct (a click on the table) fails that
             # object alone, as a refused reconstruction does; with nothing else left, the run.
-            masks = [m for m in masks if m.refused is None]
+            positions = [i for i, m in enumerate(masks) if m.refused is None]
+            masks = [masks[i] for i in positions]
             if not masks:
                 raise InputError(*refused[0].refused)
             for m in refused:
@@ -394,6 +398,7 @@ class Engine:
                             f"{self.max_objects} highest-scoring (max_objects)")
             _LOG.warning("%s", warnings[-1])
             masks = [masks[i] for i in keep]
+            positions = [positions[i] for i in keep]
         if not masks:
             if not allow_empty:
                 raise _no_object_error(query)
@@ -404,7 +409,7 @@ class Engine:
 
         def reconstruct() -> List[ObjectReconstruction]:
             nonlocal masks
-            order = list(range(len(masks)))  # positions in the query, for error fields
+            order = list(positions)  # positions in the query, for error fields
             while True:
                 try:
                     objects = list(self.reconstructor.reconstruct(frame, masks, seed))

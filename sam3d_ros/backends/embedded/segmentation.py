@@ -736,31 +736,46 @@ class EmbeddedSegmenter:
             ctx.cache["stats"] = _RegionStats(labels, n, win)
         stats = ctx.cache["stats"]
         # A speck of a few pixels (noise above the support band, on a bowl's inside bottom) is
-        # no object a click means, nor one to snap to.
+        # no region to snap to while the click has a region or a support patch of its own.
         fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts,
                                                              counts=stats.count) if lab > 0})
-        if fg_labels:
+        region = None
+        if not fg_labels:
+            # Clicks on the support band (or below it), or where nothing has depth. A patch of
+            # the band that is neither the support's main part (the largest) nor wider than a
+            # graspable object is a flat part of an object, taken with the colour around it
+            # (the inside bottom of a cup or bowl seen from above); the support itself is
+            # refused. The support's main part counts as such however little of it is seen
+            # (a camera close over the table).
+            if "support_patches" not in ctx.cache:
+                with np.errstate(invalid="ignore"):
+                    band = win.valid & (win.height <= np.float32(self.support_band))
+                patches, n_patches = ndimage.label(band, structure=_FOUR)
+                sizes = np.bincount(patches.ravel(), minlength=n_patches + 1)
+                sizes[0] = 0
+                ctx.cache["support_patches"] = (patches, int(np.argmax(sizes)) if n_patches else 0)
+            patches, main = ctx.cache["support_patches"]  # type: ignore[misc]
+            ids = sorted({int(patches[y, x]) for x, y in fg_pts} - {0})
+            small = [i for i in ids if i != main
+                     and self._patch_size(win, patches == i) <= self.max_object_size]
+            if ids and not small:
+                return full, 0.0, [(x, y) for x, y in fg_pts if patches[y, x] > 0]
+            if small:
+                region = np.isin(patches, small)
+                for x, y in bg_pts:
+                    if patches[y, x] > 0:
+                        region &= patches != patches[y, x]
+            else:  # no support under the clicks either: the specks they lie on or near
+                fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts)
+                                    if lab > 0})
+        if region is None:
+            if not fg_labels:
+                return full, 0.0, []
             bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
             parts = self._attach_parts(stats, labels, fg_labels, exclude=sorted(bg_labels))
             fg_labels = sorted(set(fg_labels) | set(parts))
             region = np.isin(labels, fg_labels)
             region = self._split_by_seeds(win, region, fg_pts, bg_pts)
-        else:
-            # Clicks on the support band, or where nothing has depth (an empty mask). A patch of
-            # the band of an object's size is a flat part of one, taken with the colour around
-            # it (the inside bottom of a cup or bowl seen from above: the whole cup); a patch
-            # wider than any graspable object is the support itself, refused.
-            with np.errstate(invalid="ignore"):
-                band = win.valid & (np.abs(win.height) <= np.float32(self.support_band))
-            lab, _ = ndimage.label(band, structure=_FOUR)
-            ids = sorted({int(lab[y, x]) for x, y in fg_pts} - {0})
-            small = [i for i in ids if self._patch_size(win, lab == i) <= self.max_object_size]
-            if ids and not small:
-                return full, 0.0, [(x, y) for x, y in fg_pts if lab[y, x] > 0]
-            region = np.isin(lab, small) if small else np.zeros((h, w), dtype=bool)
-            for x, y in bg_pts:
-                if lab[y, x] > 0:
-                    region &= lab != lab[y, x]
         if not region.any():
             return full, 0.0, []
         ys, xs = np.nonzero(region)
