@@ -57,7 +57,8 @@ def process_camera(node: Any, msgs: CameraMessages, cancelled: Callable[[], bool
                        "stamp": stamp_seconds(cam.header), "seed": seed,
                        **prompt_request(prompt)}
             t_export = time.monotonic()
-            result = node.write_run("frame", request, cam.frame, objects, res.grasps)
+            result = node.write_run("frame", request, cam.frame, objects, res.grasps,
+                                    res.failed_objects)
             timings["export"] = time.monotonic() - t_export
         if cancelled():
             raise Cancelled("cancelled before publishing")

@@ -102,7 +102,8 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         if goal.write_artifacts:
             progress("export", 0.9, "writing artifacts")
             t_export = time.monotonic()
-            hosted = node.write_run("goal", request, frame, objects, res.grasps)
+            hosted = node.write_run("goal", request, frame, objects, res.grasps,
+                                    res.failed_objects)
             timings["export"] = time.monotonic() - t_export
             progress("export", 1.0, f"export done in {timings['export']:.2f} s")
         header = cam.header if cam is not None else Header(

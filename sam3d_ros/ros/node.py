@@ -255,15 +255,21 @@ class Sam3dNode(LifecycleNode):
 
     def write_run(self, kind: str, request: Dict[str, Any], frame: Frame,
                   objects: Sequence[ObjectReconstruction],
-                  grasps: Optional[Sequence[Sequence[Any]]] = None) -> Dict[str, Any]:
-        """Write a run directory ``<kind>_<UTC time>_<µs>_<n>``; prune old ones."""
+                  grasps: Optional[Sequence[Sequence[Any]]] = None,
+                  failed_objects: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+        """Write a run directory ``<kind>_<UTC time>_<µs>_<n>``; prune old ones.
+
+        ``failed_objects`` (the engine's: prompted objects not segmented or reconstructed) go
+        into its ``metadata.json`` as in the CLI's runs.
+        """
         from sam3d_ros.core.export import write_run
 
         base = self.runs_dir()
         now = time.time()
         name = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
                 + f"_{int((now % 1) * 1e6):06d}_{next(self._runs)}")
-        result = write_run(base / f"{kind}_{name}", request, frame, objects, grasps=grasps)
+        result = write_run(base / f"{kind}_{name}", request, frame, objects, grasps=grasps,
+                           failed_objects=failed_objects)
         prune_runs(base, int(self.param("max_runs_kept")))
         return result
 
