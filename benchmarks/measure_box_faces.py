@@ -34,28 +34,6 @@ from sam3d_bench.evaluation import real_rgbd_dir  # noqa: E402
 from sam3d_ros.core.support_plane import fit_support_plane  # noqa: E402
 
 
-def ransac_plane(pts: np.ndarray, rng, tol: float = 0.004, trials: int = 1500, accept=None):
-    """Normal, inlier mask of the plane with the most points within ``tol`` (optionally only
-    planes whose normal passes ``accept``)."""
-    best = (0, None, None)
-    for _ in range(trials):
-        s = pts[rng.choice(len(pts), 3, replace=False)]
-        n = np.cross(s[1] - s[0], s[2] - s[0])
-        if np.linalg.norm(n) < 1e-9:
-            continue
-        n /= np.linalg.norm(n)
-        if accept is not None and not accept(n):
-            continue
-        inl = np.abs((pts - s[0]) @ n) < tol
-        if inl.sum() > best[0]:
-            best = (int(inl.sum()), n, inl)
-    if best[1] is None:
-        return None, None
-    q = pts[best[2]]
-    n = np.linalg.svd(q - q.mean(axis=0))[2][2]  # refit on the inliers
-    return n, np.abs((pts - q.mean(axis=0)) @ n) < tol
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("frame")
@@ -85,15 +63,15 @@ def main(argv=None) -> int:
     print(f"# {args.frame} mask {args.mask_id}: {len(obj)} depth points, median range "
           f"{np.median(obj[:, 2]):.3f} m")
     print(f"height above the support (98th percentile): {np.percentile(height, 98) * 100:.1f} cm")
-    rng = np.random.default_rng(0)
     rest = obj
     faces = []
     for _ in range(3):
         if len(rest) < 200:
             break
-        n, inl = ransac_plane(rest, rng)
-        if n is None:
+        face = fit_support_plane(rest, threshold=0.004, iterations=1500, min_inliers=100, rng=0)
+        if face is None:
             break
+        n, inl = np.asarray(face.normal, dtype=np.float64), face.inliers
         q = rest[inl]
         c = q.mean(axis=0)
         axes = np.linalg.svd(q - c)[2][:2]
