@@ -45,6 +45,7 @@ def refine_mask(
     bg_points: Sequence[Tuple[int, int]] = (),
     fx: Optional[float] = None,
     max_object_size: float = 0.35,
+    vouched: Optional[np.ndarray] = None,
     support_band: float = 0.005,
     iterations: int = 4,
     max_side: int = 96,
@@ -63,6 +64,9 @@ def refine_mask(
         fg_points, bg_points: ``(x, y)`` clicks: certain object / background.
         fx: focal length (pixels), for the click's reach (the image width when ``None``).
         max_object_size: a click's object extends at most this far (metres) from the click.
+        vouched: for clicks, H×W bool: a part of ``mask`` that depth joined to the clicked
+            surface across a step (a container's inside and its wall across the rim):
+            treated as the surface continuous with the clicks.
         support_band: pixels lower than this above the plane are the support.
         iterations: GrabCut iterations.
         click_seed: for clicks, the depth region farther from the clicks than this many times
@@ -149,6 +153,8 @@ def refine_mask(
         # without a depth step: the depth region under it may also hold a touching neighbour
         # (joined across a step smaller than a jump) that colour is to split off.
         own = _continuous_from_clicks(z, valid, m | c, fg_points, y0, x0, click_step)
+        if vouched is not None:
+            own |= np.asarray(vouched, dtype=bool)[sl] & (m | c)
         near_click = distance_to(fg_points) <= max(6.0, 0.5 * float(inner.max()))
         sure &= near_click | own
         # The colour models start from there: the rest of the depth region starts as probably

@@ -109,6 +109,12 @@ class EmbeddedSegmenter:
             bounds are within this distance (metres) of it (parts of one object).
         attach_gap: point prompts and automatic mode: smaller regions touching the object in
             the image and within this 3D distance (metres) are parts of it.
+        rim_tolerance: point prompts: a larger touching region whose top lies within this
+            height (metres) of the clicked region's and which is seen over it is the other
+            side of an open container (a bowl's inside and its front wall)...
+        rim_jump: ...when the depth steps by at least this much (metres) across the rim (a
+            container's width: 6–8 cm on the real frames' mug and bowls; a shallow bowl seen
+            from high above, rim 4 cm over its bottom, about 4 cm).
         max_object_size: the largest graspable object (metres): a click's object lies within
             it of the click (the colour refinement's reach), and a clicked patch of the support
             band wider than it is the support itself (refused), not a flat part of an object.
@@ -137,6 +143,8 @@ class EmbeddedSegmenter:
         max_object_height: float = 0.6,
         part_gap: float = 0.03,
         attach_gap: float = 0.025,
+        rim_tolerance: float = 0.015,
+        rim_jump: float = 0.04,
         max_object_size: float = 0.35,
         seed: int = 0,
         colour_refine: bool = True,
@@ -155,6 +163,8 @@ class EmbeddedSegmenter:
         self.max_object_height = float(max_object_height)
         self.part_gap = float(part_gap)
         self.attach_gap = float(attach_gap)
+        self.rim_tolerance = float(rim_tolerance)
+        self.rim_jump = float(rim_jump)
         self.max_object_size = float(max_object_size)
         self.seed = int(seed)
 
@@ -430,10 +440,11 @@ class EmbeddedSegmenter:
                 )
             (fg_pts if int(p.label) != 0 else bg_pts).append((int(p.x), int(p.y)))
         on_support: List[Tuple[int, int]] = []
+        across_rim = None
         if pos_boxes:
             mask, score = self._segment_boxes(ctx, pos_boxes, fg_pts, bg_pts)
         elif fg_pts:
-            mask, score, on_support = self._segment_points(ctx, fg_pts, bg_pts)
+            mask, score, on_support, across_rim = self._segment_points(ctx, fg_pts, bg_pts)
         else:
             raise InputError(
                 "point_prompts" if prompt.points else "box_prompts",
@@ -465,6 +476,7 @@ class EmbeddedSegmenter:
             mask = refine_mask(
                 ctx.rgb, ctx.points, mask, ctx.plane, box=box, fg_points=fg_pts,
                 bg_points=bg_pts, fx=ctx.fx, max_object_size=self.max_object_size,
+                vouched=across_rim,
             )
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
@@ -724,8 +736,12 @@ class EmbeddedSegmenter:
         ctx: _FrameContext,
         fg_pts: Sequence[Tuple[int, int]],
         bg_pts: Sequence[Tuple[int, int]],
-    ) -> Tuple[np.ndarray, float, List[Tuple[int, int]]]:
-        """The clicked object's mask, its score, and the clicks refused as on the support."""
+    ) -> Tuple[np.ndarray, float, List[Tuple[int, int]], Optional[np.ndarray]]:
+        """The clicked object's mask, its score, the clicks refused as on the support, and more.
+
+        The fourth item is the part joined across a container's rim (``None`` when none): the
+        colour refinement keeps it, though it lies across a depth step from the clicks.
+        """
         h, w = ctx.shape
         win = self._window(ctx, 0, h, 0, w)
         if "regions" not in ctx.cache:
@@ -740,6 +756,7 @@ class EmbeddedSegmenter:
         fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts,
                                                              counts=stats.count) if lab > 0})
         region = None
+        across_rim = None
         if not fg_labels:
             # Clicks on the support band (or below it), or where nothing has depth. A patch of
             # the band that is neither the support's main part (the largest) nor wider than a
@@ -759,7 +776,7 @@ class EmbeddedSegmenter:
             small = [i for i in ids if i != main
                      and self._patch_size(win, patches == i) <= self.max_object_size]
             if ids and not small:
-                return full, 0.0, [(x, y) for x, y in fg_pts if patches[y, x] > 0]
+                return full, 0.0, [(x, y) for x, y in fg_pts if patches[y, x] > 0], None
             if small:
                 region = np.isin(patches, small)
                 for x, y in bg_pts:
@@ -770,14 +787,21 @@ class EmbeddedSegmenter:
                                     if lab > 0})
         if region is None:
             if not fg_labels:
-                return full, 0.0, []
+                return full, 0.0, [], None
             bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
+            # A bowl's or mug's inside and its front wall are two depth regions (the rim is an
+            # occluding edge), either the larger: a click on one takes the other.
+            rims = self._container_partners(win, stats, labels, fg_labels,
+                                            exclude=sorted(bg_labels))
+            if rims:
+                across_rim = np.isin(labels, rims)
+            fg_labels = sorted(set(fg_labels) | set(rims))
             parts = self._attach_parts(stats, labels, fg_labels, exclude=sorted(bg_labels))
             fg_labels = sorted(set(fg_labels) | set(parts))
             region = np.isin(labels, fg_labels)
             region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         if not region.any():
-            return full, 0.0, []
+            return full, 0.0, [], None
         ys, xs = np.nonzero(region)
         yl, yh, xl, xh = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
         sub = self._crop_around(ctx, xl, yl, xh, yh)
@@ -789,7 +813,8 @@ class EmbeddedSegmenter:
         full[sl] = mask
         hits = sum(bool(full[y, x]) for x, y in fg_pts) / len(fg_pts)
         misses = sum(bool(full[y, x]) for x, y in bg_pts) / len(bg_pts) if bg_pts else 0.0
-        return full, float(np.clip(hits * (1.0 - misses), 0.0, 1.0)), []
+        score = float(np.clip(hits * (1.0 - misses), 0.0, 1.0))
+        return full, score, [], across_rim
 
     @staticmethod
     def _patch_size(win: _Window, patch: np.ndarray, stride: int = 4) -> float:
@@ -906,6 +931,78 @@ class EmbeddedSegmenter:
             if float(np.linalg.norm(gap)) <= self.attach_gap:
                 out.append(j)
         return out
+
+
+    def _container_partners(
+        self,
+        win: _Window,
+        stats: "_RegionStats",
+        labels: np.ndarray,
+        ids: Sequence[int],
+        exclude: Sequence[int] = (),
+        radius: int = 3,
+    ) -> List[int]:
+        """Regions that make one open container with ``ids`` (its inside or its wall).
+
+        A bowl's or mug's inside is seen over its front wall: it lies above the wall in the
+        image, behind it across the rim, an occluding edge where the depth jumps by about the
+        container's width (6–8 cm on dof6_0's mug and dof6_8/9's bowls), and it reaches up to
+        the wall's rim height at its far side. Objects touching one behind the other jump by
+        less than their gap (within ``attach_gap``) and differ in height nearly always.
+        Either side may be the larger; :meth:`_attach_parts` joins only smaller regions, and
+        the colour refinement would drop a part across the rim without being told.
+        """
+        ids = list(ids)
+        size = float(stats.count[ids].sum())
+        lo, hi = stats.lo[ids].min(axis=0), stats.hi[ids].max(axis=0)
+        top = max(stats.height_quantiles(i)[1] for i in ids)
+        z_own = float((stats.mean_points[ids, 2] * stats.count[ids]).sum() / max(size, 1.0))
+        x0, y0, x1, y1 = stats.bbox(ids)
+        hh, ww = labels.shape
+        ya, yb = max(0, y0 - radius), min(hh, y1 + radius + 1)
+        xa, xb = max(0, x0 - radius), min(ww, x1 + radius + 1)
+        crop = labels[ya:yb, xa:xb]
+        own_crop = np.isin(crop, ids)
+        near = ndimage.distance_transform_cdt(~own_crop, metric="chessboard") <= radius
+        out = []
+        for j in np.unique(crop[near & ~own_crop]):
+            j = int(j)
+            if j == 0 or j in exclude or stats.count[j] < MIN_CLICK_REGION_PX:
+                continue
+            gap = np.maximum(0.0, np.maximum(stats.lo[j] - hi, lo - stats.hi[j]))
+            if float(np.linalg.norm(gap)) > self.attach_gap:
+                continue
+            if abs(stats.height_quantiles(j)[1] - top) > self.rim_tolerance:
+                continue  # not one rim
+            whole = np.maximum(hi, stats.hi[j]) - np.minimum(lo, stats.lo[j])
+            if float(whole.max()) > self.max_object_size:
+                continue
+            bx0, by0, bx1, by1 = stats.bbox(ids + [j])
+            sl = (slice(by0, by1 + 1), slice(bx0, bx1 + 1))
+            own, other = np.isin(labels[sl], ids), labels[sl] == j
+            wall, inside = (own, other) if stats.mean_points[j, 2] > z_own else (other, own)
+            if _rim_jump(win.points[sl], wall, inside) >= self.rim_jump:
+                out.append(j)
+        return out
+
+
+def _rim_jump(points: np.ndarray, wall: np.ndarray, inside: np.ndarray, gap_px: int = 8,
+              min_columns: int = 5) -> float:
+    """Median 3D step from ``wall``'s top edge to the ``inside`` pixel just above it.
+
+    Per image column: the wall's topmost pixel and the lowest inside pixel above it, when
+    they are at most ``gap_px`` rows apart (a band without depth may lie between). 0 when
+    fewer than ``min_columns`` columns have both (the inside is not seen over the wall).
+    """
+    h = wall.shape[0]
+    rows = np.arange(h)[:, None]
+    top_wall = np.where(wall, rows, h).min(axis=0)
+    low_inside = np.where(inside & (rows < top_wall[None, :]), rows, -1).max(axis=0)
+    cols = np.flatnonzero((low_inside >= 0) & (top_wall < h) & (top_wall - low_inside <= gap_px))
+    if cols.size < min_columns:
+        return 0.0
+    step = points[top_wall[cols], cols] - points[low_inside[cols], cols]
+    return float(np.nanmedian(np.linalg.norm(step, axis=1)))
 
 
 class _RegionStats:
