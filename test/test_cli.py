@@ -336,6 +336,7 @@ def test_one_object_without_depth_does_not_fail_the_others(scene_dir, tmp_path, 
     assert [m["object_id"] for m in result["metadata"]] == [1, 3]
     [failed] = result["failed_objects"]
     assert failed["object_id"] == 2 and "no valid depth" in failed["reason"]
+    assert failed["stage"] == "reconstruct"
     assert "warning: object 2 not reconstructed: " in err and "1 failed" in err
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["failed_objects"] == result["failed_objects"]

@@ -269,7 +269,8 @@ def test_a_refused_prompt_fails_its_object_alone(tmp_path):
     out = Engine(RefusingSegmenter({2}), rec).run(request(point_prompts=prompts), tmp_path / "run")
     assert [o.object_id for o in out.objects] == [1, 3]
     assert [m.object_id for m in out.masks] == [1, 3]
-    assert out.failed_objects == [{"object_id": 2, "reason": "object 2: on the table"}]
+    assert out.failed_objects == [{"object_id": 2, "stage": "segment",
+                                   "reason": "object 2: on the table"}]
     assert [m["object_id"] for m in out.result["metadata"]] == [1, 3]
     # A refused prompt before one whose reconstruction fails: the failing one's field names
     # its own position in the query (1), not its place among the survivors (0).

@@ -135,6 +135,29 @@ def test_cancel_while_running(env):
         assert "done" not in [f.stage for f in feedback]
 
 
+def test_a_refused_click_is_reported_as_a_segment_step_and_the_others_returned(env):
+    # A click on the bare table next to box prompts: that object is skipped (the segmenter
+    # refuses it) and named in a "segment" feedback step; the boxes' objects come back.
+    from sam3d_ros.msg import PointPrompt
+    from scipy import ndimage
+
+    sc, node, rec, client, out_dir = env
+    rec.publish_frame(sc.frame.rgb, sc.depth_m, camera_info(sc.intrinsics))
+    time.sleep(0.5)
+    table = (sc.instance_mask == 0) & np.isfinite(sc.depth_m)
+    ys, xs = np.nonzero(ndimage.binary_erosion(table, iterations=25))
+    prompt = box_prompt(sc)
+    prompt.points.append(PointPrompt(x=int(xs[len(xs) // 2]), y=int(ys[len(ys) // 2]), label=1,
+                                     object_id=99))
+    handle, feedback = send(rec, client, Reconstruct.Goal(prompt=prompt, seed=7))
+    res = result_of(rec, handle)
+    assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
+    assert sorted(o.id for o in res.result.objects.objects) == [o.object_id for o in sc.objects]
+    skipped = [f for f in feedback if "object 99 skipped" in f.log_line]
+    assert [f.stage for f in skipped] == ["segment"], [(f.stage, f.log_line) for f in feedback]
+    assert "support" in skipped[0].log_line
+
+
 def test_goal_from_uris(env):
     sc, node, rec, client, out_dir = env
     request = json.loads((EXAMPLE / "request.json").read_text())

@@ -20,7 +20,8 @@ Partial failure: when the reconstructor refuses one object (an :class:`InputErro
 ``mask_urls[i]`` / ``masks[i]``, e.g. no valid depth inside its mask), or the segmenter finds
 nothing to reconstruct for its prompt (:attr:`~sam3d_ros.core.types.ObjectMask.refused`, e.g. a
 click on the table), and others remain, that object goes to
-:attr:`EngineResult.failed_objects` (``{"object_id", "reason"}``) and the others are
+:attr:`EngineResult.failed_objects` (``{"object_id", "stage", "reason"}``, the stage
+``"segment"`` or ``"reconstruct"``) and the others are
 reconstructed without it; the run fails only when every object fails. Limits:
 ``max_objects`` (see :class:`Engine`) bounds the objects of one query and of automatic
 segmentation.
@@ -95,7 +96,8 @@ class EngineResult:
         grasps: per object (same order as ``objects``), its grasps best first, camera optical
             frame; ``None`` when the engine has no grasp planner.
         failed_objects: objects that could not be segmented or reconstructed while others
-            were: ``{"object_id", "reason"}`` each, refused prompts first, then in mask order.
+            were: ``{"object_id", "stage", "reason"}`` each (``stage``: ``"segment"`` for a refused
+            prompt, ``"reconstruct"``), refused prompts first, then in mask order.
     """
 
     result: Optional[Dict[str, Any]]
@@ -389,7 +391,8 @@ class Engine:
             if not masks:
                 raise InputError(*refused[0].refused)
             for m in refused:
-                failed.append({"object_id": int(m.object_id), "reason": m.refused[1]})
+                failed.append({"object_id": int(m.object_id), "stage": "segment",
+                               "reason": m.refused[1]})
                 _LOG.warning("object %d not segmented: %s", m.object_id, m.refused[1])
         if len(masks) > self.max_objects:  # automatic or text segmentation found many
             best = np.argsort([-float(m.score) for m in masks], kind="stable")
@@ -425,7 +428,7 @@ class Engine:
                                       + exc.field[match.end(1):])
                         raise type(exc)(field_name, exc.reason) from exc
                     failed.append({"object_id": int(masks[index].object_id),
-                                   "reason": exc.reason})
+                                   "stage": "reconstruct", "reason": exc.reason})
                     _LOG.warning("object %d not reconstructed: %s", masks[index].object_id,
                                  exc.reason)
                     masks = masks[:index] + masks[index + 1:]

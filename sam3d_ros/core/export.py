@@ -540,9 +540,9 @@ def write_run(
             absolute ``file://`` URIs of the final location.
         grasps: per object (same order), its grasps; written as ``"grasps"`` in each object's
             metadata (``result["metadata"]`` and ``metadata.json["objects"]``). ``None`` = no key.
-        failed_objects: objects that could not be reconstructed (``{"object_id", "field",
-            "reason"}``); written as ``"failed_objects"`` in the result and ``metadata.json``
-            when there are any (the hosted fields are unchanged).
+        failed_objects: objects that could not be segmented or reconstructed (the engine's
+            ``{"object_id", "stage", "reason"}``); written as ``"failed_objects"`` in the
+            result and ``metadata.json`` when there are any (the hosted fields are unchanged).
 
     Returns:
         ``{"gaussian_splat", "model_glb", "metadata", "individual_splats", "individual_glbs",
