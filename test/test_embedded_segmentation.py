@@ -460,6 +460,23 @@ def test_a_click_does_not_take_a_larger_neighbour_behind_of_the_same_height(seg)
     assert r.mask[masks[1]].mean() < 0.05
 
 
+def test_a_click_whose_region_is_wider_than_a_graspable_object_is_refused(seg):
+    # A plank 0.5 m long (a shelf board, a robot's base plate) is no graspable object: the
+    # click fails its object, naming the click and the size; a 0.25 m box is taken.
+    for length, refused in ((0.5, True), (0.25, False)):
+        frame, (mask,), _ = render_scene((("box", 0.0, 0.05, (length, 0.08, 0.06),
+                                           (200, 40, 40)),))
+        x, y = centre_pixel(mask)
+        (r,) = seg.segment(frame, SegmentationQuery(
+            objects=[ObjectPrompt(1, points=[PointPrompt(x, y, 1, 1)])]))
+        if refused:
+            field, reason = r.refused
+            assert field == "point_prompts" and f"({x}, {y})" in reason
+            assert "max_object_size" in reason and not r.mask.any()
+        else:
+            assert r.refused is None and iou(r.mask, mask) >= 0.9, iou(r.mask, mask)
+
+
 def test_one_click_on_touching_objects_of_different_colours_returns_one(seg):
     # Touching at the same depth, one depth region: the colour boundary splits them.
     objects = (

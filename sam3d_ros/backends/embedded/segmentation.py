@@ -116,8 +116,10 @@ class EmbeddedSegmenter:
             container's width: 6–8 cm on the real frames' mug and bowls; a shallow bowl seen
             from high above, rim 4 cm over its bottom, about 4 cm).
         max_object_size: the largest graspable object (metres): a click's object lies within
-            it of the click (the colour refinement's reach), and a clicked patch of the support
-            band wider than it is the support itself (refused), not a flat part of an object.
+            it of the click (the colour refinement's reach), a clicked patch of the support
+            band wider than it is the support itself (refused), not a flat part of an object,
+            and a click whose region comes out wider than it is refused (several objects run
+            together, or none).
         seed: RANSAC seed (results are deterministic for a given seed).
         colour_refine: refine prompted masks on colour with depth-certain labels
             (:mod:`~sam3d_ros.backends.embedded.colour_depth_refine`; real cameras' depth outlines
@@ -480,6 +482,26 @@ class EmbeddedSegmenter:
             )
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
+        if not pos_boxes and mask.any():
+            # A click's region wider than a graspable object is several objects run together
+            # (touching, or joined by depth that a sensor's filter smoothed across their
+            # edges: ucn_3's drill with the cracker box, a mug and a bowl, 0.4 m) or no object
+            # (the robot's base plate, a monitor): refused for this object alone, rather
+            # than a blob that a grasp planner and a planning scene would take for one.
+            ys, xs = np.nonzero(mask)
+            win = self._window(ctx, int(ys.min()), int(ys.max()) + 1,
+                               int(xs.min()), int(xs.max()) + 1)
+            size = self._patch_size(win, mask[win.y0:win.y1, win.x0:win.x1])
+            if size > self.max_object_size:
+                where = ", ".join(f"({x}, {y})" for x, y in fg_pts)
+                return ObjectMask(
+                    object_id=oid, region=np.zeros_like(mask), score=0.0,
+                    refused=("point_prompts", (
+                        f"object {oid}: the click{'s' if len(fg_pts) > 1 else ''} at {where} "
+                        f"selected a region {size:.2f} m across, more than a graspable object "
+                        f"(max_object_size {self.max_object_size:g} m): objects touching it "
+                        "could not be told apart, or it is no object; draw a box around the "
+                        "object, or add a background click (label 0) on what joined it")))
         return ObjectMask(object_id=oid, region=mask, label="", score=float(score))
 
     def _crop_around(self, ctx: _FrameContext, x0: int, y0: int, x1: int, y1: int) -> _Window:
