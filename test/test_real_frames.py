@@ -200,6 +200,7 @@ def test_a_click_gives_an_object_of_graspable_size_or_a_reason(data_dir, engine,
         candidates = np.isfinite(height) & (height > 0.01) & (height < 0.4)
     ys, xs = np.nonzero(candidates)
     pick = np.random.default_rng(7).choice(len(ys), 12, replace=False)
+    taken = 0
     for i in pick:
         x, y = int(xs[i]), int(ys[i])
         request = dict(base, point_prompts=[{"x": x, "y": y, "label": 1, "object_id": 1}])
@@ -208,11 +209,33 @@ def test_a_click_gives_an_object_of_graspable_size_or_a_reason(data_dir, engine,
         if obj.refused is not None:
             assert f"({x}, {y})" in obj.refused[1]
             continue
+        taken += 1
+        # Not the size the refusal measures (the footprint on the plane): the mask's raw
+        # points in the camera frame, which a diagonal view widens by up to about 1.4.
         own = points[obj.region.full()]
         own = own[np.isfinite(own).all(axis=1)]
         lo, hi = np.percentile(own, [2, 98], axis=0)
-        assert float(np.max(hi - lo)) <= seg.max_object_size, (frame, (x, y), hi - lo)
+        assert float(np.max(hi - lo)) <= 1.5 * seg.max_object_size, (frame, (x, y), hi - lo)
+    assert taken >= 1, frame
+    if frame == "m2t2_1":
+        # Clicks on the labelled objects are never refused, the granola box held in the
+        # gripper included.
+        request = load_real_frame(d).request("points")
+        for prompt in request["point_prompts"]:
+            single = dict(base, point_prompts=[dict(prompt, object_id=1)])
+            parsed = parse_request(single, d, engine.input_options)
+            (obj,) = seg.segment(parsed.frame, parsed.query)
+            assert obj.refused is None and obj.region.area > 1000, prompt
     if frame == "ucn_3":
+        # The mustard bottle and the can-on-a-box stack before it, one height and 13.6 cm
+        # apart across the edge, are two objects (the container rule had joined them).
+        masks = []
+        for x, y in ((174, 85), (162, 171)):
+            request = dict(base, point_prompts=[{"x": x, "y": y, "label": 1, "object_id": 1}])
+            parsed = parse_request(request, d, engine.input_options)
+            (obj,) = seg.segment(parsed.frame, parsed.query)
+            masks.append(obj.region.full())
+        assert (masks[0] & masks[1]).sum() < 0.05 * min(m.sum() for m in masks)
         # The drill (366, 123): its region ran into the cracker box, a mug, a bowl and a can.
         request = dict(base, point_prompts=[{"x": 366, "y": 123, "label": 1, "object_id": 1}])
         parsed = parse_request(request, d, engine.input_options)

@@ -12,8 +12,9 @@ the file's directory); the convenience flags build or override its fields (their
 from the current directory). ``DIR`` must not exist or be empty (a symlink to an empty directory
 is that directory), and is checked before any work; it is written atomically (a hidden
 temporary sibling renamed at the end) and ``DIR/result.json`` (the hosted result) is also printed
-on stdout. Progress goes to stderr. Objects the reconstruction refuses while others succeed are
-listed in ``failed_objects`` of the result.
+on stdout. Progress goes to stderr. Objects the segmentation or the reconstruction refuses
+while others succeed (a click on the table, a mask without valid depth) are listed in
+``failed_objects`` of the result, with the stage that refused them.
 
 ``--bag IN`` (a rosbag2 folder, sqlite3 or MCAP, or a bare ``.mcap``) processes every selected
 synchronised frame of a recording as the node would and writes ``OUT``, an MCAP rosbag2 folder

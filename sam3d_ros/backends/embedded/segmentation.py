@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from sam3d_ros.backends.embedded.colour_depth_refine import refine_mask
 from sam3d_ros.backends.masks import pass_through_masks
+from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import InputError
 from sam3d_ros.core.support_plane import Plane, fit_support_plane
 from sam3d_ros.core.types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
@@ -109,12 +110,15 @@ class EmbeddedSegmenter:
             bounds are within this distance (metres) of it (parts of one object).
         attach_gap: point prompts and automatic mode: smaller regions touching the object in
             the image and within this 3D distance (metres) are parts of it.
-        rim_tolerance: point prompts: a larger touching region whose top lies within this
-            height (metres) of the clicked region's and which is seen over it is the other
-            side of an open container (a bowl's inside and its front wall)...
+        rim_tolerance: point prompts: a touching region whose top lies within this height
+            (metres) of the clicked region's and which is seen over it is the other side of an
+            open container (a bowl's inside and its front wall)...
         rim_jump: ...when the depth steps by at least this much (metres) across the rim (a
-            container's width: 6–8 cm on the real frames' mug and bowls; a shallow bowl seen
-            from high above, rim 4 cm over its bottom, about 4 cm).
+            container's width: 7–8 cm on the real frames' mug and bowls; a shallow bowl seen
+            from high above, rim 4 cm over its bottom, about 4 cm)...
+        wall_lean: ...and the nearer region's top edge lies at most this far (metres) behind
+            its base: a wall, not a solid showing its top face (see
+            :meth:`_container_partners`).
         max_object_size: the largest graspable object (metres): a click's object lies within
             it of the click (the colour refinement's reach), a clicked patch of the support
             band wider than it is the support itself (refused), not a flat part of an object,
@@ -147,6 +151,7 @@ class EmbeddedSegmenter:
         attach_gap: float = 0.025,
         rim_tolerance: float = 0.015,
         rim_jump: float = 0.04,
+        wall_lean: float = 0.01,
         max_object_size: float = 0.35,
         seed: int = 0,
         colour_refine: bool = True,
@@ -167,6 +172,7 @@ class EmbeddedSegmenter:
         self.attach_gap = float(attach_gap)
         self.rim_tolerance = float(rim_tolerance)
         self.rim_jump = float(rim_jump)
+        self.wall_lean = float(wall_lean)
         self.max_object_size = float(max_object_size)
         self.seed = int(seed)
 
@@ -488,10 +494,10 @@ class EmbeddedSegmenter:
             # edges: ucn_3's drill with the cracker box, a mug and a bowl, 0.4 m) or no object
             # (the robot's base plate, a monitor): refused for this object alone, rather
             # than a blob that a grasp planner and a planning scene would take for one.
-            ys, xs = np.nonzero(mask)
-            win = self._window(ctx, int(ys.min()), int(ys.max()) + 1,
-                               int(xs.min()), int(xs.max()) + 1)
-            size = self._patch_size(win, mask[win.y0:win.y1, win.x0:win.x1])
+            # Measured on the object's own depth (no flying pixels spread along the viewing
+            # rays at its outline, no table that colour took in at its base).
+            body = object_depth(ctx.points, mask, ctx.plane, fill=False).reliable
+            size = self._patch_size(ctx.points, body if body.any() else mask, ctx.plane)
             if size > self.max_object_size:
                 where = ", ".join(f"({x}, {y})" for x, y in fg_pts)
                 return ObjectMask(
@@ -796,7 +802,8 @@ class EmbeddedSegmenter:
             patches, main = ctx.cache["support_patches"]  # type: ignore[misc]
             ids = sorted({int(patches[y, x]) for x, y in fg_pts} - {0})
             small = [i for i in ids if i != main
-                     and self._patch_size(win, patches == i) <= self.max_object_size]
+                     and self._patch_size(win.points, patches == i, ctx.plane)
+                     <= self.max_object_size]
             if ids and not small:
                 return full, 0.0, [(x, y) for x, y in fg_pts if patches[y, x] > 0], None
             if small:
@@ -813,7 +820,7 @@ class EmbeddedSegmenter:
             bg_labels = {lab for lab in self._seed_labels(win, labels, bg_pts) if lab > 0}
             # A bowl's or mug's inside and its front wall are two depth regions (the rim is an
             # occluding edge), either the larger: a click on one takes the other.
-            rims = self._container_partners(win, stats, labels, fg_labels,
+            rims = self._container_partners(win, ctx.plane, stats, labels, fg_labels,
                                             exclude=sorted(bg_labels))
             if rims:
                 across_rim = np.isin(labels, rims)
@@ -839,15 +846,42 @@ class EmbeddedSegmenter:
         return full, score, [], across_rim
 
     @staticmethod
-    def _patch_size(win: _Window, patch: np.ndarray, stride: int = 4) -> float:
-        """Largest side (metres) of a patch's 3D bounds, 2nd to 98th percentile."""
+    def _patch_size(points: np.ndarray, patch: np.ndarray, plane: Optional[Plane],
+                    stride: int = 4) -> float:
+        """Largest side (metres) of a patch of ``points`` (H×W×3, as ``patch``).
+
+        With a support plane: the longer side of the smallest rectangle (turned in 5° steps)
+        holding the 2nd–98th percentile of its footprint on the plane along both sides, or its
+        height span if larger: the same from any side (a 0.28 m cube seen across its diagonal
+        measured 0.37 m by its camera-frame bounds; the exact minimum-area rectangle, which a
+        few noisy points widen, 0.39 m). Without one: the largest side of its camera-frame
+        bounds, 2nd to 98th percentile.
+        """
         ys, xs = np.nonzero(patch)
-        pts = win.points[ys[::stride], xs[::stride]].reshape(-1, 3)
+        pts = points[ys[::stride], xs[::stride]].reshape(-1, 3).astype(np.float64)
         pts = pts[np.isfinite(pts).all(axis=1)]
         if len(pts) == 0:
             return 0.0
-        lo, hi = np.percentile(pts, [2, 98], axis=0)
-        return float(np.max(hi - lo))
+        if plane is None:
+            lo, hi = np.percentile(pts, [2, 98], axis=0)
+            return float(np.max(hi - lo))
+        n = np.asarray(plane.normal, dtype=np.float64)
+        e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(n, e1)
+        turns = np.radians(np.arange(0.0, 90.0, 5.0))
+        axes = np.stack([np.cos(turns)[:, None] * e1 + np.sin(turns)[:, None] * e2,
+                         -np.sin(turns)[:, None] * e1 + np.cos(turns)[:, None] * e2], axis=1)
+        along = np.einsum("nd,tad->tan", pts, axes)  # turns × 2 sides × points
+        lo, hi = np.percentile(along, [2, 98], axis=2)
+        sides = hi - lo
+        area = sides[:, 0] * sides[:, 1]
+        # Of the near-smallest rectangles the squarest: two faces of a box seen across their
+        # corner (an L) fit a square and a rectangle along the diagonal of the same area.
+        near = area <= 1.1 * area.min()
+        longest = np.where(near, sides.max(axis=1), np.inf)
+        height = np.percentile(pts @ n, [2, 98])
+        return float(max(longest.min(), height[1] - height[0]))
 
     # ------------------------------------------------------------------------------------
     # automatic tabletop segmentation
@@ -932,6 +966,26 @@ class EmbeddedSegmenter:
         radius: int = 3,
     ) -> List[int]:
         """Smaller regions touching ``ids`` in the image and within ``attach_gap`` in 3D."""
+        size = float(stats.count[list(ids)].sum())
+        out = []
+        for j in self._touching(stats, labels, ids, exclude, radius):
+            if (taken is not None and taken[j]) or stats.count[j] >= 0.5 * size:
+                continue
+            out.append(j)
+        return out
+
+    def _touching(
+        self,
+        stats: "_RegionStats",
+        labels: np.ndarray,
+        ids: Sequence[int],
+        exclude: Sequence[int] = (),
+        radius: int = 3,
+    ) -> List[int]:
+        """Regions near ``ids``: within ``radius`` pixels and ``attach_gap`` in 3D, not excluded.
+
+        The 3D gap is between axis-aligned bounds in the camera frame.
+        """
         x0, y0, x1, y1 = stats.bbox(ids)
         hh, ww = labels.shape
         ya, yb = max(0, y0 - radius), min(hh, y1 + radius + 1)
@@ -939,15 +993,12 @@ class EmbeddedSegmenter:
         crop = labels[ya:yb, xa:xb]
         own = np.isin(crop, ids)
         near = ndimage.distance_transform_cdt(~own, metric="chessboard") <= radius
-        size = float(stats.count[list(ids)].sum())
         lo = stats.lo[list(ids)].min(axis=0)
         hi = stats.hi[list(ids)].max(axis=0)
         out = []
         for j in np.unique(crop[near & ~own]):
             j = int(j)
-            if j == 0 or j in exclude or (taken is not None and taken[j]):
-                continue
-            if stats.count[j] >= 0.5 * size:
+            if j == 0 or j in exclude:
                 continue
             gap = np.maximum(0.0, np.maximum(stats.lo[j] - hi, lo - stats.hi[j]))
             if float(np.linalg.norm(gap)) <= self.attach_gap:
@@ -958,41 +1009,35 @@ class EmbeddedSegmenter:
     def _container_partners(
         self,
         win: _Window,
+        plane: Optional[Plane],
         stats: "_RegionStats",
         labels: np.ndarray,
         ids: Sequence[int],
         exclude: Sequence[int] = (),
-        radius: int = 3,
     ) -> List[int]:
         """Regions that make one open container with ``ids`` (its inside or its wall).
 
         A bowl's or mug's inside is seen over its front wall: it lies above the wall in the
-        image, behind it across the rim, an occluding edge where the depth jumps by about the
-        container's width (6–8 cm on dof6_0's mug and dof6_8/9's bowls), and it reaches up to
-        the wall's rim height at its far side. Objects touching one behind the other jump by
-        less than their gap (within ``attach_gap``) and differ in height nearly always.
-        Either side may be the larger; :meth:`_attach_parts` joins only smaller regions, and
-        the colour refinement would drop a part across the rim without being told.
+        image, behind it across the rim, an occluding edge where the depth steps by about the
+        container's width (7.3–7.9 cm on dof6_0's mug and dof6_8/9's bowls), and it reaches up
+        to the wall's rim height. The wall is upright or flares out: its top edge lies over its
+        base or in front of it (median −1.2 to −1.7 cm on those three), while an object of the
+        same height standing behind another shows that one's top face over its front, its top
+        edge one object-depth behind (+2.8 to +3.7 cm for ucn_2/3's mustard bottle and the
+        can-on-a-box stack before it, whose step across is 13.6 cm). Either side may be the
+        larger; :meth:`_attach_parts` joins only smaller regions, and the colour refinement
+        would drop a part across the rim without being told. Nothing without a support plane.
         """
         ids = list(ids)
+        top = max(stats.height_quantiles(i)[1] for i in ids)
+        if plane is None or not np.isfinite(top):
+            return []
         size = float(stats.count[ids].sum())
         lo, hi = stats.lo[ids].min(axis=0), stats.hi[ids].max(axis=0)
-        top = max(stats.height_quantiles(i)[1] for i in ids)
         z_own = float((stats.mean_points[ids, 2] * stats.count[ids]).sum() / max(size, 1.0))
-        x0, y0, x1, y1 = stats.bbox(ids)
-        hh, ww = labels.shape
-        ya, yb = max(0, y0 - radius), min(hh, y1 + radius + 1)
-        xa, xb = max(0, x0 - radius), min(ww, x1 + radius + 1)
-        crop = labels[ya:yb, xa:xb]
-        own_crop = np.isin(crop, ids)
-        near = ndimage.distance_transform_cdt(~own_crop, metric="chessboard") <= radius
         out = []
-        for j in np.unique(crop[near & ~own_crop]):
-            j = int(j)
-            if j == 0 or j in exclude or stats.count[j] < MIN_CLICK_REGION_PX:
-                continue
-            gap = np.maximum(0.0, np.maximum(stats.lo[j] - hi, lo - stats.hi[j]))
-            if float(np.linalg.norm(gap)) > self.attach_gap:
+        for j in self._touching(stats, labels, ids, exclude):
+            if stats.count[j] < MIN_CLICK_REGION_PX:
                 continue
             if abs(stats.height_quantiles(j)[1] - top) > self.rim_tolerance:
                 continue  # not one rim
@@ -1003,7 +1048,9 @@ class EmbeddedSegmenter:
             sl = (slice(by0, by1 + 1), slice(bx0, bx1 + 1))
             own, other = np.isin(labels[sl], ids), labels[sl] == j
             wall, inside = (own, other) if stats.mean_points[j, 2] > z_own else (other, own)
-            if _rim_jump(win.points[sl], wall, inside) >= self.rim_jump:
+            pts = win.points[sl]
+            if (_rim_jump(pts, wall, inside) >= self.rim_jump
+                    and _wall_lean(pts, wall, plane) <= self.wall_lean):
                 out.append(j)
         return out
 
@@ -1025,6 +1072,29 @@ def _rim_jump(points: np.ndarray, wall: np.ndarray, inside: np.ndarray, gap_px: 
         return 0.0
     step = points[top_wall[cols], cols] - points[low_inside[cols], cols]
     return float(np.nanmedian(np.linalg.norm(step, axis=1)))
+
+
+def _wall_lean(points: np.ndarray, wall: np.ndarray, plane: Plane, min_rows: int = 5) -> float:
+    """Median horizontal offset (metres, away from the camera) of ``wall``'s top over its base.
+
+    Per image column with at least ``min_rows`` rows of the region: its topmost pixel's point
+    minus its lowest pixel's, along the horizontal viewing direction. About 0 for an upright
+    wall, negative for a flared one (a bowl), an object-depth for a solid seen with its top face
+    (the top's far edge). ``inf`` when no column has enough rows.
+    """
+    h = wall.shape[0]
+    rows = np.arange(h)[:, None]
+    top = np.where(wall, rows, h).min(axis=0)
+    bottom = np.where(wall, rows, -1).max(axis=0)
+    cols = np.flatnonzero((bottom >= 0) & (bottom - top >= min_rows))
+    if cols.size == 0:
+        return float("inf")
+    p_top = points[top[cols], cols].astype(np.float64)
+    p_bottom = points[bottom[cols], cols].astype(np.float64)
+    n = np.asarray(plane.normal, dtype=np.float64)
+    away = p_bottom - np.outer(p_bottom @ n, n)  # the camera is at the origin
+    away /= np.maximum(np.linalg.norm(away, axis=1, keepdims=True), 1e-9)
+    return float(np.nanmedian(np.einsum("ij,ij->i", p_top - p_bottom, away)))
 
 
 class _RegionStats:
