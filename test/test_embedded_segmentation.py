@@ -440,10 +440,19 @@ def test_a_click_on_an_open_containers_wall_or_inside_takes_all_of_it(seg, cup):
     x = int(np.median(xs))
     column = ys[xs == x]
     # Up the middle column: the front wall, then the inside seen over the rim.
-    for y in (int(column.max()) - 8, int(column.min()) + 8):
-        (r,) = seg.segment(frame, SegmentationQuery(
-            objects=[ObjectPrompt(1, points=[PointPrompt(x, y, 1, 1)])]))
-        assert iou(r.mask, mask) >= 0.9, ((x, y), iou(r.mask, mask))
+    clicks = [(x, int(column.max()) - 8), (x, int(column.min()) + 8)]
+    # The same view from a camera rolled a half turn about its axis (a wrist camera mounted
+    # upside down): the inside is now below the wall in the image.
+    rolled = Frame(rgb=np.ascontiguousarray(frame.rgb[::-1, ::-1]),
+                   points=np.ascontiguousarray(frame.points[::-1, ::-1]
+                                               * np.float32([-1.0, -1.0, 1.0])))
+    for view, truth, turn in ((frame, mask, lambda u, v: (u, v)),
+                              (rolled, mask[::-1, ::-1], lambda u, v: (W - 1 - u, H - 1 - v))):
+        for u, v in clicks:
+            cx, cy = turn(u, v)
+            (r,) = seg.segment(view, SegmentationQuery(
+                objects=[ObjectPrompt(1, points=[PointPrompt(cx, cy, 1, 1)])]))
+            assert iou(r.mask, truth) >= 0.9, ((cx, cy), iou(r.mask, truth))
 
 
 @pytest.mark.parametrize("kind,gap", [("box", 0.04), ("box", 0.06), ("box", 0.10),

@@ -1048,11 +1048,26 @@ class EmbeddedSegmenter:
             sl = (slice(by0, by1 + 1), slice(bx0, bx1 + 1))
             own, other = np.isin(labels[sl], ids), labels[sl] == j
             wall, inside = (own, other) if stats.mean_points[j, 2] > z_own else (other, own)
-            pts = win.points[sl]
+            # "Over" is up in the image for an upright camera: turn the crops so that the
+            # table's normal points up in them (a wrist camera may be rolled).
+            k = _quarter_turns_to_up(plane)
+            pts, wall, inside = (np.rot90(a, k) for a in (win.points[sl], wall, inside))
             if (_rim_jump(pts, wall, inside) >= self.rim_jump
                     and _wall_lean(pts, wall, plane) <= self.wall_lean):
                 out.append(j)
         return out
+
+
+def _quarter_turns_to_up(plane: Plane) -> int:
+    """Quarter turns (``np.rot90``'s ``k``) after which the plane's normal points up in an image.
+
+    The normal in the optical frame, seen on the image plane, is ``(x, y)`` with y down: up
+    is −y (0 turns), +x needs a quarter turn anticlockwise (1), +y two, −x three.
+    """
+    nx, ny = float(plane.normal[0]), float(plane.normal[1])
+    if abs(ny) >= abs(nx):
+        return 0 if ny <= 0 else 2
+    return 1 if nx > 0 else 3
 
 
 def _rim_jump(points: np.ndarray, wall: np.ndarray, inside: np.ndarray, gap_px: int = 8,
