@@ -462,8 +462,9 @@ def test_a_click_does_not_take_a_neighbour_of_the_same_height_behind_or_before(s
     # a container's inside over its wall, across a step of over 4 cm (the review found a
     # mustard bottle joined to the can-on-a-box stack before it on ucn_2/3). The front one
     # shows its top face, its top edge an object-depth behind its base; a container's wall
-    # does not. A click on either takes it alone. (Closer than this, the smaller one's region
-    # joins the other's as a part, as before: a gap of 2 cm, or 4 cm between cylinders.)
+    # does not. A click on either takes it alone (box 4 cm and cylinders 6 cm apart are the
+    # cases that reach the wall test; closer, the smaller one's region joins the other's as a
+    # part, as before: a gap of 2 cm, or 4 cm between cylinders).
     front, depth = -0.02, 0.05 if kind == "box" else 0.066
     size = (0.08, 0.05, 0.08) if kind == "box" else (0.033, 0.12)
     objects = ((kind, 0.0, front, size, (200, 40, 40)),
@@ -473,18 +474,17 @@ def test_a_click_does_not_take_a_neighbour_of_the_same_height_behind_or_before(s
         x, y = centre_pixel(masks[i])
         (r,) = seg.segment(frame, SegmentationQuery(
             objects=[ObjectPrompt(1, points=[PointPrompt(x, y, 1, 1)])]))
-        # (The front one loses some of its top edge to the neighbour's colour: 0.81-0.89.)
-        assert iou(r.mask, masks[i]) >= 0.8, (i, iou(r.mask, masks[i]))
+        assert iou(r.mask, masks[i]) >= 0.9, (i, iou(r.mask, masks[i]))
         assert r.mask[masks[1 - i]].mean() < 0.05
 
 
 def test_a_click_whose_region_is_wider_than_a_graspable_object_is_refused(seg):
     # A plank 0.5 m long (a shelf board, a robot's base plate) is no graspable object: the
     # click fails its object, naming the click and the size; a 0.25 m box is taken, and so
-    # is a 0.28 m cube seen across its diagonal (0.37 m by its camera-frame bounds).
+    # is a 0.25 m cube seen across its diagonal (0.32 m by its camera-frame bounds).
     for size, eye, refused in (((0.5, 0.08, 0.06), (0.0, -0.5, 0.5), True),
                                ((0.25, 0.08, 0.06), (0.0, -0.5, 0.5), False),
-                               ((0.28, 0.28, 0.28), (0.45, -0.45, 0.5), False)):
+                               ((0.25, 0.25, 0.25), (0.45, -0.45, 0.5), False)):
         frame, (mask,), _ = render_scene((("box", 0.0, 0.05, size, (200, 40, 40)),), eye=eye)
         x, y = centre_pixel(mask)
         (r,) = seg.segment(frame, SegmentationQuery(
@@ -494,7 +494,7 @@ def test_a_click_whose_region_is_wider_than_a_graspable_object_is_refused(seg):
             assert field == "point_prompts" and f"({x}, {y})" in reason
             assert "max_object_size" in reason and not r.mask.any()
         else:
-            assert r.refused is None and iou(r.mask, mask) >= 0.7, (size, iou(r.mask, mask))
+            assert r.refused is None and iou(r.mask, mask) >= 0.9, (size, iou(r.mask, mask))
 
 
 def test_one_click_on_touching_objects_of_different_colours_returns_one(seg):

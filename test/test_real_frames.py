@@ -234,10 +234,13 @@ def test_a_click_gives_an_object_of_graspable_size_or_a_reason(data_dir, engine,
             request = dict(base, point_prompts=[{"x": x, "y": y, "label": 1, "object_id": 1}])
             parsed = parse_request(request, d, engine.input_options)
             (obj,) = seg.segment(parsed.frame, parsed.query)
+            assert obj.refused is None and obj.region.area > 3000, (x, y)
             masks.append(obj.region.full())
         assert (masks[0] & masks[1]).sum() < 0.05 * min(m.sum() for m in masks)
-        # The drill (366, 123): its region ran into the cracker box, a mug, a bowl and a can.
-        request = dict(base, point_prompts=[{"x": 366, "y": 123, "label": 1, "object_id": 1}])
-        parsed = parse_request(request, d, engine.input_options)
-        (obj,) = seg.segment(parsed.frame, parsed.query)
-        assert obj.refused is not None and "max_object_size" in obj.refused[1]
+        # The drill (366, 123) and the cracker box (245, 127): their region ran into each
+        # other, a mug, a bowl and a can (0.39 m).
+        for x, y in ((366, 123), (245, 127)):
+            request = dict(base, point_prompts=[{"x": x, "y": y, "label": 1, "object_id": 1}])
+            parsed = parse_request(request, d, engine.input_options)
+            (obj,) = seg.segment(parsed.frame, parsed.query)
+            assert obj.refused is not None and "max_object_size" in obj.refused[1], (x, y)
