@@ -92,7 +92,7 @@ def execute_goal(node: Any, goal: Any, progress: Callable[[str, float, str], Non
         for warning in res.warnings:  # e.g. automatic segmentation kept max_objects
             progress("segment", 0.3, f"warning: {warning}")
         for failure in res.failed_objects:  # the others are returned
-            progress(failure.get("stage", "reconstruct"), 0.85,
+            progress(failure["stage"], 0.85,
                      "warning: object {object_id} skipped: {reason}".format(**failure))
         objects = (node.ids.assign(res.objects, explicit) if cam is not None
                    else list(res.objects))

@@ -463,12 +463,11 @@ class EmbeddedSegmenter:
             # wooden table's) took in every object of a like colour standing on it (ucn_0: a
             # cracker box, two bowls and a can in 1.4 m of "table" 0.86 m high). Refused for
             # this object alone; the engine goes on with the others.
-            where = ", ".join(f"({x}, {y})" for x, y in on_support)
             band_mm = round(1000 * self.support_band)
             return ObjectMask(
                 object_id=oid, region=mask, score=0.0,
                 refused=("point_prompts", (
-                    f"object {oid}: the click{'s' if len(on_support) > 1 else ''} at {where} "
+                    f"object {oid}: {_the_clicks(on_support)} "
                     f"{'lie' if len(on_support) > 1 else 'lies'} on the support (the table, or "
                     f"something less than {band_mm} mm above it), not on an object standing "
                     "on it")))
@@ -499,12 +498,11 @@ class EmbeddedSegmenter:
             body = object_depth(ctx.points, mask, ctx.plane, fill=False).reliable
             size = self._patch_size(ctx.points, body if body.any() else mask)
             if size > self.max_object_size:
-                where = ", ".join(f"({x}, {y})" for x, y in fg_pts)
                 return ObjectMask(
                     object_id=oid, region=np.zeros_like(mask), score=0.0,
                     refused=("point_prompts", (
-                        f"object {oid}: the click{'s' if len(fg_pts) > 1 else ''} at {where} "
-                        f"selected a region {size:.2f} m across, more than a graspable object "
+                        f"object {oid}: {_the_clicks(fg_pts)} selected a region {size:.2f} m "
+                        "across, more than a graspable object "
                         f"(max_object_size {self.max_object_size:g} m): objects touching it "
                         "could not be told apart, or it is no object; draw a box around the "
                         "object, or add a background click (label 0) on what joined it")))
@@ -985,7 +983,6 @@ class EmbeddedSegmenter:
                 out.append(j)
         return out
 
-
     def _container_partners(
         self,
         win: _Window,
@@ -1015,6 +1012,9 @@ class EmbeddedSegmenter:
         size = float(stats.count[ids].sum())
         lo, hi = stats.lo[ids].min(axis=0), stats.hi[ids].max(axis=0)
         z_own = float((stats.mean_points[ids, 2] * stats.count[ids]).sum() / max(size, 1.0))
+        # "Over" is up in the image for an upright camera: the crops are turned so that the
+        # table's normal points up in them (a wrist camera may be rolled).
+        turns = _quarter_turns_to_up(plane)
         out = []
         for j in self._touching(stats, labels, ids, exclude):
             if stats.count[j] < MIN_CLICK_REGION_PX:
@@ -1028,14 +1028,17 @@ class EmbeddedSegmenter:
             sl = (slice(by0, by1 + 1), slice(bx0, bx1 + 1))
             own, other = np.isin(labels[sl], ids), labels[sl] == j
             wall, inside = (own, other) if stats.mean_points[j, 2] > z_own else (other, own)
-            # "Over" is up in the image for an upright camera: turn the crops so that the
-            # table's normal points up in them (a wrist camera may be rolled).
-            k = _quarter_turns_to_up(plane)
-            pts, wall, inside = (np.rot90(a, k) for a in (win.points[sl], wall, inside))
+            pts, wall, inside = (np.rot90(a, turns) for a in (win.points[sl], wall, inside))
             if (_rim_jump(pts, wall, inside) >= self.rim_jump
                     and _wall_lean(pts, wall, plane) <= self.wall_lean):
                 out.append(j)
         return out
+
+
+def _the_clicks(points: Sequence[Tuple[int, int]]) -> str:
+    """``the click at (x, y)`` / ``the clicks at (x, y), (x, y)``, for refusals."""
+    where = ", ".join(f"({x}, {y})" for x, y in points)
+    return f"the click{'s' if len(points) > 1 else ''} at {where}"
 
 
 def _quarter_turns_to_up(plane: Plane) -> int:
