@@ -247,9 +247,12 @@ def test_the_grasp_planner_is_built_from_the_parameters():
     from sam3d_ros.ros.engine_host import EngineHost
 
     values = {p.name: p.default for p in PARAMS}
-    values.update(grasp_top_k=4, grasp_max_samples=512, gripper_max_opening=0.1)
+    values.update(grasp_top_k=4, grasp_max_samples=512, gripper_max_opening=0.1, cpu_workers=3)
     planner = EngineHost(values.__getitem__, None)._grasp_planner()
     assert (planner.top_k, planner.max_samples, planner.gripper.max_opening) == (4, 512, 0.1)
+    assert planner.workers == 3
+    engine = EngineHost(values.__getitem__, None).build()
+    assert engine.segmenter.workers == engine.reconstructor.workers == 3
     values["grasp_planner"] = "none"
     assert EngineHost(values.__getitem__, None)._grasp_planner() is None
 

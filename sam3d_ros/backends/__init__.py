@@ -8,6 +8,7 @@ and are the default; the default grasp planner is ``analytic`` (numpy/scipy only
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Dict, Tuple
 
 from sam3d_ros.core.errors import InputError
@@ -38,6 +39,15 @@ def _make(table: Dict[str, Tuple[str, str]], kind: str, name: str, options: Dict
     module_name, class_name = table[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**options)
+
+
+def takes_option(table: Dict[str, Tuple[str, str]], name: str, option: str) -> bool:
+    """Whether the backend ``name`` of ``table`` has the keyword option ``option``."""
+    if name not in table:
+        return False
+    module_name, class_name = table[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return option in inspect.signature(cls).parameters
 
 
 def make_segmenter(name: str = "embedded", **options: Any):

@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_OBJECTS,
         help="most objects per request (default %(default)d)",
     )
+    backends.add_argument(
+        "--workers",
+        default="auto",
+        metavar="N|auto",
+        help="threads working on a frame's objects at once (embedded backends, grasp planner): "
+        "auto = the cores this process may use, at most 4; 1 = one object at a time; the "
+        "results are the same whatever the count (default %(default)s)",
+    )
     parser.add_argument(
         "--base-url",
         metavar="URL",
@@ -346,6 +354,7 @@ def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> in
         raise InputError("--max-input-mb", "must be positive")
     if args.http_timeout <= 0:
         raise InputError("--http-timeout", "must be positive")
+    workers = _workers(args)
     request = build_request(args)
     options = InputOptions(
         allow_http=args.allow_http,
@@ -357,7 +366,7 @@ def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> in
     base_dir = Path(args.request).parent if args.request and args.request != "-" else None
     # Backends are built after the request was validated (bad input fails fast).
     engine = Engine(args.segmentation_backend, args.reconstruction_backend, options,
-                    max_objects=args.max_objects)
+                    max_objects=args.max_objects, workers=workers)
     outcome = engine.run(
         request,
         output,
@@ -376,6 +385,12 @@ def _run(args: argparse.Namespace, stderr: TextIO, state: Dict[str, Path]) -> in
     return EXIT_OK
 
 
+def _workers(args: argparse.Namespace) -> int:
+    from sam3d_ros.core.object_pool import resolve_workers
+
+    return resolve_workers(args.workers, "--workers")
+
+
 def _run_bag(args: argparse.Namespace, stderr: TextIO) -> int:
     from sam3d_ros.core.engine import Engine, check_fresh_dir
     from sam3d_ros.core.recording.offline import OfflineOptions, process_recording
@@ -388,13 +403,15 @@ def _run_bag(args: argparse.Namespace, stderr: TextIO) -> int:
         raise InputError("--max-rate" if args.max_rate < 0 else "--sync-slop", "must be >= 0")
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise InputError("--end", f"must be after --start ({args.start:g} s)")
+    workers = _workers(args)
     request = build_request(args)
     artifacts = Path(args.artifacts) if args.artifacts else None
     if artifacts is not None:
         check_fresh_dir(artifacts, "--artifacts")
     options = InputOptions(allowed_roots=args.allowed_root,
                            max_bytes=int(args.max_input_mb * 2**20))
-    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options)
+    engine = Engine(args.segmentation_backend, args.reconstruction_backend, options,
+                    workers=workers)
     topics = {"image": args.image_topic, "depth": args.depth_topic,
               "camera_info": args.camera_info_topic, "prompt": args.prompt_topic}
     selection = FrameSelection(args.every, args.start, args.end, args.max_rate, args.max_frames)

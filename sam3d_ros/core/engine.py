@@ -218,8 +218,14 @@ class Engine:
         input_options: Optional[InputOptions] = None,
         grasp_planner: Any = "analytic",
         max_objects: Optional[int] = None,
+        workers: Optional[Union[int, str]] = None,
     ):
         """Build an engine; ``None`` backends mean ``"embedded"``, ``grasp_planner=None`` none.
+
+        ``workers`` goes to the backends built here from a name that take it (the embedded
+        ones and the analytic grasp planner): threads working on a frame's objects at once,
+        0 or ``"auto"`` for the cores (:mod:`~sam3d_ros.core.object_pool`); ``None`` keeps
+        their default (one). The results are the same whatever the count.
 
         ``max_objects`` (when given, else ``input_options.max_objects``, default
         :data:`~sam3d_ros.core.inputs.DEFAULT_MAX_OBJECTS`) bounds the objects of one request or
@@ -243,12 +249,25 @@ class Engine:
         self._segmenter = segmenter
         self._reconstructor = reconstructor
         self._grasp_planner = grasp_planner
+        if workers is not None:
+            from sam3d_ros.core.object_pool import resolve_workers
+
+            workers = resolve_workers(workers)
+        self._workers = workers
         options = input_options or InputOptions()
         if max_objects is not None:
             if isinstance(max_objects, bool) or int(max_objects) < 1:
                 raise InputError("max_objects", f"must be at least 1, got {max_objects}")
             options = dataclasses.replace(options, max_objects=int(max_objects))
         self.input_options = options
+
+    def _options_for(self, table, name: str) -> Dict[str, Any]:
+        """Keyword options of the backend ``name`` built from the registry ``table``."""
+        from sam3d_ros.backends import takes_option
+
+        if self._workers is not None and takes_option(table, name, "workers"):
+            return {"workers": self._workers}
+        return {}
 
     @property
     def max_objects(self) -> int:
@@ -259,27 +278,30 @@ class Engine:
     def segmenter(self) -> Any:
         """The segmentation backend (built from its name on first access)."""
         if isinstance(self._segmenter, str):
-            from sam3d_ros.backends import make_segmenter
+            from sam3d_ros.backends import SEGMENTERS, make_segmenter
 
-            self._segmenter = make_segmenter(self._segmenter)
+            self._segmenter = make_segmenter(self._segmenter,
+                                   **self._options_for(SEGMENTERS, self._segmenter))
         return self._segmenter
 
     @property
     def reconstructor(self) -> Any:
         """The reconstruction backend (built from its name on first access)."""
         if isinstance(self._reconstructor, str):
-            from sam3d_ros.backends import make_reconstructor
+            from sam3d_ros.backends import RECONSTRUCTORS, make_reconstructor
 
-            self._reconstructor = make_reconstructor(self._reconstructor)
+            self._reconstructor = make_reconstructor(self._reconstructor,
+                                   **self._options_for(RECONSTRUCTORS, self._reconstructor))
         return self._reconstructor
 
     @property
     def grasp_planner(self) -> Any:
         """The grasp planner (built from its name on first access), or ``None`` (disabled)."""
         if isinstance(self._grasp_planner, str):
-            from sam3d_ros.backends import make_grasp_planner
+            from sam3d_ros.backends import GRASP_PLANNERS, make_grasp_planner
 
-            self._grasp_planner = make_grasp_planner(self._grasp_planner)
+            self._grasp_planner = make_grasp_planner(self._grasp_planner,
+                                   **self._options_for(GRASP_PLANNERS, self._grasp_planner))
         return self._grasp_planner
 
     def run(

@@ -38,7 +38,7 @@ class EngineHost:
     def backend_options(self) -> Dict[str, Dict[str, Any]]:
         """Node parameters as keyword options of each backend, by registry name."""
         return {
-            "embedded": {},
+            "embedded": {"workers": int(self._p("cpu_workers"))},
             "sam3": {
                 "checkpoint": self._p("sam3_checkpoint") or None,
                 "device": self._p("device"),
@@ -93,7 +93,8 @@ class EngineHost:
         return make_grasp_planner(self._p("grasp_planner"), gripper=parameters.gripper(self._p),
                                   top_k=int(self._p("grasp_top_k")),
                                   max_samples=int(self._p("grasp_max_samples")),
-                                  preferred_approach=parse_approach(self._p("grasp_approach")))
+                                  preferred_approach=parse_approach(self._p("grasp_approach")),
+                                  workers=int(self._p("cpu_workers")))
 
     def release(self) -> None:
         """Unload the backends and forget the engine (cleanup, shutdown, error).

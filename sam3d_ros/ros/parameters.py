@@ -55,6 +55,10 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "more prompted "
               "objects or masks are refused (the field named), automatic or text segmentation "
               "keeps the best-scoring ones", range=(1, 10000), when="configure"),
+    ParamSpec("cpu_workers", 0, "threads on which the embedded backends and the analytic grasp "
+              "planner work on a frame's objects at once; 0 = the cores the node may use, at "
+              "most 4; 1 = one object at a time (the results are the same whatever the count)",
+              range=(0, 256), when="configure"),
     ParamSpec("default_seed", DEFAULT_SEED, "seed when neither goal nor prompt gives one",
               range=(0, BIG)),
     ParamSpec("continuous", True, "process camera frames continuously (false: only on "

@@ -105,8 +105,9 @@ def refine_mask(
     if od.count < 20:
         return mask
     core = od.reliable
-    ys, xs = np.nonzero(mask | core)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    either = mask | core
+    ys, xs = np.flatnonzero(either.any(axis=1)), np.flatnonzero(either.any(axis=0))
+    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
     if box is not None:
         y0, y1 = min(y0, box[1]), max(y1, box[3] + 1)
         x0, x1 = min(x0, box[0]), max(x1, box[2] + 1)

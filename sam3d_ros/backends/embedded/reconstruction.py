@@ -56,6 +56,7 @@ Mesh and Gaussians are returned in the canonical frame of :mod:`sam3d_ros.core.c
 
 from __future__ import annotations
 
+import copy
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -82,6 +83,7 @@ from sam3d_ros.core.conventions import (
 )
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.object_pool import map_objects, resolve_workers
 from sam3d_ros.core.support_plane import Plane, fit_support_plane
 from sam3d_ros.core.types import (
     CameraIntrinsics,
@@ -151,6 +153,9 @@ class EmbeddedReconstructor:
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
+        workers: objects reconstructed at once on this many threads (0 or ``"auto"``: the
+            cores, at most four; :mod:`~sam3d_ros.core.object_pool`); the results are the same
+            whatever the count.
     """
 
     name = "embedded"
@@ -182,7 +187,9 @@ class EmbeddedReconstructor:
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
+        workers=1,
     ):
+        self.workers = resolve_workers(workers)
         if voxel_size <= 0:
             raise InputError("voxel_size", f"must be positive, got {voxel_size}")
         self.voxel_size = float(voxel_size)
@@ -275,13 +282,17 @@ class EmbeddedReconstructor:
         )
         ctx = _FrameContext(points, valid, frame.rgb, k, roi, union, plane)
         # Hygiene of every object first: the depth each one disowns is unknown to all carving.
-        cleaned = [self._clean_points(ctx, m.region) for m in masks]
-        out = []
-        for i, m in enumerate(masks):
+        cleaned = map_objects(lambda m: self._clean_points(ctx, m.region), masks, self.workers)
+        for c in cleaned:
+            ctx.forget_depth(c[4])
+        ctx.freeze()  # read-only from here on: the objects may be reconstructed in parallel
+
+        def one(i: int) -> ObjectReconstruction:
             check_cancelled()
-            ctx.set_object(m.region)
-            out.append(self._reconstruct_one(ctx, plane, m, i, int(seed), cleaned[i]))
-        return out
+            return self._reconstruct_one(ctx.with_object(masks[i].region), plane, masks[i], i,
+                                         int(seed), cleaned[i][:4])
+
+        return map_objects(one, range(len(masks)), self.workers)
 
     # ----------------------------------------------------------------------------------------
     # one object
@@ -423,7 +434,8 @@ class EmbeddedReconstructor:
         """The object's depth points after hygiene (:func:`~.depth_hygiene.object_depth`).
 
         Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
-        from the nearest measured pixel, and the reliable pixels as a :class:`MaskCrop`).
+        from the nearest measured pixel, the reliable pixels as a :class:`MaskCrop`, and the
+        filled pixels (H×W) for :meth:`_FrameContext.forget_depth`).
         """
         od = object_depth(
             ctx.points,
@@ -435,11 +447,13 @@ class EmbeddedReconstructor:
             fill=self.fill_silhouette,
             max_angle_deg=self.grazing_deg,
         )
-        ctx.forget_depth(od.filled)
-        sel = od.reliable | od.filled
+        r0, r1, c0, c1 = od.box
+        sel = od.reliable[r0:r1, c0:c1] | od.filled[r0:r1, c0:c1]
         rr, cc = np.nonzero(sel)
+        rr, cc = rr + r0, cc + c0
         pts = backproject_pixels(rr, cc, od.depth[rr, cc], ctx.k)
-        return pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc], MaskCrop.of(od.reliable)
+        return (pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc], MaskCrop.of(od.reliable),
+                od.filled)
 
     def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane], ctx=None):
         """Rotation (columns a, b, up), origin and the floor height the object stands on.
@@ -872,6 +886,19 @@ class _FrameContext:
                 dist = np.abs(pts @ plane.normal.astype(np.float32) + np.float32(plane.offset))
                 table = ok & ~union[r0:r1, c0:c1] & (dist < max(0.004, 3.0 * plane.rms))
             self.table = ndimage.binary_erosion(table, iterations=1)
+
+    def freeze(self) -> None:
+        """Bring the free-space arrays up to date: no method changes the context after this."""
+        self._refresh()
+
+    def with_object(self, mask: MaskCrop) -> "_FrameContext":
+        """A view of this context (arrays shared) whose object is ``mask`` (:meth:`set_object`).
+
+        Each object gets its own, so objects can be reconstructed in parallel.
+        """
+        view = copy.copy(self)
+        view.set_object(mask)
+        return view
 
     def set_object(self, mask: MaskCrop) -> None:
         """Make ``mask`` the object whose silhouette :meth:`snap_to_silhouette` keeps."""

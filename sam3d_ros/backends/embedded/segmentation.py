@@ -24,8 +24,9 @@ Everything is vectorised numpy/scipy and deterministic (the RANSAC seed is fixed
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +35,7 @@ from sam3d_ros.backends.embedded.colour_depth_refine import refine_mask
 from sam3d_ros.backends.masks import pass_through_masks
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import InputError
+from sam3d_ros.core.object_pool import map_objects, resolve_workers
 from sam3d_ros.core.support_plane import Plane, fit_support_plane
 from sam3d_ros.core.types import BoxPrompt, Frame, ObjectMask, ObjectPrompt, SegmentationQuery
 
@@ -80,10 +82,18 @@ class _FrameContext:
     plane: Optional[Plane]
     fx: Optional[float] = None
     cache: Dict[str, object] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def shape(self) -> Tuple[int, int]:
         return (int(self.z.shape[0]), int(self.z.shape[1]))
+
+    def cached(self, key: str, compute: Callable[[], object]):
+        """``compute()`` once per call of ``segment`` (objects segmented in parallel share it)."""
+        with self._lock:
+            if key not in self.cache:
+                self.cache[key] = compute()
+            return self.cache[key]
 
 
 # Fewest pixels of a depth region that a click takes (smaller ones are noise specks).
@@ -129,6 +139,9 @@ class EmbeddedSegmenter:
             (:mod:`~sam3d_ros.backends.embedded.colour_depth_refine`; real cameras' depth outlines
             are
             shifted and smeared against the colour image).
+        workers: prompted objects segmented at once on this many threads (0 or ``"auto"``:
+            the cores, at most four; :mod:`~sam3d_ros.core.object_pool`); the masks are the
+            same whatever the count.
     """
 
     name = "embedded"
@@ -155,7 +168,9 @@ class EmbeddedSegmenter:
         max_object_size: float = 0.35,
         seed: int = 0,
         colour_refine: bool = True,
+        workers=1,
     ):
+        self.workers = resolve_workers(workers)
         self.colour_refine = bool(colour_refine)
         self.plane_threshold = float(plane_threshold)
         self.support_band = float(support_band)
@@ -197,7 +212,8 @@ class EmbeddedSegmenter:
             raise InputError("prompt", TEXT_UNSUPPORTED)
         ctx = self._context(frame)
         if query.objects:
-            return [self._segment_object(ctx, prompt) for prompt in query.objects]
+            return map_objects(lambda prompt: self._segment_object(ctx, prompt), query.objects,
+                               self.workers)
         return self._automatic(ctx)
 
     def support_plane(self, frame: Frame) -> Optional[Plane]:
@@ -770,13 +786,9 @@ class EmbeddedSegmenter:
         """
         h, w = ctx.shape
         win = self._window(ctx, 0, h, 0, w)
-        if "regions" not in ctx.cache:
-            ctx.cache["regions"] = self._regions(win)
-        labels, n, fg = ctx.cache["regions"]  # type: ignore[misc]
+        labels, n, fg = ctx.cached("regions", lambda: self._regions(win))  # type: ignore[misc]
         full = np.zeros((h, w), dtype=bool)
-        if "stats" not in ctx.cache:
-            ctx.cache["stats"] = _RegionStats(labels, n, win)
-        stats = ctx.cache["stats"]
+        stats = ctx.cached("stats", lambda: _RegionStats(labels, n, win))
         # A speck of a few pixels (noise above the support band, on a bowl's inside bottom) is
         # no region to snap to while the click has a region or a support patch of its own.
         fg_labels = sorted({lab for lab in self._seed_labels(win, labels, fg_pts,
@@ -790,14 +802,15 @@ class EmbeddedSegmenter:
             # (the inside bottom of a cup or bowl seen from above); the support itself is
             # refused. The support's main part counts as such however little of it is seen
             # (a camera close over the table).
-            if "support_patches" not in ctx.cache:
+            def support_patches():
                 with np.errstate(invalid="ignore"):
                     band = win.valid & (win.height <= np.float32(self.support_band))
                 patches, n_patches = ndimage.label(band, structure=_FOUR)
                 sizes = np.bincount(patches.ravel(), minlength=n_patches + 1)
                 sizes[0] = 0
-                ctx.cache["support_patches"] = (patches, int(np.argmax(sizes)) if n_patches else 0)
-            patches, main = ctx.cache["support_patches"]  # type: ignore[misc]
+                return patches, int(np.argmax(sizes)) if n_patches else 0
+
+            patches, main = ctx.cached("support_patches", support_patches)  # type: ignore[misc]
             ids = sorted({int(patches[y, x]) for x, y in fg_pts} - {0})
             small = [i for i in ids if i != main
                      and self._patch_size(win.points, patches == i) <= self.max_object_size]

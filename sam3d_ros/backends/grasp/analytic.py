@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from sam3d_ros.core import conventions
 from sam3d_ros.core.cancellation import check_cancelled
+from sam3d_ros.core.object_pool import map_objects, resolve_workers
 from sam3d_ros.core.support_plane import fit_support_plane
 from sam3d_ros.core.types import Frame, Grasp, ObjectReconstruction
 
@@ -197,6 +198,9 @@ class AnalyticGraspPlanner:
             line).
         nms_distance / nms_angle_deg: a grasp closer than both to a better one is suppressed.
         check_batch: candidates collision-checked at once.
+        workers: objects planned at once on this many threads (0 or ``"auto"``: the cores, at
+            most four; :mod:`~sam3d_ros.core.object_pool`); the grasps are the same whatever
+            the count.
     """
 
     name = "analytic"
@@ -221,8 +225,10 @@ class AnalyticGraspPlanner:
         nms_angle_deg: float = 30.0,
         check_batch: int = 24,
         weights: Optional[dict] = None,
+        workers=1,
     ):
         """Configure the planner (see the class docstring)."""
+        self.workers = resolve_workers(workers)
         self.gripper = gripper or GripperModel()
         if isinstance(self.gripper, dict):
             self.gripper = GripperModel(**self.gripper)
@@ -269,13 +275,14 @@ class AnalyticGraspPlanner:
         plane = support_plane
         if plane is None:
             plane = self.fit_plane(frame, objects)
-        targets = [self._target(o, seed) for o in objects]
+        targets = map_objects(lambda o: self._target(o, seed), objects, self.workers)
         scene = self._scene_points(frame, plane)
-        grasps = []
-        for i in range(len(objects)):
+
+        def one(i: int) -> List[Grasp]:
             check_cancelled()
-            grasps.append(self.plan_object(frame, objects, i, targets, scene, plane, seed))
-        return grasps
+            return self.plan_object(frame, objects, i, targets, scene, plane, seed)
+
+        return map_objects(one, range(len(objects)), self.workers)
 
     @staticmethod
     def fit_plane(frame: Frame, objects: Sequence[ObjectReconstruction]) -> Optional[Any]:
