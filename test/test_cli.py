@@ -335,9 +335,10 @@ def test_one_object_without_depth_does_not_fail_the_others(scene_dir, tmp_path, 
     check_result_schema(result, out, 2)
     assert [m["object_id"] for m in result["metadata"]] == [1, 3]
     [failed] = result["failed_objects"]
-    assert failed["object_id"] == 2 and "no valid depth" in failed["reason"]
-    assert failed["stage"] == "reconstruct"
-    assert "warning: object 2 not reconstructed: " in err and "1 failed" in err
+    # Nothing in its box has depth: the segmentation finds no object there and says so.
+    assert failed["object_id"] == 2 and "pixels without depth inside the box" in failed["reason"]
+    assert failed["stage"] == "segment"
+    assert "warning: object 2 not segmented: " in err and "1 failed" in err
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["failed_objects"] == result["failed_objects"]
     assert sorted(p.name for p in (out / "objects").iterdir()) == [
@@ -355,7 +356,10 @@ def test_every_object_without_depth_is_bad_input(scene_dir, tmp_path, capsys):
     req = write_request(tmp_path / "req.json", request)
     code, stdout, err = run(["--request", req, "--output", tmp_path / "run"], capsys)
     assert code == 2 and stdout == ""
-    assert "error: mask_urls[2]: object 3 has no valid depth" in err  # named by query position
+    # The first object's refusal, naming its prompt field and box (the engine's remapping of a
+    # reconstruction's mask_urls[i] to the query's position is test_engine's).
+    assert ("error: box_prompts: object 1: nothing but the support (the table) or pixels "
+            "without depth inside the box (") in err
     assert not (tmp_path / "run").exists()
 
 
@@ -372,6 +376,22 @@ def test_float_depth_in_millimetres_is_refused(inputs, tmp_path, capsys, array):
     assert code == 2 and out == "", err
     assert "error: pointmap_url: float depth must be metres; its median 1500.0 looks like " \
            "millimetres" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix, save", [
+    (".npy", lambda path, a: np.save(path, a)),
+    (".png", lambda path, a: Image.fromarray(a).save(path)),
+])
+def test_metres_stored_as_16_bit_integers_are_refused(inputs, tmp_path, capsys, suffix, save):
+    # 16-bit depth is millimetres (REP 118); metres rounded to integers put everything within
+    # 2 mm of the camera (was: "no valid depth inside its mask", naming a mask never given).
+    save(inputs / f"m16{suffix}", np.full((H, W), 1, np.uint16))
+    argv = ["--image", inputs / "rgb.png", "--depth", inputs / f"m16{suffix}", "--intrinsics",
+            f"{30.0},{30.0},{15.5},{11.5}", "--output", tmp_path / "out"]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "", err
+    assert "error: pointmap_url: 16-bit depth must be millimetres; its median 1 mm" in err
     assert not (tmp_path / "out").exists()
 
 

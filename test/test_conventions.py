@@ -54,6 +54,27 @@ def test_depth_errors():
         conv.depth_to_metres(np.zeros((2, 2, 3), np.float32), "32FC1")
 
 
+def test_depth_unit_plausibility_rules():
+    # Float depth is metres: a median beyond 50 is millimetres. 16-bit depth is millimetres: a
+    # median nearer than 5 cm is metres (or centimetres) stored as integers.
+    ok = np.full((4, 4), 0.75, np.float32)
+    conv.check_float_depth_is_metres(ok)
+    conv.check_integer_depth_is_millimetres(ok)
+    conv.check_integer_depth_is_millimetres(np.full((4, 4), conv.MIN_MEDIAN_DEPTH_M))
+    with pytest.raises(InputError, match="looks like millimetres") as e:
+        conv.check_float_depth_is_metres(ok * 1000.0, "pointmap_url")
+    assert e.value.field == "pointmap_url"
+    metres_as_int = conv.depth_to_metres(np.full((4, 4), 1, np.uint16), "16UC1")
+    with pytest.raises(InputError, match="16-bit depth must be millimetres; its median 1 mm") as e:
+        conv.check_integer_depth_is_millimetres(metres_as_int, "depth.encoding")
+    assert e.value.field == "depth.encoding"
+    # Invalid pixels do not count; all invalid is left to the callers' own checks.
+    mostly_invalid = np.full((4, 4), np.nan, np.float32)
+    mostly_invalid[0, 0] = 0.8
+    conv.check_integer_depth_is_millimetres(mostly_invalid)
+    conv.check_integer_depth_is_millimetres(np.full((2, 2), np.nan, np.float32))
+
+
 def test_metres_to_depth16_roundtrip_and_invalid():
     m = np.array([np.nan, 0.0, -2.0, np.inf, 0.0004, 0.0006, 1.2344, 70.0, 65.535])
     d = conv.metres_to_depth16(m)

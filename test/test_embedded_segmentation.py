@@ -807,3 +807,42 @@ def test_a_large_crop_is_cut_at_half_resolution_near_the_full_cut_and_keeps_cert
     assert off.size and off.max() <= 2.3, off.max()
     certain = np.isin(gc, (cv2.GC_FGD, cv2.GC_BGD))
     assert np.array_equal(half[certain], gc[certain])
+
+
+def test_a_box_on_the_bare_table_fails_its_object_with_the_reason(seg):
+    frame, masks, _ = render_scene()
+    union = np.logical_or.reduce(masks)
+    box = BoxPrompt(20, 400, 120, 470, 4)  # table only
+    assert not union[400:471, 20:121].any()
+    ok = BoxPrompt(*[int(v) for v in _bbox(masks[1])], 5)
+    result = seg.segment(frame, SegmentationQuery(
+        objects=[ObjectPrompt(4, boxes=[box]), ObjectPrompt(5, boxes=[ok])]))
+    assert result[0].refused is not None and not result[0].region.any()
+    field, reason = result[0].refused
+    assert field == "box_prompts"
+    assert reason.startswith("object 4: nothing but the support (the table) or pixels without "
+                             "depth inside the box (20, 400, 120, 470)")
+    assert result[1].refused is None and iou(result[1].mask, masks[1]) >= 0.9
+
+
+def test_a_box_whose_object_is_wider_than_graspable_is_refused(seg):
+    # A box over the whole scene takes its objects together (or, with depth in the wrong unit,
+    # every object comes out ten times too large): no blob for a grasp planner.
+    frame, masks, _ = render_scene()
+    box = BoxPrompt(0, 0, W - 1, H - 1, 2)
+    (r,) = seg.segment(frame, SegmentationQuery(objects=[ObjectPrompt(2, boxes=[box])]))
+    assert r.refused is not None and not r.region.any()
+    field, reason = r.refused
+    assert field == "box_prompts" and reason.startswith(
+        f"object 2: the box (0, 0, {W - 1}, {H - 1}) selected a region ")
+    assert "more than a graspable object (max_object_size 0.35 m)" in reason
+    assert "check the depth's unit" in reason
+    # The same objects, each in its own box, are taken.
+    objects = [ObjectPrompt(i, boxes=[BoxPrompt(*[int(v) for v in _bbox(m)], i)])
+               for i, m in enumerate(masks)]
+    assert all(m.refused is None for m in seg.segment(frame, SegmentationQuery(objects=objects)))
+
+
+def _bbox(mask):
+    ys, xs = np.nonzero(mask)
+    return xs.min(), ys.min(), xs.max(), ys.max()

@@ -272,8 +272,9 @@ def test_a_refused_prompt_fails_its_object_alone(tmp_path):
     assert out.failed_objects == [{"object_id": 2, "stage": "segment",
                                    "reason": "object 2: on the table"}]
     assert [m["object_id"] for m in out.result["metadata"]] == [1, 3]
-    # A refused prompt before one whose reconstruction fails: the failing one's field names
-    # its own position in the query (1), not its place among the survivors (0).
+    # A refused prompt before one whose reconstruction fails: the failing one's field is its
+    # prompts' (the request has no mask_urls; the reconstructor's field counts the masks it was
+    # given), and the reason names the object.
     class NoDepthFor3(FakeReconstructor):
         def reconstruct(self, frame, masks, seed):
             for i, m in enumerate(masks):
@@ -284,7 +285,7 @@ def test_a_refused_prompt_fails_its_object_alone(tmp_path):
     two = [prompts[1], prompts[2]]
     with pytest.raises(InputError) as excinfo:
         Engine(RefusingSegmenter({2}), NoDepthFor3()).run(request(point_prompts=two))
-    assert excinfo.value.field == "mask_urls[1]"
+    assert excinfo.value.field == "point_prompts" and "object 3" in excinfo.value.reason
     # Every prompt refused: the run fails on the first, naming its field; nothing written.
     with pytest.raises(InputError) as excinfo:
         Engine(RefusingSegmenter({1, 2, 3}), rec).run(request(point_prompts=prompts),

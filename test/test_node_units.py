@@ -193,6 +193,7 @@ class TestCameraFrame:
 
     @pytest.mark.parametrize("case,field", [
         ("aspect", "depth"), ("zero", "depth"), ("mm_in_32fc1", "depth.encoding"),
+        ("m_in_16uc1", "depth.encoding"),
         ("info_aspect", "camera_info"), ("encoding", "image.encoding"), ("k", "camera_info.k"),
         ("empty_image", "image.width"),  # a 0x0 image, not blamed on the camera_info
     ])
@@ -205,6 +206,8 @@ class TestCameraFrame:
             rgb, depth = images(depth_m=0.0)
         elif case == "mm_in_32fc1":
             rgb, depth = images(depth_m=800.0, encoding="32FC1")
+        elif case == "m_in_16uc1":  # metres rounded into 16UC1: 1 "mm" everywhere
+            rgb, depth = images(depth_m=0.001)
         elif case == "info_aspect":
             cam = info(width=200, height=120)
         elif case == "encoding":

@@ -107,13 +107,15 @@ def test_mask_dilated_onto_the_background_keeps_the_depth_extent(data_dir):
 
 def test_boxes_on_slivers_and_empty_space_leave_the_others_standing(data_dir, engine):
     # Three boxes drawn at random on m2t2_1 (a bad-input campaign's find): one segments a
-    # 33-pixel sliver, whose voxel or two the bottom chamfer took away entirely (the run ended
-    # in a ValueError), one lands where nothing has depth. Each object is either reconstructed
+    # sliver (11 usable depth points), whose voxel or two the bottom chamfer took away entirely
+    # (the run ended in a ValueError), one lands where nothing has depth. (The sliver's box
+    # was 200,635-369,684 until box masks were kept inside their boxes; that box now gives an
+    # object.) Each object is either reconstructed
     # whole or refused with its reason; the run goes on.
     request = {
         "image_url": "rgb.png", "pointmap_url": "depth.npz", "seed": 1,
         "box_prompts": [
-            {"x_min": 200, "y_min": 635, "x_max": 369, "y_max": 684, "object_id": 1},
+            {"x_min": 107, "y_min": 586, "x_max": 130, "y_max": 657, "object_id": 1},
             {"x_min": 341, "y_min": 21, "x_max": 607, "y_max": 159, "object_id": 2},
             {"x_min": 230, "y_min": 60, "x_max": 456, "y_max": 217, "object_id": 3},
         ],
@@ -130,6 +132,27 @@ def test_boxes_on_slivers_and_empty_space_leave_the_others_standing(data_dir, en
     # The sliver reaches the empty-surface refusal (should the segmentation of this box ever
     # change, find another sliver: this case is what the test is for).
     assert "closed surface" in failed.get(1, ""), failed
+
+
+def test_a_box_prompts_mask_stays_in_its_box_and_a_box_over_everything_is_refused(data_dir,
+                                                                                  engine):
+    # graspnet_0 (a user's trial): the cracker box's depth runs on into the robot's base plate
+    # behind it, the soup can's into the drill; their masks ran 18-48 px past their boxes and
+    # the cracker box came out 16 x 17 x 25 cm. A box over the whole table is no object.
+    boxes = {1: (718, 228, 928, 632), 2: (465, 365, 630, 525), 3: (0, 0, 1279, 719)}
+    request = {"image_url": "rgb.png", "pointmap_url": "depth.npz", "box_prompts": [
+        {"x_min": b[0], "y_min": b[1], "x_max": b[2], "y_max": b[3], "object_id": i}
+        for i, b in boxes.items()]}
+    parsed = parse_request(request, data_dir / "graspnet_0", engine.input_options)
+    out = engine.process(parsed.frame, parsed.query, parsed.seed)
+    assert [o.object_id for o in out.objects] == [1, 2]
+    for obj in out.objects:
+        x0, y0, x1, y1 = boxes[obj.object_id]
+        r0, r1, c0, c1 = obj.region.bbox
+        assert r0 >= y0 - 2 and r1 <= y1 + 3 and c0 >= x0 - 2 and c1 <= x1 + 3, obj.region.bbox
+    [failed] = out.failed_objects
+    assert failed["object_id"] == 3 and failed["stage"] == "segment"
+    assert "more than a graspable object" in failed["reason"]
 
 
 def test_a_click_in_a_cup_takes_the_cup_and_one_on_the_table_only_fails_itself(data_dir, engine):

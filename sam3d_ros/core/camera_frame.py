@@ -159,5 +159,7 @@ def build_camera_frame(
             )
         if depth_encoding == conventions.DEPTH_32FC1:
             conventions.check_float_depth_is_metres(z, f"{prefix}depth.encoding")
+        else:
+            conventions.check_integer_depth_is_millimetres(z, f"{prefix}depth.encoding")
     frame = Frame(rgb=rgb, points=points, intrinsics=intr)
     return CameraFrame(header=image.header, frame=frame, received=time.monotonic())

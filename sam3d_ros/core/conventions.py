@@ -121,6 +121,41 @@ def check_float_depth_is_metres(z_m: np.ndarray, field: str = "depth") -> None:
         )
 
 
+MIN_MEDIAN_DEPTH_M = 0.05
+"""16-bit depth whose median is nearer than this is metres stored as integers (refused)."""
+
+
+def check_integer_depth_is_millimetres(z_m: np.ndarray, field: str = "depth") -> None:
+    """Refuse 16-bit depth that holds metres (or centimetres), not millimetres.
+
+    A ``16UC1`` depth image holds millimetres (REP 118). Metres rounded to integers give 0, 1
+    and 2 "mm": every object lies within a few millimetres of the camera. No RGB-D camera this
+    package serves sees a scene whose median depth is nearer than :data:`MIN_MEDIAN_DEPTH_M`
+    (the closest-range ones start at about 7 cm), so such a median is refused.
+
+    Args:
+        z_m: depth in metres (after the millimetre conversion), any shape; NaN / inf / ``<= 0``
+            are ignored.
+        field: request field named in the error.
+
+    Raises:
+        InputError: the median valid depth is nearer than :data:`MIN_MEDIAN_DEPTH_M`.
+    """
+    z = np.asarray(z_m, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        valid = z[np.isfinite(z) & (z > 0)]
+    if valid.size == 0:
+        return
+    median_mm = 1000.0 * float(np.median(valid))
+    if median_mm < 1000.0 * MIN_MEDIAN_DEPTH_M:
+        raise InputError(
+            field,
+            f"16-bit depth must be millimetres; its median {median_mm:.0f} mm is nearer than any "
+            "RGB-D camera sees: metres or centimetres stored as integers? (give metres as float "
+            "32FC1 / float32, or millimetres as integers)",
+        )
+
+
 def metres_to_depth16(depth_m: np.ndarray) -> np.ndarray:
     """Convert float metres to a ``16UC1`` depth image (uint16 millimetres, 0 = invalid).
 

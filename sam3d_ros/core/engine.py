@@ -448,6 +448,8 @@ class Engine:
                     if len(masks) == 1:  # every object failed: the run fails on this one
                         field_name = (exc.field[: match.start(1)] + str(order[index])
                                       + exc.field[match.end(1):])
+                        if not query.masks:  # the object came from prompts, not a mask
+                            field_name = _prompt_field(query, masks[index].object_id)
                         raise type(exc)(field_name, exc.reason) from exc
                     failed.append({"object_id": int(masks[index].object_id),
                                    "stage": "reconstruct", "reason": exc.reason})
@@ -480,6 +482,14 @@ class Engine:
         stages.check_cancel("the end of processing")
         return EngineResult(result=None, objects=objects, masks=masks, timings=timings, seed=seed,
                             grasps=grasps, warnings=warnings, failed_objects=failed)
+
+
+def _prompt_field(query: SegmentationQuery, object_id: int) -> str:
+    """The request field of the prompts that gave ``object_id`` (``prompt`` for text / none)."""
+    for prompt in query.objects:
+        if prompt.object_id == object_id:
+            return "box_prompts" if prompt.boxes else "point_prompts"
+    return "prompt"
 
 
 def _describe(query: SegmentationQuery) -> str:

@@ -58,7 +58,9 @@ Pointmap files (``pointmap_url``), loaded with ``allow_pickle=False`` (a pickled
   from the request (``intrinsics`` or ``K``).
 * Float depth or points whose median depth looks like millimetres are refused
   (:func:`sam3d_ros.core.conventions.check_float_depth_is_metres`, the rule the node applies to
-  ``32FC1``).
+  ``32FC1``), and so is 16-bit depth whose median is nearer than 5 cm: metres or centimetres
+  stored as integers (:func:`~sam3d_ros.core.conventions.check_integer_depth_is_millimetres`,
+  the node's rule for ``16UC1``).
 * NPZ with key ``points`` (H×W×3, as above), or ``depth`` (H×W, as above) plus intrinsics as
   ``K`` (3×3) or ``intrinsics`` (``[fx, fy, cx, cy]``) in the same file or in the request
   (the request's win). An NPZ holding a single array is read like an NPY.
@@ -652,6 +654,8 @@ def load_pointmap(
         raise InputError(field_name, "pointmap has no valid point (all NaN, zero or z <= 0)")
     if float_depth:  # millimetres stored as float: the node refuses them too
         conventions.check_float_depth_is_metres(points[:, :, 2], field_name)
+    else:  # metres stored as integers: so does the node
+        conventions.check_integer_depth_is_millimetres(points[:, :, 2], field_name)
     if intrinsics is None:
         # Also rejects pointmaps in another axis convention (e.g. PyTorch3D's +x left, +y up).
         intrinsics = conventions.intrinsics_from_pointmap(points, field=field_name)

@@ -195,6 +195,10 @@ def refine_mask(
             max(0, box[1] - y0 - 2) : box[3] + 3 - y0, max(0, box[0] - x0 - 2) : box[2] + 3 - x0
         ] = False
         certain_bg |= out
+        # Depth's sure core too: a depth region running on past the box (graspnet_0: a cracker
+        # box's with the robot's base plate behind it, 18-48 px beyond every side) is not the
+        # object there.
+        gc[out] = cv2.GC_BGD
     if bg_points and fg_points:
         # Outside the depth mask, whatever lies nearer a background click than a foreground
         # one is background (background clicks split objects that colour cannot). Without a

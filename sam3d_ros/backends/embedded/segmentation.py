@@ -98,6 +98,8 @@ class _FrameContext:
 
 # Fewest pixels of a depth region that a click takes (smaller ones are noise specks).
 MIN_CLICK_REGION_PX = 20
+# Pixels a box prompt's object may reach past the box (a box drawn or detected a little tight).
+BOX_SLACK_PX = 2
 
 
 class EmbeddedSegmenter:
@@ -501,27 +503,54 @@ class EmbeddedSegmenter:
                 bg_points=bg_pts, fx=ctx.fx, max_object_size=self.max_object_size,
                 vouched=across_rim,
             )
+        if pos_boxes:
+            # The object lies in its box (the box's edge pixels may be a little off): what
+            # depth or colour found beyond it belongs to something else.
+            inside = np.zeros_like(mask)
+            for x0, y0, x1, y1 in pos_boxes:
+                inside[max(0, y0 - BOX_SLACK_PX): y1 + 1 + BOX_SLACK_PX,
+                       max(0, x0 - BOX_SLACK_PX): x1 + 1 + BOX_SLACK_PX] = True
+            mask &= inside
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
-        if not pos_boxes and mask.any():
-            # A click's region wider than a graspable object is several objects run together
+        if pos_boxes and not mask.any():
+            # Nothing stands out from the support in the box (a box on the bare table, or on
+            # a part without depth and without a colour of its own): no object to reconstruct.
+            return ObjectMask(
+                object_id=oid, region=mask, score=0.0,
+                refused=("box_prompts", (
+                    f"object {oid}: nothing but the support (the table) or pixels without depth "
+                    f"inside {_the_boxes(pos_boxes)}: draw the box around an object standing "
+                    "on the support, or check that the depth covers it")))
+        if mask.any():
+            # A region wider than a graspable object is several objects run together
             # (touching, or joined by depth that a sensor's filter smoothed across their
-            # edges: ucn_3's drill with the cracker box, a mug and a bowl, 0.4 m) or no object
-            # (the robot's base plate, a monitor): refused for this object alone, rather
-            # than a blob that a grasp planner and a planning scene would take for one.
-            # Measured on the object's own depth (no flying pixels spread along the viewing
-            # rays at its outline, no table that colour took in at its base).
+            # edges: ucn_3's drill with the cracker box, a mug and a bowl, 0.4 m), no object
+            # (the robot's base plate, a monitor, a box over the whole table), or depth in the
+            # wrong unit (0.1 mm steps read as millimetres: everything 10x too large): refused
+            # for this object alone, rather than a blob that a grasp planner and a planning
+            # scene would take for one. Measured on the object's own depth (no flying pixels
+            # spread along the viewing rays at its outline, no table that colour took in at
+            # its base).
             body = object_depth(ctx.points, mask, ctx.plane, fill=False).reliable
             size = self._patch_size(ctx.points, body if body.any() else mask)
             if size > self.max_object_size:
+                if pos_boxes:
+                    field_name, what = "box_prompts", _the_boxes(pos_boxes)
+                    advice = ("draw the box around one object; if every object comes out this "
+                              "large, check the depth's unit (16UC1 = millimetres, 32FC1 = "
+                              "metres)")
+                else:
+                    field_name, what = "point_prompts", _the_clicks(fg_pts)
+                    advice = ("objects touching it could not be told apart, or it is no "
+                              "object; draw a box around the object, or add a background "
+                              "click (label 0) on what joined it")
                 return ObjectMask(
                     object_id=oid, region=np.zeros_like(mask), score=0.0,
-                    refused=("point_prompts", (
-                        f"object {oid}: {_the_clicks(fg_pts)} selected a region {size:.2f} m "
-                        "across, more than a graspable object "
-                        f"(max_object_size {self.max_object_size:g} m): objects touching it "
-                        "could not be told apart, or it is no object; draw a box around the "
-                        "object, or add a background click (label 0) on what joined it")))
+                    refused=(field_name, (
+                        f"object {oid}: {what} selected a region {size:.2f} m across, more "
+                        f"than a graspable object (max_object_size {self.max_object_size:g} "
+                        f"m): {advice}")))
         return ObjectMask(object_id=oid, region=mask, label="", score=float(score))
 
     def _crop_around(self, ctx: _FrameContext, x0: int, y0: int, x1: int, y1: int) -> _Window:
@@ -1046,6 +1075,12 @@ class EmbeddedSegmenter:
                     and _wall_lean(pts, wall, plane) <= self.wall_lean):
                 out.append(j)
         return out
+
+
+def _the_boxes(boxes: Sequence[Tuple[int, int, int, int]]) -> str:
+    """``the box (x0, y0, x1, y1)`` / ``the boxes (…), (…)``, for refusals."""
+    where = ", ".join(f"({x0}, {y0}, {x1}, {y1})" for x0, y0, x1, y1 in boxes)
+    return f"the box{'es' if len(boxes) > 1 else ''} {where}"
 
 
 def _the_clicks(points: Sequence[Tuple[int, int]]) -> str:
