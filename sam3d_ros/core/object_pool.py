@@ -2,8 +2,8 @@
 
 The embedded backends and the analytic grasp planner work object by object, and each object's
 work reads shared per-frame arrays only. NumPy, SciPy and OpenCV release the GIL inside their
-array loops, so threads run most of it in parallel: on the real 1280×720 frames, 6 objects
-segment and reconstruct in about 0.6× the serial time on 2 cores (``benchmarks/README.md``).
+array loops, so threads run much of it in parallel: on the real 1280×720 frames, 6 objects
+segment and reconstruct in 0.6–0.85× the serial time on 2 cores (``benchmarks/README.md``).
 
 Results are the same as the serial loop's, to the bit, whatever the worker count: each object
 is computed by the same code from the same inputs, and nothing random is shared (seeded
