@@ -37,6 +37,7 @@ def test_object_without_depth_is_skipped_and_the_others_published(tmp_path):
             metadata = json.loads((run / "metadata.json").read_text())
             (failed,) = metadata["failed_objects"]
             assert failed["object_id"] == hole.object_id and "depth" in failed["reason"]
-            assert failed["stage"] == "reconstruct"
+            # Nothing in its box has depth: the segmentation finds no object there.
+            assert failed["stage"] == "segment" and "inside the box" in failed["reason"]
         finally:
             rec.close()
