@@ -294,6 +294,18 @@ def test_a_refused_prompt_fails_its_object_alone(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_failure_of_an_automatically_found_object_names_the_image():
+    # No masks, no prompts: the request's field is the image (as when nothing is found), not a
+    # mask or prompt the request never had.
+    class NoDepth(FakeReconstructor):
+        def reconstruct(self, frame, masks, seed):
+            raise InputError("mask_urls[0]", "object 0: no valid depth")
+
+    with pytest.raises(InputError) as excinfo:
+        Engine(FakeSegmenter(), NoDepth()).run(request())
+    assert excinfo.value.field == "image_url" and "object 0" in excinfo.value.reason
+
+
 def test_reconstructor_must_return_one_object_per_mask():
     with pytest.raises(BackendError, match="returned 0 objects for 1 masks"):
         Engine(FakeSegmenter(), FakeReconstructor(drop=True)).run(request())

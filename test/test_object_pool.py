@@ -15,7 +15,7 @@ import pytest
 
 from sam3d_ros.core.cancellation import cancellable, check_cancelled
 from sam3d_ros.core.engine import Engine
-from sam3d_ros.core.errors import Cancelled, InputError
+from sam3d_ros.core.errors import Cancelled, InputError, Terminated
 from sam3d_ros.core.object_pool import MAX_AUTO_WORKERS, map_objects, resolve_workers
 from sam3d_ros.core.types import BoxPrompt, ObjectPrompt, PointPrompt, SegmentationQuery
 
@@ -77,6 +77,53 @@ def test_the_runs_cancellation_check_reaches_every_worker():
     with cancellable(check), pytest.raises(Cancelled):
         map_objects(work, range(4), workers=4)
     assert all(name.startswith("sam3d-object") for name in calls)
+
+
+def _long_object(ended: threading.Event):
+    """An object that works for up to 5 s, checking for cancellation every 10 ms."""
+    def work():
+        try:
+            for _ in range(500):
+                check_cancelled()
+                time.sleep(0.01)
+        finally:
+            ended.set()
+    return work
+
+
+def test_after_a_failure_the_running_objects_stop_and_are_waited_for():
+    ended = threading.Event()
+    long_one = _long_object(ended)
+
+    def work(i):
+        if i == 0:
+            time.sleep(0.05)
+            raise InputError("mask_urls[0]", "no depth")
+        return long_one()
+
+    began = time.monotonic()
+    with pytest.raises(InputError):
+        map_objects(work, range(2), workers=2)
+    assert ended.is_set()  # stopped at its next check, and waited for: nothing outlives the call
+    assert time.monotonic() - began < 2.0
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Terminated])
+def test_an_interrupt_propagates_at_once_and_the_running_objects_stop(interrupt):
+    ended = threading.Event()
+    long_one = _long_object(ended)
+
+    def work(i):
+        if i == 0:
+            time.sleep(0.05)
+            raise interrupt()
+        return long_one()
+
+    began = time.monotonic()
+    with pytest.raises(interrupt):
+        map_objects(work, range(2), workers=2)
+    assert time.monotonic() - began < 1.0
+    assert ended.wait(1.0)  # the other object stopped at its next check
 
 
 @pytest.mark.parametrize("given, expected", [(1, 1), (3, 3), ("2", 2), (" auto ", None),

@@ -22,6 +22,11 @@ def check_cancelled() -> None:
         check()
 
 
+def current_check() -> Optional[Callable[[], None]]:
+    """The check :func:`check_cancelled` calls now (``None`` outside a run)."""
+    return _CHECK.get()
+
+
 @contextlib.contextmanager
 def cancellable(check: Callable[[], None]) -> Iterator[None]:
     """Make ``check`` (raises ``Cancelled`` when cancelled) current for :func:`check_cancelled`."""

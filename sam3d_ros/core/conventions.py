@@ -88,6 +88,21 @@ def depth_to_metres(depth: np.ndarray, encoding: str, field: str = "depth") -> n
     raise InputError(field, f"unsupported depth encoding {encoding!r}; use '16UC1' or '32FC1'")
 
 
+def _valid_depth_sample(z_m: np.ndarray) -> np.ndarray:
+    """The valid depths of every 4th row and column (all of them when that leaves < 1000).
+
+    The unit checks need a median's order of magnitude, not its last digit: a 1280×720 frame's
+    full median costs ~8 ms per frame, the sample's 0.5 ms.
+    """
+    z = np.asarray(z_m, dtype=np.float32)
+    for sample in ((z[::4, ::4] if z.ndim >= 2 else z[::16]), z):
+        with np.errstate(invalid="ignore"):
+            valid = sample[np.isfinite(sample) & (sample > 0)]
+        if valid.size >= 1000:
+            return valid
+    return valid
+
+
 MAX_MEDIAN_DEPTH_M = 50.0
 """Float depth whose median is beyond this is millimetres mislabelled as metres (refused)."""
 
@@ -107,9 +122,7 @@ def check_float_depth_is_metres(z_m: np.ndarray, field: str = "depth") -> None:
     Raises:
         InputError: the median valid depth exceeds :data:`MAX_MEDIAN_DEPTH_M`.
     """
-    z = np.asarray(z_m, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        valid = z[np.isfinite(z) & (z > 0)]
+    valid = _valid_depth_sample(z_m)
     if valid.size == 0:
         return
     median = float(np.median(valid))
@@ -141,9 +154,7 @@ def check_integer_depth_is_millimetres(z_m: np.ndarray, field: str = "depth") ->
     Raises:
         InputError: the median valid depth is nearer than :data:`MIN_MEDIAN_DEPTH_M`.
     """
-    z = np.asarray(z_m, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        valid = z[np.isfinite(z) & (z > 0)]
+    valid = _valid_depth_sample(z_m)
     if valid.size == 0:
         return
     median_mm = 1000.0 * float(np.median(valid))

@@ -262,14 +262,23 @@ class ObjectDepth:
             and touching them or such pixels, given the depth of the nearest reliable
             pixel (silhouette support only, never evidence of depth).
         depth: H×W float32 metres on ``reliable | filled`` (NaN elsewhere).
-        box: ``(row0, row1, col0, col1)``, ends exclusive: the window outside which all three
-            are empty (scanning it instead of the whole image is the same, and cheaper).
+        box: ``(row0, row1, col0, col1)``, ends exclusive: a window outside which all three
+            are empty (scanning it instead of the whole image is the same, and cheaper);
+            ``None`` = the whole image.
     """
 
     reliable: np.ndarray
     filled: np.ndarray
     depth: np.ndarray
-    box: Tuple[int, int, int, int] = (0, 0, 0, 0)
+    box: Optional[Tuple[int, int, int, int]] = None
+
+    @property
+    def window(self) -> Tuple[int, int, int, int]:
+        """:attr:`box`, or the whole image when it is not known."""
+        if self.box is not None:
+            return self.box
+        h, w = self.reliable.shape
+        return 0, h, 0, w
 
     @property
     def count(self) -> int:
@@ -321,7 +330,8 @@ def object_depth(
 
     def nothing() -> ObjectDepth:
         return ObjectDepth(
-            np.zeros((h, w), bool), np.zeros((h, w), bool), np.full((h, w), np.nan, np.float32))
+            np.zeros((h, w), bool), np.zeros((h, w), bool), np.full((h, w), np.nan, np.float32),
+            box=(0, 0, 0, 0))
 
     if not region.any():
         return nothing()

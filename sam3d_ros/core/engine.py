@@ -485,11 +485,13 @@ class Engine:
 
 
 def _prompt_field(query: SegmentationQuery, object_id: int) -> str:
-    """The request field of the prompts that gave ``object_id`` (``prompt`` for text / none)."""
+    """The request field that gave the object ``object_id`` of a query without masks."""
     for prompt in query.objects:
         if prompt.object_id == object_id:
-            return "box_prompts" if prompt.boxes else "point_prompts"
-    return "prompt"
+            positive_box = any(int(getattr(b, "label", 1)) != 0 for b in prompt.boxes)
+            return "box_prompts" if positive_box else "point_prompts"
+    # Found by text or automatic segmentation: as when nothing is found (_no_object_error).
+    return "prompt" if query.text else "image_url"
 
 
 def _describe(query: SegmentationQuery) -> str:

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import contextvars
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Sequence, TypeVar
+
+from sam3d_ros.core.cancellation import cancellable, current_check
+from sam3d_ros.core.errors import Cancelled, InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,8 +46,6 @@ def resolve_workers(workers, field: str = "workers") -> int:
     Raises:
         InputError: anything else, naming ``field``.
     """
-    from sam3d_ros.core.errors import InputError
-
     if isinstance(workers, str):
         text = workers.strip().lower()
         if text == "auto":
@@ -65,33 +67,54 @@ def resolve_workers(workers, field: str = "workers") -> int:
 def map_objects(fn: Callable[[T], R], items: Sequence[T], workers: int) -> List[R]:
     """``[fn(item) for item in items]`` on up to ``workers`` threads, in order.
 
-    With one worker (or one item) it is exactly that loop, in the calling thread.
+    With one worker (or one item) it is exactly that loop, in the calling thread. When an
+    object fails, or the calling thread is interrupted (Ctrl-C, SIGTERM), the objects not yet
+    started are dropped and the running ones stop at their next
+    :func:`~sam3d_ros.core.cancellation.check_cancelled`; after a failure they are waited for
+    (no work of this call outlives it), after an interrupt not (it propagates at once).
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    stop = False
+    stop = threading.Event()
+    outer = current_check()
+
+    def check() -> None:
+        if stop.is_set():
+            raise Cancelled("an earlier object failed, or the run was interrupted")
+        if outer is not None:
+            outer()
 
     def run(item: T) -> R:
-        if stop:  # an earlier object failed: the serial loop would not have reached this one
+        if stop.is_set():  # the serial loop would not have reached this object
             raise _Skipped()
-        return fn(item)
+        with cancellable(check):
+            return fn(item)
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)),
-                            thread_name_prefix="sam3d-object") as pool:
-        # Each task runs in a copy of the caller's context (a task's ContextVar changes stay
-        # its own), so the run's cancellation check is current there.
-        futures = [pool.submit(contextvars.copy_context().run, run, item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(items)),
+                              thread_name_prefix="sam3d-object")
+    wait = True
+    try:
+        try:
+            # Each task runs in a copy of the caller's context (its ContextVar changes stay its
+            # own): the run's cancellation check and NumPy's error state are current there.
+            futures = [pool.submit(contextvars.copy_context().run, run, item) for item in items]
+        except RuntimeError:  # no new threads (the interpreter is shutting down): one by one
+            return [fn(item) for item in items]
         results: List[R] = []
         try:
             for future in futures:
                 results.append(future.result())
-        except BaseException:
-            stop = True
-            for future in futures:
-                future.cancel()
+        except Exception:
+            stop.set()
             raise
-    return results
+        except BaseException:  # KeyboardInterrupt, Terminated: do not wait for the objects
+            stop.set()
+            wait = False
+            raise
+        return results
+    finally:
+        pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class _Skipped(Exception):

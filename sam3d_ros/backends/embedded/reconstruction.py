@@ -284,7 +284,7 @@ class EmbeddedReconstructor:
         # Hygiene of every object first: the depth each one disowns is unknown to all carving.
         cleaned = map_objects(lambda m: self._clean_points(ctx, m.region), masks, self.workers)
         for c in cleaned:
-            ctx.forget_depth(c[4])
+            ctx.forget_depth(c[4].full())
         ctx.freeze()  # read-only from here on: the objects may be reconstructed in parallel
 
         def one(i: int) -> ObjectReconstruction:
@@ -435,7 +435,7 @@ class EmbeddedReconstructor:
 
         Returns (N×3 points, N×2 (row, col), N bool: the depth was measured there, not filled
         from the nearest measured pixel, the reliable pixels as a :class:`MaskCrop`, and the
-        filled pixels (H×W) for :meth:`_FrameContext.forget_depth`).
+        filled pixels, also a :class:`MaskCrop`, for :meth:`_FrameContext.forget_depth`).
         """
         od = object_depth(
             ctx.points,
@@ -447,13 +447,13 @@ class EmbeddedReconstructor:
             fill=self.fill_silhouette,
             max_angle_deg=self.grazing_deg,
         )
-        r0, r1, c0, c1 = od.box
+        r0, r1, c0, c1 = od.window
         sel = od.reliable[r0:r1, c0:c1] | od.filled[r0:r1, c0:c1]
         rr, cc = np.nonzero(sel)
         rr, cc = rr + r0, cc + c0
         pts = backproject_pixels(rr, cc, od.depth[rr, cc], ctx.k)
         return (pts, np.stack([rr, cc], axis=1), od.reliable[rr, cc], MaskCrop.of(od.reliable),
-                od.filled)
+                MaskCrop.of(od.filled))
 
     def _gravity_frame(self, pts: np.ndarray, plane: Optional[Plane], ctx=None):
         """Rotation (columns a, b, up), origin and the floor height the object stands on.

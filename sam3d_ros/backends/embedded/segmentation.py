@@ -520,8 +520,10 @@ class EmbeddedSegmenter:
                 object_id=oid, region=mask, score=0.0,
                 refused=("box_prompts", (
                     f"object {oid}: nothing but the support (the table) or pixels without depth "
-                    f"inside {_the_boxes(pos_boxes)}: draw the box around an object standing "
-                    "on the support, or check that the depth covers it")))
+                    f"inside {_the_boxes(pos_boxes)}"
+                    + (" outside its negative boxes" if neg_boxes else "")
+                    + ": draw the box around an object standing on the support, or check that "
+                    "the depth covers it")))
         if mask.any():
             # A region wider than a graspable object is several objects run together
             # (touching, or joined by depth that a sensor's filter smoothed across their
