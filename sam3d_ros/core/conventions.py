@@ -89,13 +89,13 @@ def depth_to_metres(depth: np.ndarray, encoding: str, field: str = "depth") -> n
 
 
 def _valid_depth_sample(z_m: np.ndarray) -> np.ndarray:
-    """The valid depths of every 4th row and column (all of them when that leaves < 1000).
+    """The valid depths of every 16th pixel (all of them when that leaves < 1000).
 
     The unit checks need a median's order of magnitude, not its last digit: a 1280×720 frame's
     full median costs ~8 ms per frame, the sample's 0.5 ms.
     """
-    z = np.asarray(z_m, dtype=np.float32)
-    for sample in ((z[::4, ::4] if z.ndim >= 2 else z[::16]), z):
+    z = np.asarray(z_m, dtype=np.float32).ravel()
+    for sample in (z[::16], z):
         with np.errstate(invalid="ignore"):
             valid = sample[np.isfinite(sample) & (sample > 0)]
         if valid.size >= 1000:

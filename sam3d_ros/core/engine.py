@@ -55,6 +55,7 @@ from sam3d_ros.core.inputs import (
     check_object_count,
     parse_request,
 )
+from sam3d_ros.core.object_pool import resolve_workers
 from sam3d_ros.core.types import (
     Frame,
     Grasp,
@@ -249,11 +250,7 @@ class Engine:
         self._segmenter = segmenter
         self._reconstructor = reconstructor
         self._grasp_planner = grasp_planner
-        if workers is not None:
-            from sam3d_ros.core.object_pool import resolve_workers
-
-            workers = resolve_workers(workers)
-        self._workers = workers
+        self._workers = None if workers is None else resolve_workers(workers)
         options = input_options or InputOptions()
         if max_objects is not None:
             if isinstance(max_objects, bool) or int(max_objects) < 1:

@@ -34,6 +34,24 @@ except ImportError:  # pragma: no cover - exercised only where OpenCV is missing
     cv2 = None
 
 
+# Pixels a box prompt's object may reach past the box (a box drawn or detected a little tight).
+BOX_SLACK_PX = 2
+
+
+def within_boxes(shape: Tuple[int, int], boxes: Sequence[Tuple[int, int, int, int]],
+                 top: int = 0, left: int = 0) -> np.ndarray:
+    """Which pixels of an array of ``shape`` lie in one of ``boxes`` grown by the slack.
+
+    ``boxes`` are ``(x0, y0, x1, y1)`` image pixels, corners inclusive; the array's first pixel
+    is the image's ``(top, left)``.
+    """
+    out = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        out[max(0, y0 - top - BOX_SLACK_PX): y1 + 1 + BOX_SLACK_PX - top,
+            max(0, x0 - left - BOX_SLACK_PX): x1 + 1 + BOX_SLACK_PX - left] = True
+    return out
+
+
 def refine_mask(
     rgb: np.ndarray,
     points: np.ndarray,
@@ -190,10 +208,7 @@ def refine_mask(
                 support &= ~inside
             certain_bg |= support
     if box is not None:
-        out = np.ones(m.shape, dtype=bool)
-        out[
-            max(0, box[1] - y0 - 2) : box[3] + 3 - y0, max(0, box[0] - x0 - 2) : box[2] + 3 - x0
-        ] = False
+        out = ~within_boxes(m.shape, [box], y0, x0)
         certain_bg |= out
         # Depth's sure core too: a depth region running on past the box (graspnet_0: a cracker
         # box's with the robot's base plate behind it, 18-48 px beyond every side) is not the

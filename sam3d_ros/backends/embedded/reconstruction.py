@@ -284,7 +284,7 @@ class EmbeddedReconstructor:
         # Hygiene of every object first: the depth each one disowns is unknown to all carving.
         cleaned = map_objects(lambda m: self._clean_points(ctx, m.region), masks, self.workers)
         for c in cleaned:
-            ctx.forget_depth(c[4].full())
+            ctx.forget_depth(c[4])
         ctx.freeze()  # read-only from here on: the objects may be reconstructed in parallel
 
         def one(i: int) -> ObjectReconstruction:
@@ -965,15 +965,14 @@ class _FrameContext:
         out[move] += step
         return undo_turned_faces(verts, out, faces)
 
-    def forget_depth(self, selection: np.ndarray) -> None:
-        """Treat the depth of the ``selection`` pixels (H×W) as unknown in free-space tests.
+    def forget_depth(self, selection: MaskCrop) -> None:
+        """Treat the depth of the ``selection`` pixels as unknown in free-space tests.
 
         Depth hygiene found that those mask pixels do not carry the object's depth (background
         seen through misregistration, flying pixels): carving in front of it would cut the
         object itself.
         """
-        r0, r1, c0, c1 = self.roi
-        sel = selection[r0:r1, c0:c1]
+        sel = selection.over(self.roi)
         if sel.any():
             self._z[sel] = 0.0
             self._forgotten = True

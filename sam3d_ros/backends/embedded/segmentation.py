@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from sam3d_ros.backends.embedded.colour_depth_refine import refine_mask
+from sam3d_ros.backends.embedded.colour_depth_refine import refine_mask, within_boxes
 from sam3d_ros.backends.masks import pass_through_masks
 from sam3d_ros.core.depth_hygiene import object_depth
 from sam3d_ros.core.errors import InputError
@@ -98,8 +98,6 @@ class _FrameContext:
 
 # Fewest pixels of a depth region that a click takes (smaller ones are noise specks).
 MIN_CLICK_REGION_PX = 20
-# Pixels a box prompt's object may reach past the box (a box drawn or detected a little tight).
-BOX_SLACK_PX = 2
 
 
 class EmbeddedSegmenter:
@@ -506,11 +504,7 @@ class EmbeddedSegmenter:
         if pos_boxes:
             # The object lies in its box (the box's edge pixels may be a little off): what
             # depth or colour found beyond it belongs to something else.
-            inside = np.zeros_like(mask)
-            for x0, y0, x1, y1 in pos_boxes:
-                inside[max(0, y0 - BOX_SLACK_PX): y1 + 1 + BOX_SLACK_PX,
-                       max(0, x0 - BOX_SLACK_PX): x1 + 1 + BOX_SLACK_PX] = True
-            mask &= inside
+            mask &= within_boxes(mask.shape, pos_boxes)
         for x0, y0, x1, y1 in neg_boxes:
             mask[y0 : y1 + 1, x0 : x1 + 1] = False
         if pos_boxes and not mask.any():
@@ -764,12 +758,7 @@ class EmbeddedSegmenter:
         region = np.isin(labels, [k for k in chosen if k not in bg_labels or k in fg_labels])
         region = self._split_by_seeds(win, region, fg_pts, bg_pts)
         allowed = ~np.isin(labels, [k for k in range(1, n + 1) if k not in chosen]) | ~fg
-        box_slack = np.zeros_like(in_box)
-        for bx0, by0, bx1, by1 in rects:
-            box_slack[
-                max(0, by0 - win.y0 - 2) : by1 + 3 - win.y0,
-                max(0, bx0 - win.x0 - 2) : bx1 + 3 - win.x0,
-            ] = True
+        box_slack = within_boxes(in_box.shape, rects, win.y0, win.x0)
         mask = self._refine(win, region, fg, labels, allowed=allowed, far_allowed=box_slack)
         mask_area = float(mask.sum())
         full[win.y0 : win.y1, win.x0 : win.x1] = mask
