@@ -363,6 +363,27 @@ def test_every_object_without_depth_is_bad_input(scene_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value", ["many", "-1", "1.5"])
+def test_a_bad_worker_count_is_refused_before_any_work(scene_dir, tmp_path, capsys, value):
+    argv = ["--request", scene_dir / "request.json", "--output", tmp_path / "run",
+            f"--workers={value}"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 2 and stdout == "", err
+    assert "error: --workers: " in err and value in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_worker_counts_give_the_same_run(scene_dir, tmp_path, capsys):
+    results = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"run{workers}"
+        code, stdout, err = run(["--request", scene_dir / "request.json", "--output", out,
+                                 "--workers", workers], capsys)
+        assert code == 0, err
+        results.append(json.loads((out / "metadata.json").read_text()))
+    assert results[0] == results[1]
+
+
 @pytest.mark.parametrize("array", [
     np.full((H, W), 1500.0, np.float32),  # depth, millimetres saved as float
     points_map() * 1000.0,  # points in millimetres
