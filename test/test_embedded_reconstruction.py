@@ -702,6 +702,95 @@ def test_silhouette_ends_at_the_mask_where_depth_is_missing():
     assert ((normals(r) * normals(unsnapped)).sum(axis=1) > 0).all()
 
 
+def _box_mesh_over_columns(c_lo, c_hi, r_lo, r_hi, z0, depth=0.05, subdivide=3):
+    """A closed box-like mesh whose front face (at ``z0``) projects exactly onto the pixel
+    span given (columns, rows as continuous coordinates), subdivided so its edges have many
+    vertices."""
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    v, f = box.vertices, box.faces
+    for _ in range(subdivide):
+        v, f = trimesh.remesh.subdivide(v, f)
+    v = v + 0.5  # unit cube [0, 1]^3
+    z = z0 + depth * v[:, 2]
+    # The back face projects 2 px inside the front one: the sides are turned away from the
+    # camera (not edge-on, where which way a face turns is rounding's), the front face's
+    # rim is the outline.
+    taper = 2.0 * v[:, 2]
+    cols = c_lo + taper + (c_hi - c_lo - 2 * taper) * v[:, 0]
+    rows = r_lo + taper + (r_hi - r_lo - 2 * taper) * v[:, 1]
+    x = (cols - K.cx) / K.fx * z
+    y = (rows - K.cy) / K.fy * z
+    return np.stack([x, y, z], axis=1), np.asarray(f, dtype=np.int64)
+
+
+def test_outline_vertices_are_the_edges_between_faces_seen_and_turned_away():
+    """Seen head-on, a box's outline is its front face's rim; seen from its side, the rim
+    moves to the side face now seen (its far edge)."""
+    from sam3d_ros.backends.embedded.reconstruction import outline_vertices
+
+    box = trimesh.creation.box(extents=(0.1, 0.1, 0.1))
+    v = np.asarray(box.vertices) + [0.0, 0.0, 1.0]
+    f = np.asarray(box.faces, dtype=np.int64)
+    out = outline_vertices(v, f)
+    front = np.isclose(v[:, 2], 0.95)
+    assert np.array_equal(out, front), out
+    # Shifted right, the left face is seen too: the outline runs round the front and left
+    # faces; only the back right edge (every face there turned away) is off it.
+    v2 = v + [0.5, 0.0, 0.0]
+    back_right = np.isclose(v2[:, 0], 0.55) & np.isclose(v2[:, 2], 1.05)
+    assert np.array_equal(outline_vertices(v2, f), ~back_right)
+
+
+def test_reach_moves_an_outline_short_of_the_mask_out_onto_its_edge():
+    """A mesh whose outline ends 1.5 px inside its mask (the depth hygiene dropped the edge
+    pixels; the voxel surface lies inside them) is moved out onto the mask's edge, at its own
+    depth; not onto another object's pixels (an occlusion), and not from farther inside than
+    the reach."""
+    from sam3d_bench.evaluation import silhouette
+    from sam3d_ros.backends.embedded.reconstruction import _FrameContext
+    from sam3d_ros.core.types import MaskCrop
+
+    z0 = 0.8
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    mask = (u >= 100) & (u < 200) & (v >= 60) & (v < 180)
+    neighbour = (u >= 200) & (u < 230) & (v >= 60) & (v < 180)
+    depth = np.full((H, W), 1.2)
+    depth[mask] = z0
+    pts = np.stack([(u - K.cx) / K.fx * depth, (v - K.cy) / K.fy * depth, depth], axis=-1)
+    valid = np.ones((H, W), dtype=bool)
+
+    def reached(union, inset):
+        ctx = _FrameContext(pts.astype(np.float32), valid, np.zeros((H, W, 3), np.uint8), K,
+                            (0, H, 0, W), union, None)
+        ctx.set_object(MaskCrop.of(mask))
+        verts, faces = _box_mesh_over_columns(99.5 + inset, 199.5 - inset, 59.5 + inset,
+                                              179.5 - inset, z0)
+        out = ctx.reach_silhouette(verts, faces, max_move=0.01, reach_px=2.5)
+        return verts, out, faces
+
+    def iou(verts, faces):
+        sil = silhouette(verts, faces, K, (H, W))
+        return np.count_nonzero(sil & mask) / np.count_nonzero(sil | mask)
+
+    verts, out, faces = reached(mask, 1.5)
+    assert iou(verts, faces) < 0.96
+    assert iou(out, faces) > 0.99, iou(out, faces)
+    assert np.array_equal(out[:, 2], verts[:, 2])  # parallel to the image plane
+    cols = out[:, 0] / out[:, 2] * K.fx + K.cx
+    assert cols.max() <= 199.5 + 0.05 and cols.min() >= 99.5 - 0.05  # the mask's edge
+    # The right edge borders another object: its vertices do not move right (those at the
+    # corners may still move up or down); the left ones move left.
+    _, out_n, _ = reached(mask | neighbour, 1.5)
+    col0 = verts[:, 0] / verts[:, 2] * K.fx + K.cx
+    col1 = out_n[:, 0] / out_n[:, 2] * K.fx + K.cx
+    right, left = np.isclose(col0, 198.0), np.isclose(col0, 101.0)
+    assert np.allclose(col1[right], 198.0)
+    assert np.allclose(col1[left & (out_n[:, 2] == z0)], 99.5, atol=0.05)
+    # Farther inside than the reach: nothing moves.
+    verts5, out5, _ = reached(mask, 5.0)
+    assert np.array_equal(out5, verts5)
+
+
 def test_faces_turned_over_or_flattened_to_slivers_are_put_back():
     """undo_turned_faces: a vertex move that turns a face over, or flattens it to a sliver
     (under a thousandth of its area left facing the same way: its sign is rounding's in the

@@ -150,6 +150,12 @@ class EmbeddedReconstructor:
             object's own bled depth) back onto the mask's edge, at their depth
             (:meth:`_FrameContext.snap_to_silhouette`): the voxel surface otherwise overhangs
             the silhouette by about half a voxel (3–4 px at 0.6 m).
+        silhouette_reach_px: with ``silhouette_snap``, move the mesh's outline vertices that
+            end at most this many pixels inside the mask's edge out onto it
+            (:meth:`_FrameContext.reach_silhouette`); 0 = never. The outline ended a pixel
+            or two inside all round: silhouette IoU of the given masks on the real frames
+            m2t2 0.908 → 0.927, dof6 0.958 → 0.962 (boxes +0.003, +0.002); 4 px reached
+            into the segmenter's overreach (m2t2 boxes 0.863 → 0.861).
         min_points: fewest clean points an object needs.
         max_visible_gaussians: cap on the Gaussians from visible pixels (subsampled).
         opacity: opacity of every Gaussian.
@@ -184,6 +190,7 @@ class EmbeddedReconstructor:
         primitives: bool = True,
         grazing_deg: float = 80.0,
         silhouette_snap: bool = True,
+        silhouette_reach_px: float = 2.5,
         min_points: int = 10,
         max_visible_gaussians: int = 30000,
         opacity: float = 0.9,
@@ -214,6 +221,7 @@ class EmbeddedReconstructor:
         self.primitives = bool(primitives)
         self.grazing_deg = float(grazing_deg)
         self.silhouette_snap = bool(silhouette_snap)
+        self.silhouette_reach_px = float(silhouette_reach_px)
         self.min_points = int(min_points)
         self.max_visible_gaussians = int(max_visible_gaussians)
         self.opacity = float(opacity)
@@ -375,6 +383,8 @@ class EmbeddedReconstructor:
             verts = _span_box(verts, fit[1], fit[3], floor, box_top, 1.5 * voxel)
         if self.silhouette_snap:
             snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
+            if self.silhouette_reach_px > 0:
+                snapped = ctx.reach_silhouette(snapped, faces, voxel, self.silhouette_reach_px)
             moved = (snapped - origin) @ frame_rot
             if floor is not None:
                 moved[:, 2] = np.maximum(moved[:, 2], floor)
@@ -965,6 +975,59 @@ class _FrameContext:
         out[move] += step
         return undo_turned_faces(verts, out, faces)
 
+    def reach_silhouette(
+        self, verts: np.ndarray, faces: np.ndarray, max_move: float, reach_px: float
+    ) -> np.ndarray:
+        """Move the mesh's outline vertices that stop short of the mask's edge out onto it.
+
+        The counterpart of :meth:`snap_to_silhouette`: the depth hygiene drops the mask's
+        outermost pixels and the voxel surface lies up to half a voxel inside them, so the
+        mesh's outline (its vertices between a face seen from the camera and one facing away,
+        :func:`outline_vertices`) ended a pixel or two inside the colour silhouette all
+        round. An outline vertex on the object's mask whose nearest pixel outside it is at
+        most ``reach_px`` away moves, parallel to the image plane at its own depth, to half
+        a pixel short of that pixel (the mask's edge); by at most ``max_move`` metres. Where
+        the pixel beyond belongs to another object the edge is an occlusion, not the
+        object's, and the vertex stays. Faces that would turn over are undone.
+        """
+        if self._object is None or len(faces) == 0:
+            return verts
+        (a0, _, b0, _), crop, _ = self._object
+        r0, _, c0, _ = self.roi
+        *_, lr, lc, ours = self._on_object(verts)
+        cand = outline_vertices(verts, faces) & ours
+        if not cand.any():
+            return verts
+        _, (ir, ic) = ndimage.distance_transform_edt(crop, return_indices=True)
+        k = self.k
+        z = verts[:, 2]
+        u = k.fx * verts[:, 0] / np.where(z > 1e-6, z, 1.0) + k.cx
+        v = k.fy * verts[:, 1] / np.where(z > 1e-6, z, 1.0) + k.cy
+        tr = ir[lr, lc].astype(np.int64) + a0
+        tc = ic[lr, lc].astype(np.int64) + b0
+        dr, dc = tr - v, tc - u
+        d = np.hypot(dr, dc)
+        cand &= (d > 0.5) & (d <= reach_px + 0.5)
+        # The pixel beyond is another object's: an occlusion, not this object's edge.
+        tri = np.clip(tr - r0, 0, self._union_roi.shape[0] - 1)
+        tci = np.clip(tc - c0, 0, self._union_roi.shape[1] - 1)
+        cand &= ~self._union_roi[tri, tci]
+        if not cand.any():
+            return verts
+        # To half a pixel short of the outside pixel's centre, along the line to it.
+        f = (d[cand] - 0.5) / d[cand]
+        nu, nv = u[cand] + f * dc[cand], v[cand] + f * dr[cand]
+        target = verts[cand].copy()
+        zc = target[:, 2]
+        target[:, 0] = (nu - k.cx) * zc / k.fx
+        target[:, 1] = (nv - k.cy) * zc / k.fy
+        step = target - verts[cand]
+        length = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, max_move / np.maximum(length, 1e-12))
+        out = verts.copy()
+        out[cand] += step
+        return undo_turned_faces(verts, out, faces)
+
     def forget_depth(self, selection: MaskCrop) -> None:
         """Treat the depth of the ``selection`` pixels as unknown in free-space tests.
 
@@ -1052,6 +1115,26 @@ class _FrameContext:
         if heights is not None and self.table is not None:
             free |= inside & self.table[r, c] & (heights > self.table_height)
         return free
+
+
+def outline_vertices(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Which vertices (camera frame) lie on the mesh's outline as seen from the camera.
+
+    An outline vertex is on an edge between a face turned towards the camera (at the origin)
+    and one turned away; folds (a bowl's rim seen from inside) count too.
+    """
+    n = face_normals(verts, faces)
+    front = (n * verts[faces[:, 0]]).sum(axis=1) < 0.0
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e.sort(axis=1)
+    # Each edge's faces: how many there are and how many of them face the camera.
+    _, edge, count = np.unique(e[:, 0] * len(verts) + e[:, 1], return_inverse=True,
+                               return_counts=True)
+    facing = np.bincount(edge, weights=np.tile(front, 3), minlength=len(count))
+    mixed = (facing > 0) & (facing < count)
+    out = np.zeros(len(verts), dtype=bool)
+    out[e[mixed[edge]].ravel()] = True
+    return out
 
 
 def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> np.ndarray:
