@@ -382,12 +382,17 @@ class EmbeddedReconstructor:
         if box_top is not None:
             verts = _span_box(verts, fit[1], fit[3], floor, box_top, 1.5 * voxel)
         if self.silhouette_snap:
-            snapped = ctx.snap_to_silhouette(origin + verts @ frame_rot.T, faces, voxel)
+            cam = origin + verts @ frame_rot.T
+            snapped = ctx.snap_to_silhouette(cam, faces, voxel)
             if self.silhouette_reach_px > 0:
                 snapped = ctx.reach_silhouette(snapped, faces, voxel, self.silhouette_reach_px)
-            moved = (snapped - origin) @ frame_rot
+            # Back to the gravity frame only what moved (the round trip changes every vertex
+            # in its last bits, and the check below then ran on the whole mesh).
+            hit = np.any(snapped != cam, axis=1)
+            moved = verts.copy()
+            moved[hit] = (snapped[hit] - origin) @ frame_rot
             if floor is not None:
-                moved[:, 2] = np.maximum(moved[:, 2], floor)
+                moved[hit, 2] = np.maximum(moved[hit, 2], floor)
             verts = undo_turned_faces(verts, moved, faces)  # the floor may have turned some
         if box_top is not None:
             # The snap moves a few vertices of a box's edges out by up to ~1 mm (a synthetic
@@ -1120,21 +1125,17 @@ class _FrameContext:
 def outline_vertices(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Which vertices (camera frame) lie on the mesh's outline as seen from the camera.
 
-    An outline vertex is on an edge between a face turned towards the camera (at the origin)
-    and one turned away; folds (a bowl's rim seen from inside) count too.
+    An outline vertex has faces turned towards the camera (at the origin) and faces turned
+    away; folds (a bowl's rim seen from inside) count too. Around a vertex of a closed
+    surface its faces form a ring, so such a vertex is on an edge between a face of each
+    kind (the same set as the edges', found without sorting the edges: ~1 ms instead of 8
+    on a 5k-face mesh).
     """
     n = face_normals(verts, faces)
-    front = (n * verts[faces[:, 0]]).sum(axis=1) < 0.0
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e.sort(axis=1)
-    # Each edge's faces: how many there are and how many of them face the camera.
-    _, edge, count = np.unique(e[:, 0] * len(verts) + e[:, 1], return_inverse=True,
-                               return_counts=True)
-    facing = np.bincount(edge, weights=np.tile(front, 3), minlength=len(count))
-    mixed = (facing > 0) & (facing < count)
-    out = np.zeros(len(verts), dtype=bool)
-    out[e[mixed[edge]].ravel()] = True
-    return out
+    front = np.repeat((n * verts[faces[:, 0]]).sum(axis=1) < 0.0, 3)
+    count = np.bincount(faces.ravel(), minlength=len(verts))
+    facing = np.bincount(faces.ravel(), weights=front, minlength=len(verts))
+    return (facing > 0) & (facing < count)
 
 
 def undo_turned_faces(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> np.ndarray:
