@@ -1001,7 +1001,7 @@ class _FrameContext:
         r0, _, c0, _ = self.roi
         *_, lr, lc, ours = self._on_object(verts)
         cand = outline_vertices(verts, faces) & ours
-        if not cand.any():
+        if not cand.any() or crop.all():  # a mask over its whole window: no edge in sight
             return verts
         _, (ir, ic) = ndimage.distance_transform_edt(crop, return_indices=True)
         k = self.k
